@@ -1,0 +1,429 @@
+//! Unpacking a layer tar onto a layer directory.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use tar::EntryType;
+
+use super::{ArchiveError, OPAQUE_MARKER, WHITEOUT_PREFIX, WhiteoutFormat};
+use crate::sys::fs::{
+    Confinement, Dir, FileKind, MAX_PATH_LEN, MAX_XATTR_VALUE, chmod_at, chown_at,
+    create_file_at, link_at, mkdir_at, mknod_at, read_dir_names, remove_tree_at, set_times_at,
+    set_xattr_at, stat_at, symlink_at,
+};
+use crate::sys::{ErrorKind, SysError};
+
+/// Entries one tar may hold.
+pub const MAX_ENTRIES: u64 = 50_000_000;
+/// xattrs one entry may carry.
+pub const MAX_XATTRS_PER_ENTRY: usize = 256;
+/// Bytes of PAX extension records one entry may carry.
+pub const MAX_PAX_EXTENSION_SIZE: usize = 1 << 20;
+
+/// What applying a tar did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Bytes of regular-file content written; hardlinks add nothing.
+    pub size: u64,
+    /// Entries processed, whiteouts included.
+    pub entries: u64,
+}
+
+/// A tar entry name, normalised: no leading `/` or `./`, no empty or `.` components. `..`
+/// is refused (it could only mean leaving the layer).
+fn normalise(raw: &[u8]) -> Result<PathBuf, String> {
+    if raw.len() > MAX_PATH_LEN {
+        return Err(format!("name longer than {MAX_PATH_LEN} bytes"));
+    }
+    if raw.contains(&0) {
+        return Err("name contains NUL".into());
+    }
+    let mut out = PathBuf::new();
+    for c in Path::new(OsStr::from_bytes(raw)).components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => return Err("`..` would leave the layer".into()),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(super) fn tests_normalise(raw: &[u8]) -> Result<String, String> {
+    normalise(raw).map(|p| p.to_string_lossy().into_owned())
+}
+
+struct Applier<'a> {
+    root: &'a Dir,
+    whiteouts: WhiteoutFormat,
+    /// Paths this tar created or updated: an opaque marker keeps them.
+    created: HashSet<PathBuf>,
+    /// Directory mtimes, set at the end (later entries inside would change them).
+    dir_times: Vec<(PathBuf, (i64, u32))>,
+    stats: ApplyStats,
+}
+
+/// Unpacks the (uncompressed) layer tar `reader` onto `dest`.
+pub fn apply_layer_tar(
+    reader: impl Read,
+    dest: &Dir,
+    whiteouts: WhiteoutFormat,
+) -> Result<ApplyStats, ArchiveError> {
+    let root = dest.with_confinement(Confinement::InRoot)?;
+    let mut a = Applier {
+        root: &root,
+        whiteouts,
+        created: HashSet::new(),
+        dir_times: Vec::new(),
+        stats: ApplyStats::default(),
+    };
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().map_err(ArchiveError::Read)? {
+        let mut entry = entry.map_err(ArchiveError::Read)?;
+        a.stats.entries += 1;
+        if a.stats.entries > MAX_ENTRIES {
+            return Err(ArchiveError::invalid(format!("more than {MAX_ENTRIES} entries")));
+        }
+        let raw_name = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_name).into_owned();
+        let rel = normalise(&raw_name).map_err(|reason| ArchiveError::BadEntry {
+            entry: shown.clone(),
+            reason,
+        })?;
+        a.entry(&mut entry, &rel).map_err(|e| match e {
+            ArchiveError::Sys(source) => ArchiveError::Entry {
+                entry: shown.clone(),
+                source,
+            },
+            ArchiveError::Invalid(reason) => ArchiveError::BadEntry {
+                entry: shown.clone(),
+                reason,
+            },
+            other => other,
+        })?;
+    }
+    a.finish()?;
+    Ok(a.stats)
+}
+
+/// PAX records of an entry: xattrs and the overrides we honour.
+#[derive(Default)]
+struct Pax {
+    xattrs: Vec<(String, Vec<u8>)>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mtime: Option<(i64, u32)>,
+}
+
+fn read_pax<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Pax, ArchiveError> {
+    let mut pax = Pax::default();
+    let Some(exts) = entry.pax_extensions().map_err(ArchiveError::Read)? else {
+        return Ok(pax);
+    };
+    let mut total = 0usize;
+    for ext in exts {
+        let ext = ext.map_err(ArchiveError::Read)?;
+        total += ext.key_bytes().len() + ext.value_bytes().len();
+        if total > MAX_PAX_EXTENSION_SIZE {
+            return Err(ArchiveError::invalid(format!(
+                "PAX records larger than {MAX_PAX_EXTENSION_SIZE} bytes"
+            )));
+        }
+        let key = String::from_utf8_lossy(ext.key_bytes()).into_owned();
+        let value = ext.value_bytes();
+        if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+            if pax.xattrs.len() >= MAX_XATTRS_PER_ENTRY {
+                return Err(ArchiveError::invalid(format!(
+                    "more than {MAX_XATTRS_PER_ENTRY} xattrs"
+                )));
+            }
+            if value.len() > MAX_XATTR_VALUE {
+                return Err(ArchiveError::invalid(format!(
+                    "xattr {name} larger than {MAX_XATTR_VALUE} bytes"
+                )));
+            }
+            pax.xattrs.push((name.to_string(), value.to_vec()));
+        } else {
+            let text = String::from_utf8_lossy(value);
+            match key.as_str() {
+                "uid" => pax.uid = text.trim().parse().ok(),
+                "gid" => pax.gid = text.trim().parse().ok(),
+                "mtime" => pax.mtime = parse_pax_time(&text),
+                _ => {}
+            }
+        }
+    }
+    Ok(pax)
+}
+
+fn parse_pax_time(text: &str) -> Option<(i64, u32)> {
+    let (secs, frac) = match text.trim().split_once('.') {
+        Some((s, f)) => (s, f),
+        None => (text.trim(), ""),
+    };
+    let secs: i64 = secs.parse().ok()?;
+    let mut nanos: u32 = 0;
+    for (i, c) in frac.chars().take(9).enumerate() {
+        nanos += c.to_digit(10)? * 10u32.pow(8 - i as u32);
+    }
+    Some((secs, nanos))
+}
+
+fn sys(e: SysError) -> ArchiveError {
+    ArchiveError::Sys(e)
+}
+
+impl Applier<'_> {
+    /// Makes sure every directory above `rel` exists (created 0755 root-owned if missing).
+    fn ensure_parents(&mut self, rel: &Path) -> Result<(), ArchiveError> {
+        let Some(parent) = rel.parent() else {
+            return Ok(());
+        };
+        let mut prefix = PathBuf::new();
+        for c in parent.components() {
+            prefix.push(c);
+            match self.root.open_dir_rel(&prefix) {
+                Ok(_) => {}
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    let (pfd, name) = self.root.parent(&prefix).map_err(sys)?;
+                    match mkdir_at(pfd.as_fd(), &name, 0o755, 0, 0) {
+                        Ok(()) => {
+                            self.created.insert(prefix.clone());
+                        }
+                        Err(e) if e.kind == ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(sys(e.at(&prefix))),
+                    }
+                }
+                Err(e) => return Err(sys(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        rel: &Path,
+    ) -> Result<(), ArchiveError> {
+        let header = entry.header().clone();
+        let kind = header.entry_type();
+        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink) {
+            return Ok(());
+        }
+        let pax = read_pax(entry)?;
+        let uid = pax.uid.or_else(|| header.uid().ok().map(|u| u as u32)).unwrap_or(0);
+        let gid = pax.gid.or_else(|| header.gid().ok().map(|g| g as u32)).unwrap_or(0);
+        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let mtime = pax
+            .mtime
+            .unwrap_or((header.mtime().unwrap_or(0) as i64, 0));
+
+        if rel.as_os_str().is_empty() {
+            // The layer root itself: metadata only.
+            if kind.is_dir() {
+                self.root.lchown(".", uid, gid)?;
+                self.root.chmod(".", mode)?;
+                for (k, v) in &pax.xattrs {
+                    self.root.set_xattr(".", k, v)?;
+                }
+                self.dir_times.push((PathBuf::new(), mtime));
+            }
+            return Ok(());
+        }
+
+        let name = rel.file_name().unwrap_or_default().to_os_string();
+        let name_bytes = name.as_bytes();
+        if name_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            return self.whiteout(rel, &name, uid, gid);
+        }
+
+        self.ensure_parents(rel)?;
+        let (pfd, fname) = self.root.parent(rel).map_err(sys)?;
+        let pfd = pfd.as_fd();
+        let existing = match stat_at(pfd, &fname) {
+            Ok(st) => Some(st),
+            Err(e) if e.kind == ErrorKind::NotFound => None,
+            Err(e) => return Err(sys(e.at(rel))),
+        };
+        let want_dir = kind.is_dir();
+        if let Some(st) = existing {
+            if !(want_dir && st.kind == FileKind::Directory) {
+                remove_tree_at(pfd, &fname, 0).map_err(|e| sys(e.at(rel)))?;
+            }
+        }
+        let at = |e: SysError| sys(e.at(rel));
+        match kind {
+            EntryType::Directory => {
+                if existing.is_none_or(|s| s.kind != FileKind::Directory) {
+                    mkdir_at(pfd, &fname, 0o700, 0, 0).map_err(at)?;
+                }
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let mut f = create_file_at(pfd, &fname, 0o600).map_err(at)?;
+                let n = std::io::copy(entry, &mut f).map_err(ArchiveError::Read)?;
+                self.stats.size += n;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| ArchiveError::invalid("symlink without a target"))?;
+                if target.len() > MAX_PATH_LEN {
+                    return Err(ArchiveError::invalid("symlink target too long"));
+                }
+                symlink_at(OsStr::from_bytes(&target), pfd, &fname).map_err(at)?;
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| ArchiveError::invalid("hardlink without a target"))?;
+                let trel = normalise(&target).map_err(|r| {
+                    ArchiveError::invalid(format!("hardlink target: {r}"))
+                })?;
+                if trel.as_os_str().is_empty() {
+                    return Err(ArchiveError::invalid("hardlink to the layer root"));
+                }
+                let (tpfd, tname) = self.root.parent(&trel).map_err(sys)?;
+                let tst = stat_at(tpfd.as_fd(), &tname).map_err(|e| sys(e.at(&trel)))?;
+                if tst.kind == FileKind::Directory {
+                    return Err(ArchiveError::invalid("hardlink to a directory"));
+                }
+                link_at(tpfd.as_fd(), &tname, pfd, &fname).map_err(at)?;
+                self.created.insert(rel.to_path_buf());
+                return Ok(());
+            }
+            EntryType::Char | EntryType::Block => {
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                let fk = if kind == EntryType::Char {
+                    FileKind::CharDevice
+                } else {
+                    FileKind::BlockDevice
+                };
+                mknod_at(pfd, &fname, fk, mode, rustix::fs::makedev(major, minor)).map_err(at)?;
+            }
+            EntryType::Fifo => {
+                mknod_at(pfd, &fname, FileKind::Fifo, mode, 0).map_err(at)?;
+            }
+            other => {
+                return Err(ArchiveError::invalid(format!(
+                    "unsupported entry type {other:?}"
+                )));
+            }
+        }
+        chown_at(pfd, &fname, uid, gid).map_err(at)?;
+        if kind != EntryType::Symlink {
+            chmod_at(pfd, &fname, mode).map_err(at)?;
+        }
+        for (k, v) in &pax.xattrs {
+            set_xattr_at(pfd, &fname, k, v).map_err(at)?;
+        }
+        if want_dir {
+            self.dir_times.push((rel.to_path_buf(), mtime));
+        } else {
+            set_times_at(pfd, &fname, mtime, mtime).map_err(at)?;
+        }
+        self.created.insert(rel.to_path_buf());
+        Ok(())
+    }
+
+    fn whiteout(&mut self, rel: &Path, name: &OsStr, uid: u32, gid: u32) -> Result<(), ArchiveError> {
+        let dir = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        let name_bytes = name.as_bytes();
+        if name_bytes == OPAQUE_MARKER.as_bytes() {
+            if !dir.as_os_str().is_empty() {
+                self.ensure_parents(&dir.join("x"))?;
+            }
+            return self.opaque(&dir);
+        }
+        if name_bytes.starts_with(b".wh..wh.") {
+            // aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs): nothing to apply.
+            return Ok(());
+        }
+        let target = OsString::from(OsStr::from_bytes(&name_bytes[WHITEOUT_PREFIX.len()..]));
+        if target.is_empty() || target == "." || target == ".." {
+            return Err(ArchiveError::invalid("whiteout of an invalid name"));
+        }
+        let trel = dir.join(&target);
+        match self.whiteouts {
+            WhiteoutFormat::Delete => {
+                let (pfd, tname) = match self.root.parent(&trel) {
+                    Ok(p) => p,
+                    Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(sys(e)),
+                };
+                match remove_tree_at(pfd.as_fd(), &tname, 0) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(sys(e.at(&trel))),
+                }
+            }
+            WhiteoutFormat::OverlayTrusted | WhiteoutFormat::OverlayUser => {
+                self.ensure_parents(&trel)?;
+                let (pfd, tname) = self.root.parent(&trel).map_err(sys)?;
+                match remove_tree_at(pfd.as_fd(), &tname, 0) {
+                    Ok(()) => {}
+                    Err(e) if e.kind == ErrorKind::NotFound => {}
+                    Err(e) => return Err(sys(e.at(&trel))),
+                }
+                mknod_at(pfd.as_fd(), &tname, FileKind::CharDevice, 0, 0)
+                    .and_then(|_| chown_at(pfd.as_fd(), &tname, uid, gid))
+                    .map_err(|e| sys(e.at(&trel)))?;
+                self.created.insert(trel);
+                Ok(())
+            }
+        }
+    }
+
+    fn opaque(&mut self, dir: &Path) -> Result<(), ArchiveError> {
+        match self.whiteouts {
+            WhiteoutFormat::Delete => {
+                let d = self.root.open_dir_rel(dir).map_err(sys)?;
+                let fd = d.open_raw(Path::new(""), rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY).map_err(sys)?;
+                for child in read_dir_names(fd.as_fd()).map_err(sys)? {
+                    let crel = dir.join(&child);
+                    if !self.created.contains(&crel) {
+                        remove_tree_at(fd.as_fd(), &child, 0).map_err(|e| sys(e.at(&crel)))?;
+                    }
+                }
+                Ok(())
+            }
+            WhiteoutFormat::OverlayTrusted | WhiteoutFormat::OverlayUser => {
+                let key = if self.whiteouts == WhiteoutFormat::OverlayTrusted {
+                    "trusted.overlay.opaque"
+                } else {
+                    "user.overlay.opaque"
+                };
+                let path = if dir.as_os_str().is_empty() {
+                    ".".to_string()
+                } else {
+                    dir.to_string_lossy().into_owned()
+                };
+                self.root.set_xattr(&path, key, b"y").map_err(sys)
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), ArchiveError> {
+        self.dir_times
+            .sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (rel, mtime) in std::mem::take(&mut self.dir_times) {
+            let shown = if rel.as_os_str().is_empty() {
+                ".".to_string()
+            } else {
+                rel.to_string_lossy().into_owned()
+            };
+            match self.root.set_times(&shown, mtime, mtime) {
+                Ok(()) => {}
+                // Removed by a later whiteout.
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => return Err(sys(e)),
+            }
+        }
+        Ok(())
+    }
+}

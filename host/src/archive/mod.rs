@@ -1,0 +1,93 @@
+//! Layer tars and tree comparison.
+//!
+//! - [`apply_layer_tar`]: unpacks a layer tar into a layer directory. Tar entries are
+//!   resolved with `RESOLVE_IN_ROOT`, so no entry — `../` names, absolute names, symlinks
+//!   planted earlier in the same tar, hardlinks to outside paths — can write outside the layer.
+//! - [`changes`] and [`diff_size`]: what changed from a parent tree to a layer tree.
+//! - [`write_diff_tar`]: those changes as a layer tar with `.wh.` whiteouts.
+//! - [`decompressed`]: gzip and zstd detected by their magic bytes, on a plain stream.
+
+mod apply;
+mod compare;
+mod export;
+
+pub use apply::{
+    ApplyStats, MAX_ENTRIES, MAX_PAX_EXTENSION_SIZE, MAX_XATTRS_PER_ENTRY, apply_layer_tar,
+};
+pub use compare::{Change, ChangeKind, changes, diff_size};
+pub use export::write_diff_tar;
+
+use std::io::{BufRead, BufReader, Read};
+
+use crate::sys::{ErrorKind, SysError};
+
+/// How a layer keeps deletions on disk (mirrors the WIT `whiteout-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhiteoutFormat {
+    /// Full-tree layers: whiteouts delete; nothing of them is kept.
+    Delete,
+    /// overlayfs: char device 0:0 and `trusted.overlay.opaque=y`.
+    OverlayTrusted,
+    /// overlayfs with `userxattr`: char device 0:0 and `user.overlay.opaque=y`.
+    OverlayUser,
+}
+
+/// The prefix of a whiteout file name in a layer tar.
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// The name marking an opaque directory in a layer tar.
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("tar entry {entry}: {source}")]
+    Entry { entry: String, source: SysError },
+    #[error("tar entry {entry}: {reason}")]
+    BadEntry { entry: String, reason: String },
+    #[error("reading the tar: {0}")]
+    Read(std::io::Error),
+    #[error("writing the tar: {0}")]
+    Write(std::io::Error),
+    #[error("{0}")]
+    Sys(#[from] SysError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ArchiveError {
+    pub fn invalid(reason: impl Into<String>) -> Self {
+        ArchiveError::Invalid(reason.into())
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ArchiveError::Entry { source, .. } | ArchiveError::Sys(source) => source.kind,
+            ArchiveError::BadEntry { .. } | ArchiveError::Invalid(_) => ErrorKind::InvalidArgument,
+            ArchiveError::Read(_) => ErrorKind::InvalidArgument,
+            ArchiveError::Write(_) => ErrorKind::Other,
+        }
+    }
+
+    pub fn errno(&self) -> i32 {
+        match self {
+            ArchiveError::Entry { source, .. } | ArchiveError::Sys(source) => source.errno,
+            ArchiveError::Read(e) | ArchiveError::Write(e) => e.raw_os_error().unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
+
+/// Wraps `input` in a gzip or zstd decoder when its first bytes say so.
+pub fn decompressed(input: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
+    let mut buffered = BufReader::with_capacity(256 * 1024, input);
+    let head = buffered.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(buffered)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?))
+    } else {
+        Ok(Box::new(buffered))
+    }
+}
+
+#[cfg(test)]
+mod tests;

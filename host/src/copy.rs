@@ -1,0 +1,243 @@
+//! Copying layer trees: reflinks where the filesystem has them, byte copies where not.
+//!
+//! A vfs child layer starts as a copy of its parent, so the copy must preserve everything a
+//! container's root filesystem holds: modes (setuid, setgid, sticky), owners, xattrs
+//! (`security.capability` and `trusted.*` included), timestamps, symlinks, hardlink groups,
+//! fifos, sockets and device nodes. The walk is descriptor-relative and never follows a
+//! symlink; it does not descend into mount points (their directory is copied empty).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use crate::sys::fs::{
+    self as sfs, Dir, FileKind, MAX_TREE_DEPTH, Stat, check_relative, chmod_at, chown_at,
+    create_file_at, is_mount_root_at, link_at, mkdir_at, mknod_at, open_dir_at, open_file_at,
+    read_dir_names, readlink_at, set_times_at, set_xattr_at, stat_at, symlink_at, xattrs_at,
+};
+use crate::sys::{ErrorKind, SysError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyMode {
+    ReflinkOrCopy,
+    ReflinkOnly,
+    Copy,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    /// Entries created, directories included.
+    pub entries: u64,
+    /// Bytes of regular files, each hardlink group once.
+    pub bytes: u64,
+    /// Regular files reflinked rather than copied.
+    pub reflinked: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("copying {path}: {source}")]
+pub struct CopyError {
+    pub path: PathBuf,
+    pub source: SysError,
+}
+
+impl CopyError {
+    pub fn kind(&self) -> ErrorKind {
+        self.source.kind
+    }
+
+    pub fn errno(&self) -> i32 {
+        self.source.errno
+    }
+}
+
+struct Copier {
+    mode: CopyMode,
+    stats: CopyStats,
+    /// (dev, ino) of a source file with several links → the path of its first copy,
+    /// relative to the destination's parent directory.
+    links: HashMap<(u64, u64), PathBuf>,
+}
+
+/// Copies the tree at `src_rel` in `src` to the new path `dst_rel` in `dst`.
+pub fn copy_tree(
+    src: &Dir,
+    src_rel: &str,
+    dst: &Dir,
+    dst_rel: &str,
+    mode: CopyMode,
+) -> Result<CopyStats, CopyError> {
+    copy_entry(src, src_rel, dst, dst_rel, mode, true)
+}
+
+/// Copies the single file at `src_rel` (any type but directory) to `dst_rel`.
+pub fn copy_file(
+    src: &Dir,
+    src_rel: &str,
+    dst: &Dir,
+    dst_rel: &str,
+    mode: CopyMode,
+) -> Result<CopyStats, CopyError> {
+    copy_entry(src, src_rel, dst, dst_rel, mode, false)
+}
+
+fn split(dir: &Dir, rel: &str) -> Result<(Dir, std::ffi::OsString), CopyError> {
+    let err = |source| CopyError {
+        path: rel.into(),
+        source,
+    };
+    let p = check_relative(rel).map_err(err)?;
+    let name = p
+        .file_name()
+        .ok_or_else(|| err(SysError::invalid("copy", rel, "names the directory itself")))?
+        .to_os_string();
+    let parent = dir
+        .open_dir_rel(p.parent().unwrap_or(Path::new("")))
+        .map_err(err)?;
+    Ok((parent, name))
+}
+
+fn copy_entry(
+    src: &Dir,
+    src_rel: &str,
+    dst: &Dir,
+    dst_rel: &str,
+    mode: CopyMode,
+    tree: bool,
+) -> Result<CopyStats, CopyError> {
+    let (sp, sname) = split(src, src_rel)?;
+    let (dp, dname) = split(dst, dst_rel)?;
+    let st = stat_at(sp.as_fd(), &sname).map_err(|e| CopyError {
+        path: src_rel.into(),
+        source: e.at(src_rel),
+    })?;
+    if st.kind == FileKind::Directory && !tree {
+        return Err(CopyError {
+            path: src_rel.into(),
+            source: SysError::invalid("copy-file", src_rel, "is a directory; use copy-tree"),
+        });
+    }
+    let mut c = Copier {
+        mode,
+        stats: CopyStats::default(),
+        links: HashMap::new(),
+    };
+    c.copy(
+        sp.as_fd(),
+        &sname,
+        &st,
+        dp.as_fd(),
+        &dname,
+        (&dp, Path::new(&dname)),
+        Path::new(src_rel),
+        0,
+    )?;
+    Ok(c.stats)
+}
+
+impl Copier {
+    #[allow(clippy::too_many_arguments)]
+    fn copy(
+        &mut self,
+        sdir: BorrowedFd<'_>,
+        sname: &OsStr,
+        st: &Stat,
+        ddir: BorrowedFd<'_>,
+        dname: &OsStr,
+        (dst_root, drel): (&Dir, &Path),
+        shown: &Path,
+        depth: usize,
+    ) -> Result<(), CopyError> {
+        let err = |source: SysError| CopyError {
+            path: shown.to_path_buf(),
+            source,
+        };
+        if depth > MAX_TREE_DEPTH {
+            return Err(err(SysError::invalid("copy", shown, "directory tree too deep")));
+        }
+        if st.kind != FileKind::Directory && st.nlink > 1 {
+            if let Some(first) = self.links.get(&(st.dev, st.ino)) {
+                let first_dir = dst_root
+                    .open_dir_rel(first.parent().unwrap_or(Path::new("")))
+                    .map_err(err)?;
+                let first_name = first.file_name().unwrap_or_default();
+                link_at(first_dir.as_fd(), first_name, ddir, dname).map_err(err)?;
+                self.stats.entries += 1;
+                return Ok(());
+            }
+        }
+        match st.kind {
+            FileKind::Directory => {
+                mkdir_at(ddir, dname, 0o700, 0, 0).map_err(err)?;
+                if !is_mount_root_at(sdir, sname).map_err(err)? {
+                    let sfd = open_dir_at(sdir, sname).map_err(err)?;
+                    let dfd = open_dir_at(ddir, dname).map_err(err)?;
+                    for child in read_dir_names(sfd.as_fd()).map_err(err)? {
+                        let cst = stat_at(sfd.as_fd(), &child).map_err(|e| err(e.at(shown.join(&child))))?;
+                        self.copy(
+                            sfd.as_fd(),
+                            &child,
+                            &cst,
+                            dfd.as_fd(),
+                            &child,
+                            (dst_root, &drel.join(&child)),
+                            &shown.join(&child),
+                            depth + 1,
+                        )?;
+                    }
+                }
+            }
+            FileKind::Regular => {
+                let mut from = open_file_at(sdir, sname).map_err(err)?;
+                let mut to = create_file_at(ddir, dname, 0o600).map_err(err)?;
+                let reflinked = match self.mode {
+                    CopyMode::Copy => false,
+                    CopyMode::ReflinkOnly => {
+                        sfs::reflink(&from, &to).map_err(err)?;
+                        true
+                    }
+                    CopyMode::ReflinkOrCopy => match sfs::reflink(&from, &to) {
+                        Ok(()) => true,
+                        Err(e) if matches!(e.kind, ErrorKind::Unsupported | ErrorKind::InvalidArgument) => false,
+                        Err(e) => return Err(err(e)),
+                    },
+                };
+                if reflinked {
+                    self.stats.reflinked += 1;
+                } else {
+                    sfs::copy_content(&mut from, &mut to).map_err(err)?;
+                }
+                self.stats.bytes += st.size;
+            }
+            FileKind::Symlink => {
+                let target = readlink_at(sdir, sname).map_err(err)?;
+                symlink_at(&target, ddir, dname).map_err(err)?;
+            }
+            FileKind::Fifo | FileKind::CharDevice | FileKind::BlockDevice | FileKind::Socket => {
+                mknod_at(ddir, dname, st.kind, st.mode, st.rdev).map_err(err)?;
+            }
+        }
+        self.stats.entries += 1;
+        // Owner before mode (chown clears setuid/setgid), xattrs after chown (it drops
+        // security.capability), times last.
+        chown_at(ddir, dname, st.uid, st.gid).map_err(err)?;
+        if st.kind != FileKind::Symlink {
+            chmod_at(ddir, dname, st.mode).map_err(err)?;
+        }
+        for (k, v) in xattrs_at(sdir, sname).map_err(err)? {
+            set_xattr_at(ddir, dname, &k, &v).map_err(err)?;
+        }
+        set_times_at(
+            ddir,
+            dname,
+            (st.atime_sec, st.atime_nsec),
+            (st.mtime_sec, st.mtime_nsec),
+        )
+        .map_err(err)?;
+        if st.kind != FileKind::Directory && st.nlink > 1 {
+            self.links.insert((st.dev, st.ino), drel.to_path_buf());
+        }
+        Ok(())
+    }
+}

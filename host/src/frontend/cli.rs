@@ -1,0 +1,462 @@
+//! The `strata` command line.
+//!
+//! Every command prints plain text for people, or with `--json` one JSON document for
+//! scripts. Errors go to stderr, naming the object that failed, with exit status 1 (2 for
+//! usage errors, as clap does).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::layers::{ChangeKind, CreateLayer, StoreOptions, Strata, load_driver_component};
+use crate::registry;
+use crate::sandbox::{SandboxEngine, WIT_PACKAGE};
+
+/// Strata: container layer storage with sandboxed WebAssembly drivers.
+#[derive(Parser, Debug)]
+#[command(name = "strata", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML); default /etc/strata/strata.toml when it exists.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where layers are stored (overrides `root`).
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Where runtime state lives (overrides `run_root`).
+    #[arg(long = "run-root", global = true, value_name = "DIR")]
+    run_root: Option<PathBuf>,
+    /// Driver: a first-party name (`vfs`) or a path to a driver `.wasm`.
+    #[arg(long, global = true, value_name = "NAME|PATH.wasm")]
+    driver: Option<String>,
+    /// Driver option given to its init, repeatable.
+    #[arg(long = "driver-opt", global = true, value_name = "KEY=VALUE", value_parser = parse_kv)]
+    driver_opts: Vec<(String, String)>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Work with layers.
+    #[command(subcommand)]
+    Layer(LayerCommand),
+    /// Work with drivers.
+    #[command(subcommand)]
+    Driver(DriverCommand),
+    /// The store's and the driver's status.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum LayerCommand {
+    /// Create a layer; prints its id.
+    Create(CreateArgs),
+    /// Apply a layer tar (plain, gzip or zstd) from FILE or stdin; prints the applied size.
+    Apply {
+        id: String,
+        /// The tar; `-` or nothing reads stdin.
+        file: Option<String>,
+    },
+    /// Mount a layer; prints the mount path.
+    Mount {
+        id: String,
+        /// Mount option for the driver, repeatable.
+        #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
+        opts: Vec<(String, String)>,
+    },
+    /// Unmount a layer (drops one user; the last one unmounts).
+    Unmount {
+        id: String,
+        /// Unmount now, whatever the count, lazily if busy.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List what changed against the parent: `Add /p`, `Modify /p`, `Delete /p`.
+    Changes {
+        id: String,
+        #[arg(long)]
+        parent: Option<String>,
+    },
+    /// Write the layer's diff against its parent as a tar with `.wh.` whiteouts.
+    Diff {
+        id: String,
+        #[arg(long)]
+        parent: Option<String>,
+        /// Output file; stdout when absent.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Bytes of files added or changed against the parent.
+    DiffSize {
+        id: String,
+        #[arg(long)]
+        parent: Option<String>,
+    },
+    /// Remove a layer (not while it has children or is mounted).
+    Rm { id: String },
+    /// List layers.
+    Ls,
+    /// Show one layer's record and the driver's metadata.
+    Inspect { id: String },
+}
+
+#[derive(Args, Debug)]
+struct CreateArgs {
+    /// The new layer's id; a random 64-hex id when absent.
+    #[arg(long)]
+    id: Option<String>,
+    /// Parent layer (id or name).
+    #[arg(long)]
+    parent: Option<String>,
+    /// A read-write (container) layer.
+    #[arg(long)]
+    rw: bool,
+    /// A name for the layer, repeatable.
+    #[arg(long = "name")]
+    names: Vec<String>,
+    /// Option for the driver, repeatable (e.g. `size=10G`).
+    #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    opts: Vec<(String, String)>,
+}
+
+#[derive(Subcommand, Debug)]
+enum DriverCommand {
+    /// List installed drivers.
+    Ls,
+    /// Show a driver's WIT version and the capabilities it imports.
+    Inspect {
+        /// A driver name or a path to a `.wasm`.
+        driver: String,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+/// Runs the CLI and maps errors to an exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                let msg = json!({ "error": format!("{e:#}") });
+                eprintln!("{msg}");
+            } else {
+                eprintln!("strata: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => {
+            let default = PathBuf::from("/etc/strata/strata.toml");
+            if default.is_file() {
+                Config::load(&default)?
+            } else {
+                Config::default()
+            }
+        }
+    };
+    if let Some(root) = &cli.root {
+        config.root = root.clone();
+    }
+    if let Some(run_root) = &cli.run_root {
+        config.run_root = run_root.clone();
+    }
+    Ok(config)
+}
+
+fn open(cli: &Cli, config: Config) -> Result<Strata> {
+    let driver = cli.driver.clone();
+    let name = driver.clone().unwrap_or_else(|| config.driver.clone());
+    Strata::open(StoreOptions {
+        config,
+        driver,
+        driver_options: cli.driver_opts.clone(),
+        cache_dir: std::env::var_os("STRATA_COMPONENT_CACHE").map(PathBuf::from),
+    })
+    .with_context(|| format!("opening the store with driver {name}"))
+}
+
+fn print_json(value: serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn pairs_json(pairs: &[(String, String)]) -> serde_json::Value {
+    serde_json::Value::Object(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+fn change_word(kind: ChangeKind) -> &'static str {
+    match kind {
+        ChangeKind::Add => "Add",
+        ChangeKind::Modify => "Modify",
+        ChangeKind::Delete => "Delete",
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let config = load_config(&cli)?;
+    let json = cli.json;
+    match &cli.command {
+        Command::Driver(DriverCommand::Ls) => {
+            let drivers = registry::installed();
+            if json {
+                print_json(json!(drivers
+                    .iter()
+                    .map(|d| json!({"name": d.name, "path": d.path}))
+                    .collect::<Vec<_>>()))?;
+            } else {
+                for d in &drivers {
+                    println!("{}\t{}", d.name, d.path.display());
+                }
+            }
+            Ok(())
+        }
+        Command::Driver(DriverCommand::Inspect { driver }) => {
+            let engine = SandboxEngine::new()?;
+            let cache = std::env::var_os("STRATA_COMPONENT_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| config.root.join("cache").join("components"));
+            let c = load_driver_component(&engine, driver, &config, &cache)
+                .with_context(|| format!("inspecting driver {driver}"))?;
+            let caps: Vec<&str> = c.capabilities.iter().map(|c| c.name()).collect();
+            let granted = config.driver_settings(&c.name).grants;
+            if json {
+                print_json(json!({
+                    "name": c.name,
+                    "path": c.path,
+                    "sha256": c.sha256,
+                    "wit": format!("{WIT_PACKAGE}@{}", c.wit_version),
+                    "capabilities": caps,
+                    "granted": granted,
+                    "imports": c.imports,
+                }))
+            } else {
+                println!("name:         {}", c.name);
+                println!("path:         {}", c.path.display());
+                println!("sha256:       {}", c.sha256);
+                println!("wit:          {WIT_PACKAGE}@{}", c.wit_version);
+                println!("capabilities: {}", caps.join(", "));
+                println!("granted:      {}", granted.join(", "));
+                println!("imports:");
+                for i in &c.imports {
+                    println!("  {i}");
+                }
+                Ok(())
+            }
+        }
+        Command::Status => {
+            let strata = open(&cli, config)?;
+            let status = strata.status()?;
+            let layers = strata.list()?.len();
+            let c = strata.config();
+            if json {
+                print_json(json!({
+                    "driver": strata.driver().name(),
+                    "root": c.root,
+                    "run_root": c.run_root,
+                    "layers": layers,
+                    "status": pairs_json(&status),
+                }))
+            } else {
+                println!("Driver: {}", strata.driver().name());
+                println!("Root: {}", c.root.display());
+                println!("Run root: {}", c.run_root.display());
+                println!("Layers: {layers}");
+                for (k, v) in &status {
+                    println!("{k}: {v}");
+                }
+                Ok(())
+            }
+        }
+        Command::Layer(cmd) => {
+            let strata = open(&cli, config)?;
+            layer_command(&strata, cmd, json)
+        }
+    }
+}
+
+fn layer_command(strata: &Strata, cmd: &LayerCommand, json: bool) -> Result<()> {
+    match cmd {
+        LayerCommand::Create(a) => {
+            let layer = strata
+                .create_layer(CreateLayer {
+                    id: a.id.clone(),
+                    parent: a.parent.clone(),
+                    names: a.names.clone(),
+                    read_write: a.rw,
+                    options: a.opts.clone(),
+                })
+                .context("creating a layer")?;
+            if json {
+                print_json(serde_json::to_value(&layer)?)
+            } else {
+                println!("{}", layer.id);
+                Ok(())
+            }
+        }
+        LayerCommand::Apply { id, file } => {
+            let input: Box<dyn Read + Send> = match file.as_deref() {
+                None | Some("-") => Box::new(std::io::stdin()),
+                Some(path) => Box::new(
+                    std::fs::File::open(path).with_context(|| format!("opening {path}"))?,
+                ),
+            };
+            let applied = strata
+                .apply(id, input)
+                .with_context(|| format!("applying a tar to layer {id}"))?;
+            if json {
+                print_json(serde_json::to_value(&applied)?)
+            } else {
+                println!("{}", applied.size);
+                Ok(())
+            }
+        }
+        LayerCommand::Mount { id, opts } => {
+            let path = strata
+                .mount(id, opts)
+                .with_context(|| format!("mounting layer {id}"))?;
+            if json {
+                print_json(json!({"id": id, "mount_point": path}))
+            } else {
+                println!("{}", path.display());
+                Ok(())
+            }
+        }
+        LayerCommand::Unmount { id, force } => {
+            let left = strata
+                .unmount(id, *force)
+                .with_context(|| format!("unmounting layer {id}"))?;
+            if json {
+                print_json(json!({"id": id, "mount_count": left}))
+            } else {
+                Ok(())
+            }
+        }
+        LayerCommand::Changes { id, parent } => {
+            let changes = strata
+                .changes(id, parent.as_deref())
+                .with_context(|| format!("listing changes of layer {id}"))?;
+            if json {
+                print_json(json!(changes
+                    .iter()
+                    .map(|c| json!({"kind": change_word(c.kind), "path": c.path}))
+                    .collect::<Vec<_>>()))
+            } else {
+                let mut out = std::io::stdout().lock();
+                for c in &changes {
+                    writeln!(out, "{} {}", change_word(c.kind), c.path)?;
+                }
+                Ok(())
+            }
+        }
+        LayerCommand::Diff { id, parent, output } => {
+            let context = || format!("writing the diff of layer {id}");
+            let written = match output {
+                Some(path) => {
+                    let mut f = std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    let n = strata.diff(id, parent.as_deref(), &mut f).with_context(context)?;
+                    f.sync_all()?;
+                    n
+                }
+                None => {
+                    if json {
+                        bail!("`layer diff --json` needs -o FILE: stdout carries the JSON");
+                    }
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    let n = strata
+                        .diff(id, parent.as_deref(), &mut out)
+                        .with_context(context)?;
+                    out.flush()?;
+                    n
+                }
+            };
+            if json {
+                print_json(json!({"id": id, "bytes": written, "output": output}))
+            } else {
+                Ok(())
+            }
+        }
+        LayerCommand::DiffSize { id, parent } => {
+            let size = strata
+                .diff_size(id, parent.as_deref())
+                .with_context(|| format!("sizing the diff of layer {id}"))?;
+            if json {
+                print_json(json!({"id": id, "size": size}))
+            } else {
+                println!("{size}");
+                Ok(())
+            }
+        }
+        LayerCommand::Rm { id } => {
+            strata
+                .remove(id)
+                .with_context(|| format!("removing layer {id}"))?;
+            if json {
+                print_json(json!({"removed": id}))
+            } else {
+                Ok(())
+            }
+        }
+        LayerCommand::Ls => {
+            let layers = strata.list()?;
+            if json {
+                print_json(serde_json::to_value(&layers)?)
+            } else {
+                let mut out = std::io::stdout().lock();
+                for l in &layers {
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}",
+                        l.id,
+                        l.parent.as_deref().unwrap_or("-"),
+                        if l.read_write { "rw" } else { "ro" },
+                        l.names.join(",")
+                    )?;
+                }
+                Ok(())
+            }
+        }
+        LayerCommand::Inspect { id } => {
+            let layer = strata.get(id)?;
+            let meta = strata
+                .metadata(&layer.id)
+                .with_context(|| format!("reading metadata of layer {id}"))?;
+            let mut value = serde_json::to_value(&layer)?;
+            value["driver_metadata"] = pairs_json(&meta);
+            if json {
+                print_json(value)
+            } else {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+                Ok(())
+            }
+        }
+    }
+}

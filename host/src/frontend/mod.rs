@@ -1,0 +1,3 @@
+//! Front ends: how people and programs reach the layer service. Today the `strata` CLI.
+
+pub mod cli;

@@ -1,0 +1,449 @@
+//! The layer service: a store, a driver and the mounts, tied together.
+//!
+//! Every front end (the CLI today; the containerd snapshotter and image import later) goes
+//! through [`Strata`]. It keeps the ordering that makes crashes harmless: a layer record is
+//! written *incomplete* before any driver work and marked complete after, so a store opened
+//! after a crash removes half-made layers; mutations hold the store's exclusive lock so that
+//! recovery never races a live operation.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use crate::archive;
+use crate::config::Config;
+use crate::mount::{self, PlanError};
+use crate::registry::{self, DriverLocation, LocateError};
+use crate::sandbox::{
+    CallError, Capability, ComponentCache, DriverComponent, DriverInfo, DriverRuntime,
+    MountRequest, SandboxEngine, SandboxError, SandboxLimits,
+};
+use crate::store::{Layer, LayerStore, NewLayer, RecoverError, StoreError};
+use crate::sys::SysError;
+
+pub use crate::sandbox::{Change, ChangeKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Locate(#[from] LocateError),
+    #[error("unmounting layer {id}: {source}")]
+    Unmount { id: String, source: SysError },
+    #[error("layer {0} is not mounted")]
+    NotMounted(String),
+    #[error("layer {id}: {what}: {source}")]
+    Archive {
+        id: String,
+        what: &'static str,
+        source: archive::ArchiveError,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("driver grant `{0}` is not a capability this host provides")]
+    UnknownGrant(String),
+    #[error("applying onto layer {id} failed, so the layer was removed: {cause}")]
+    ApplyFailed { id: String, cause: Box<LayerError> },
+}
+
+pub type Result<T, E = LayerError> = std::result::Result<T, E>;
+
+/// Where a store lives and which driver runs it.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub config: Config,
+    /// A first-party driver name or a path to a `.wasm`; `None` uses `config.driver`.
+    pub driver: Option<String>,
+    /// Driver options added on top of `[drivers.NAME] options`.
+    pub driver_options: Vec<(String, String)>,
+    /// Where compiled components are cached; default `<root>/cache/components`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A request to create a layer.
+#[derive(Clone, Debug, Default)]
+pub struct CreateLayer {
+    pub id: Option<String>,
+    pub parent: Option<String>,
+    pub names: Vec<String>,
+    pub read_write: bool,
+    pub options: Vec<(String, String)>,
+}
+
+/// What applying a layer tar did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Applied {
+    /// Bytes of file content written, as the driver reports it.
+    pub size: u64,
+    /// Bytes of the uncompressed tar and its digest (the diff ID).
+    pub uncompressed_size: u64,
+    pub uncompressed_digest: String,
+    /// Bytes as given (compressed or not) and their digest.
+    pub compressed_size: u64,
+    pub compressed_digest: String,
+}
+
+/// The store and its driver, opened.
+pub struct Strata {
+    config: Config,
+    store: LayerStore,
+    driver: DriverRuntime,
+    component: DriverComponent,
+    info: DriverInfo,
+}
+
+/// Opens the driver described by `options` without a store: for `driver inspect`.
+pub fn load_driver_component(
+    engine: &SandboxEngine,
+    spec: &str,
+    config: &Config,
+    cache_dir: &Path,
+) -> Result<DriverComponent> {
+    let location = locate_driver(spec, config)?;
+    let cache = ComponentCache::new(cache_dir);
+    Ok(DriverComponent::load(
+        engine,
+        &cache,
+        &location.name,
+        &location.path,
+    )?)
+}
+
+fn locate_driver(spec: &str, config: &Config) -> Result<DriverLocation> {
+    let configured = if registry::is_path(spec) {
+        None
+    } else {
+        config.driver_settings(spec).path
+    };
+    Ok(registry::locate(spec, configured.as_deref())?)
+}
+
+fn grants(names: &[String]) -> Result<Vec<Capability>> {
+    names
+        .iter()
+        .map(|n| Capability::from_name(n).ok_or_else(|| LayerError::UnknownGrant(n.clone())))
+        .collect()
+}
+
+impl Strata {
+    /// Opens (creating if needed) the store at `config.root`, loads and initialises the driver,
+    /// and removes layers left incomplete by a crash.
+    pub fn open(options: StoreOptions) -> Result<Strata> {
+        let config = options.config;
+        let spec = options.driver.unwrap_or_else(|| config.driver.clone());
+        let location = locate_driver(&spec, &config)?;
+        let settings = config.driver_settings(&location.name);
+        let io = |what: String| move |source| LayerError::Io { what, source };
+        std::fs::create_dir_all(&config.root)
+            .map_err(io(format!("creating root {}", config.root.display())))?;
+        let store = LayerStore::open(&config.root)?;
+        let engine = SandboxEngine::new().map_err(|e| SandboxError::Setup {
+            driver: location.name.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        let cache_dir = options
+            .cache_dir
+            .unwrap_or_else(|| config.root.join("cache").join("components"));
+        let cache = ComponentCache::new(cache_dir);
+        let component = DriverComponent::load(&engine, &cache, &location.name, &location.path)?;
+        let home = config.root.join(&location.name);
+        std::fs::create_dir_all(&home)
+            .map_err(io(format!("creating driver home {}", home.display())))?;
+        let limits = SandboxLimits {
+            memory: usize::try_from(settings.memory).unwrap_or(usize::MAX),
+            deadline: settings.deadline,
+        };
+        let driver = DriverRuntime::new(&engine, &component, &grants(&settings.grants)?, &home, limits)?;
+        let mut init_options = settings.options.clone();
+        init_options.extend(options.driver_options);
+        let info = driver.init(&init_options)?;
+        let strata = Strata {
+            config,
+            store,
+            driver,
+            component,
+            info,
+        };
+        strata.recover()?;
+        Ok(strata)
+    }
+
+    fn recover(&self) -> Result<()> {
+        let incomplete = self.store.incomplete_layers()?;
+        if incomplete.is_empty() {
+            return Ok(());
+        }
+        let driver = &self.driver;
+        self.store
+            .recover(|layer: &Layer| driver.remove(&layer.id).map_err(LayerError::from))
+            .map_err(|e| match e {
+                RecoverError::Store(e) => LayerError::Store(e),
+                RecoverError::Driver(e) => e,
+            })?;
+        Ok(())
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &LayerStore {
+        &self.store
+    }
+
+    pub fn driver(&self) -> &DriverRuntime {
+        &self.driver
+    }
+
+    pub fn component(&self) -> &DriverComponent {
+        &self.component
+    }
+
+    pub fn driver_info(&self) -> &DriverInfo {
+        &self.info
+    }
+
+    pub fn list(&self) -> Result<Vec<Layer>> {
+        Ok(self.store.list()?)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Layer> {
+        Ok(self.store.get(id)?)
+    }
+
+    /// Creates a layer: record (incomplete) → driver → record complete.
+    pub fn create_layer(&self, req: CreateLayer) -> Result<Layer> {
+        let _lock = self.store.lock_exclusive()?;
+        let parent = match &req.parent {
+            Some(p) => Some(self.store.get(p)?.id),
+            None => None,
+        };
+        let layer = self.store.begin_create(NewLayer {
+            id: req.id,
+            parent: parent.clone(),
+            names: req.names,
+            driver: self.driver.name().to_string(),
+            read_write: req.read_write,
+        })?;
+        if let Err(e) = self
+            .driver
+            .create(&layer.id, parent.as_deref(), req.read_write, &req.options)
+        {
+            let _ = self.driver.remove(&layer.id);
+            self.store.delete_record(&layer.id)?;
+            return Err(e.into());
+        }
+        self.store.finish_create(&layer.id)?;
+        Ok(self.store.get(&layer.id)?)
+    }
+
+    /// Applies a layer tar (plain, gzip or zstd) read from `input` onto layer `id`. On failure
+    /// the layer is removed: a half-applied layer is never left behind.
+    pub fn apply(&self, id: &str, input: Box<dyn Read + Send>) -> Result<Applied> {
+        let _lock = self.store.lock_exclusive()?;
+        let layer = self.store.get(id)?;
+        if layer.mount_count > 0 {
+            return Err(StoreError::Busy(layer.id).into());
+        }
+        self.store.mark_incomplete(&layer.id)?;
+        let compressed = HashingReader::new(input);
+        let compressed_tally = compressed.tally();
+        let tar = archive::decompressed(Box::new(compressed)).map_err(|e| LayerError::Io {
+            what: format!("reading the tar for layer {}", layer.id),
+            source: e,
+        })?;
+        let uncompressed = HashingReader::new(tar);
+        let uncompressed_tally = uncompressed.tally();
+        match self
+            .driver
+            .apply_diff(&layer.id, layer.parent.as_deref(), Box::new(uncompressed))
+        {
+            Ok(size) => {
+                let applied = Applied {
+                    size,
+                    uncompressed_size: uncompressed_tally.bytes(),
+                    uncompressed_digest: uncompressed_tally.digest(),
+                    compressed_size: compressed_tally.bytes(),
+                    compressed_digest: compressed_tally.digest(),
+                };
+                self.store.set_sizes(
+                    &layer.id,
+                    Some(&applied.compressed_digest),
+                    Some(applied.compressed_size),
+                    Some(&applied.uncompressed_digest),
+                    Some(applied.uncompressed_size),
+                )?;
+                self.store.finish_create(&layer.id)?;
+                Ok(applied)
+            }
+            Err(e) => {
+                let _ = self.driver.remove(&layer.id);
+                self.store.delete_record(&layer.id)?;
+                Err(LayerError::ApplyFailed {
+                    id: layer.id,
+                    cause: Box::new(e.into()),
+                })
+            }
+        }
+    }
+
+    /// Mounts layer `id` (or counts one more user of an existing mount); returns where.
+    pub fn mount(&self, id: &str, options: &[(String, String)]) -> Result<PathBuf> {
+        let _lock = self.store.lock_exclusive()?;
+        let layer = self.store.get(id)?;
+        if layer.mount_count > 0 {
+            if let Some(mp) = &layer.mount_point {
+                self.store.increment_mount(&layer.id, mp)?;
+                return Ok(PathBuf::from(mp));
+            }
+        }
+        let request = MountRequest {
+            read_only: !layer.read_write,
+            options: options.to_vec(),
+        };
+        let plan = self.driver.plan_mount(&layer.id, &request)?;
+        let checked = mount::check_plan(
+            self.driver.name(),
+            self.driver.home(),
+            self.driver.home_path(),
+            &plan,
+            &request,
+        )?;
+        checked.execute(&layer.id)?;
+        let target = checked.target_path().to_path_buf();
+        self.store
+            .increment_mount(&layer.id, &target.to_string_lossy())?;
+        Ok(target)
+    }
+
+    /// Drops one user of layer `id`'s mount, unmounting on the last; `force` unmounts now
+    /// whatever the count. Returns the users left.
+    pub fn unmount(&self, id: &str, force: bool) -> Result<u32> {
+        let _lock = self.store.lock_exclusive()?;
+        let layer = self.store.get(id)?;
+        let Some(mount_point) = layer.mount_point.clone().filter(|_| layer.mount_count > 0) else {
+            return Err(LayerError::NotMounted(layer.id));
+        };
+        if layer.mount_count > 1 && !force {
+            return Ok(self.store.decrement_mount(&layer.id, false)?);
+        }
+        mount::unmount(Path::new(&mount_point), force).map_err(|source| LayerError::Unmount {
+            id: layer.id.clone(),
+            source,
+        })?;
+        let left = self.store.decrement_mount(&layer.id, true)?;
+        self.driver.unmounted(&layer.id)?;
+        Ok(left)
+    }
+
+    /// The parent to compare against: the one given, or the layer's own.
+    fn compare_parent(&self, layer: &Layer, parent: Option<&str>) -> Result<Option<String>> {
+        match parent {
+            Some(p) => Ok(Some(self.store.get(p)?.id)),
+            None => Ok(layer.parent.clone()),
+        }
+    }
+
+    pub fn changes(&self, id: &str, parent: Option<&str>) -> Result<Vec<Change>> {
+        let layer = self.store.get(id)?;
+        let parent = self.compare_parent(&layer, parent)?;
+        let mut changes = self.driver.changes(&layer.id, parent.as_deref())?;
+        changes.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(changes)
+    }
+
+    /// Writes layer `id`'s diff against its parent (or `parent`) as a tar to `out`.
+    pub fn diff(&self, id: &str, parent: Option<&str>, out: &mut dyn Write) -> Result<u64> {
+        let layer = self.store.get(id)?;
+        let parent = self.compare_parent(&layer, parent)?;
+        let diff = self.driver.diff(&layer.id, parent.as_deref())?;
+        diff.write_tar(out).map_err(|source| LayerError::Archive {
+            id: layer.id,
+            what: "writing its diff",
+            source,
+        })
+    }
+
+    pub fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
+        let layer = self.store.get(id)?;
+        let parent = self.compare_parent(&layer, parent)?;
+        Ok(self.driver.diff_size(&layer.id, parent.as_deref())?)
+    }
+
+    pub fn metadata(&self, id: &str) -> Result<Vec<(String, String)>> {
+        let layer = self.store.get(id)?;
+        Ok(self.driver.metadata(&layer.id)?)
+    }
+
+    /// Removes a layer without children that is not mounted.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        let _lock = self.store.lock_exclusive()?;
+        let layer = self.store.get(id)?;
+        self.store.check_removable(&layer.id)?;
+        self.store.mark_incomplete(&layer.id)?;
+        self.driver.remove(&layer.id)?;
+        self.store.delete_record(&layer.id)?;
+        Ok(())
+    }
+
+    /// The driver's status lines, fresh from the driver.
+    pub fn status(&self) -> Result<Vec<(String, String)>> {
+        Ok(self.driver.status()?)
+    }
+}
+
+/// Counts and hashes the bytes that pass through it (sha256 once, no second read).
+struct HashingReader<R> {
+    inner: R,
+    tally: Tally,
+}
+
+#[derive(Clone, Default)]
+struct Tally(Arc<Mutex<(Sha256, u64)>>);
+
+impl Tally {
+    fn bytes(&self) -> u64 {
+        self.0.lock().map(|g| g.1).unwrap_or(0)
+    }
+
+    fn digest(&self) -> String {
+        let hasher = self.0.lock().map(|g| g.0.clone()).unwrap_or_default();
+        format!("sha256:{}", hex::encode(hasher.finalize()))
+    }
+}
+
+impl<R: Read> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            tally: Tally::default(),
+        }
+    }
+
+    fn tally(&self) -> Tally {
+        self.tally.clone()
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Ok(mut g) = self.tally.0.lock() {
+            g.0.update(&buf[..n]);
+            g.1 += n as u64;
+        }
+        Ok(n)
+    }
+}

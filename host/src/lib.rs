@@ -1,0 +1,24 @@
+//! Strata's host: the privileged half of a container storage driver.
+//!
+//! Drivers (WebAssembly components) decide layering policy; this crate checks what they ask
+//! for against their sandbox and then performs it. Modules follow the architecture:
+//!
+//! - [`sys`]: the only module with `unsafe` and raw syscalls; typed wrappers on rustix.
+//! - [`archive`]: layer tars (apply, export) and tree comparison (changes, sizes).
+//! - [`copy`]: copying trees with reflinks, preserving everything a layer holds.
+//! - [`sandbox`]: wasmtime engine, component cache, the host interfaces drivers import.
+//! - [`mount`]: mount-plan validation and execution, mount reference counts.
+//! - [`store`]: the layer store (SQLite), crash recovery, locking.
+//! - [`config`]: `strata.toml`.
+//! - [`frontend`]: the CLI's commands, on top of the above.
+
+pub mod archive;
+pub mod config;
+pub mod copy;
+pub mod frontend;
+pub mod layers;
+pub mod mount;
+pub mod registry;
+pub mod sandbox;
+pub mod store;
+pub mod sys;

@@ -1,0 +1,204 @@
+//! Mount plans: the driver decides, the host checks, then executes.
+//!
+//! A driver's [`MountPlan`] names directories relative to its home. Before any mount syscall
+//! every one of them is resolved beneath the home (an escape is `denied`), overlay options are
+//! checked against [`OVERLAY_OPTIONS`], and a plan that would give write access where the host
+//! asked for a read-only mount is refused. Only then are the resolved descriptors handed to
+//! [`crate::sys::mount`]. Reference counts live in the layer store; this module only mounts
+//! and unmounts.
+
+use std::path::{Path, PathBuf};
+
+use crate::sandbox::{MountKind, MountPlan, MountRequest};
+use crate::sys::{self, SysError};
+
+/// The kernel's limit of overlay lower directories.
+pub const MAX_OVERLAY_LOWERS: usize = 500;
+/// Options a driver may put on an overlay mount; anything naming a path (`lowerdir=`,
+/// `upperdir=`, `workdir=`, `datadir+=`) must come through the typed plan instead.
+pub const OVERLAY_OPTIONS: &[&str] = &[
+    "index=off",
+    "index=on",
+    "metacopy=off",
+    "metacopy=on",
+    "redirect_dir=off",
+    "redirect_dir=on",
+    "redirect_dir=follow",
+    "redirect_dir=nofollow",
+    "xino=off",
+    "xino=on",
+    "xino=auto",
+    "userxattr",
+    "volatile",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("mount plan of driver {driver}: {role} `{path}`: {reason}")]
+    Path {
+        driver: String,
+        role: &'static str,
+        path: String,
+        reason: String,
+        kind: sys::ErrorKind,
+    },
+    #[error("mount plan of driver {driver}: {reason}")]
+    Invalid { driver: String, reason: String },
+    #[error("mounting layer {id} on {target}: {source}")]
+    Mount {
+        id: String,
+        target: PathBuf,
+        source: SysError,
+    },
+}
+
+impl PlanError {
+    /// Whether the driver asked for something outside its sandbox.
+    pub fn is_denied(&self) -> bool {
+        matches!(self, PlanError::Path { kind: sys::ErrorKind::Denied, .. })
+            || matches!(self, PlanError::Invalid { .. })
+    }
+}
+
+enum Resolved {
+    Bind {
+        source: sys::Dir,
+    },
+    Overlay {
+        lower: Vec<sys::Dir>,
+        upper: Option<sys::Dir>,
+        work: Option<sys::Dir>,
+        options: Vec<String>,
+    },
+}
+
+/// A plan whose every path has been resolved beneath the driver home and whose options are
+/// allowed: safe to execute.
+pub struct CheckedPlan {
+    target: sys::Dir,
+    target_path: PathBuf,
+    read_only: bool,
+    resolved: Resolved,
+}
+
+impl CheckedPlan {
+    /// The absolute host path where the layer appears once mounted.
+    pub fn target_path(&self) -> &Path {
+        &self.target_path
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Performs the mount.
+    pub fn execute(&self, id: &str) -> Result<(), PlanError> {
+        let r = match &self.resolved {
+            Resolved::Bind { source } => {
+                sys::mount::bind(source, &self.target, &self.target_path, self.read_only)
+            }
+            Resolved::Overlay {
+                lower,
+                upper,
+                work,
+                options,
+            } => {
+                let spec = sys::mount::OverlaySpec {
+                    lower: lower.iter().collect(),
+                    upper: upper.as_ref(),
+                    work: work.as_ref(),
+                    options,
+                    read_only: self.read_only,
+                };
+                sys::mount::overlay(&spec, &self.target, &self.target_path)
+            }
+        };
+        r.map_err(|source| PlanError::Mount {
+            id: id.into(),
+            target: self.target_path.clone(),
+            source,
+        })
+    }
+}
+
+/// Checks `plan` (from driver `driver`, whose home is `home` at `home_path`) against the
+/// sandbox and against `request`.
+pub fn check_plan(
+    driver: &str,
+    home: &sys::Dir,
+    home_path: &Path,
+    plan: &MountPlan,
+    request: &MountRequest,
+) -> Result<CheckedPlan, PlanError> {
+    let resolve = |role: &'static str, path: &str| {
+        home.open_dir(path).map_err(|e| PlanError::Path {
+            driver: driver.into(),
+            role,
+            path: path.into(),
+            reason: e.reason(),
+            kind: e.kind,
+        })
+    };
+    let invalid = |reason: String| PlanError::Invalid {
+        driver: driver.into(),
+        reason,
+    };
+    if request.read_only && !plan.read_only {
+        return Err(invalid(
+            "the host asked for a read-only mount and the plan is read-write".into(),
+        ));
+    }
+    let target = resolve("target", &plan.target)?;
+    let resolved = match &plan.kind {
+        MountKind::Bind(bind) => Resolved::Bind {
+            source: resolve("bind source", &bind.source)?,
+        },
+        MountKind::Overlay(ov) => {
+            if ov.lower.is_empty() {
+                return Err(invalid("an overlay needs at least one lower directory".into()));
+            }
+            if ov.lower.len() > MAX_OVERLAY_LOWERS {
+                return Err(invalid(format!(
+                    "{} lower directories is more than the kernel's {MAX_OVERLAY_LOWERS}",
+                    ov.lower.len()
+                )));
+            }
+            if ov.upper.is_some() != ov.work.is_some() {
+                return Err(invalid(
+                    "an overlay needs both an upper and a work directory, or neither".into(),
+                ));
+            }
+            if let Some(bad) = ov.options.iter().find(|o| !OVERLAY_OPTIONS.contains(&o.as_str())) {
+                return Err(invalid(format!(
+                    "overlay option `{bad}` is not allowed (allowed: {})",
+                    OVERLAY_OPTIONS.join(", ")
+                )));
+            }
+            let lower = ov
+                .lower
+                .iter()
+                .map(|l| resolve("overlay lower", l))
+                .collect::<Result<Vec<_>, _>>()?;
+            Resolved::Overlay {
+                lower,
+                upper: ov.upper.as_deref().map(|u| resolve("overlay upper", u)).transpose()?,
+                work: ov.work.as_deref().map(|w| resolve("overlay work", w)).transpose()?,
+                options: ov.options.clone(),
+            }
+        }
+    };
+    Ok(CheckedPlan {
+        target,
+        target_path: home_path.join(&plan.target),
+        read_only: plan.read_only || request.read_only,
+        resolved,
+    })
+}
+
+/// Unmounts a layer's mount point; `force` detaches a busy mount lazily.
+pub fn unmount(target: &Path, force: bool) -> Result<(), SysError> {
+    match sys::mount::unmount(target, false) {
+        Err(e) if force && e.kind == sys::ErrorKind::Busy => sys::mount::unmount(target, true),
+        other => other,
+    }
+}

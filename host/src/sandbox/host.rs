@@ -1,0 +1,480 @@
+//! The host interfaces drivers import (`files`, `copy`, `archive`, `log`), and the per-call
+//! store state behind them.
+//!
+//! Every path a driver passes is untrusted: it is checked lexically and then resolved beneath
+//! the driver's home with `openat2(RESOLVE_BENEATH)` by [`crate::sys::Dir`], so `..`,
+//! absolute paths and symlinks that point out are answered with `denied`. Error messages
+//! name the path as the driver gave it, never the host's absolute paths. Expected failures
+//! are WIT `error` values; only host bugs trap.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::StoreLimits;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::strata::driver::{archive as wit_archive, copy as wit_copy, files, log, types};
+use crate::sys::{self, ErrorKind, SysError};
+use crate::{archive, copy};
+
+/// Changes one call may return to a driver (each crosses into guest memory).
+pub const MAX_CHANGES_TO_GUEST: usize = 1_000_000;
+/// Bytes of one log message kept; the rest is cut.
+pub const MAX_LOG_MESSAGE: usize = 4096;
+/// Largest xattr value a driver may set.
+pub const MAX_XATTR_VALUE: usize = 64 * 1024;
+
+/// The epoch callback's verdict that the guest ran past its deadline.
+#[derive(Debug)]
+pub struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("driver exceeded its deadline")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// Per-call state of one driver instance.
+pub struct HostState {
+    driver: String,
+    home: Arc<sys::Dir>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    /// When the call started, for the deadline.
+    pub(super) started: Instant,
+    /// Time spent inside host calls, which the deadline does not count.
+    pub(super) host_time: Duration,
+}
+
+impl HostState {
+    pub(super) fn new(
+        driver: String,
+        home: Arc<sys::Dir>,
+        wasi: WasiCtx,
+        limits: StoreLimits,
+        max_resources: usize,
+    ) -> Self {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(max_resources);
+        HostState {
+            driver,
+            home,
+            wasi,
+            table,
+            limits,
+            started: Instant::now(),
+            host_time: Duration::ZERO,
+        }
+    }
+
+    pub(super) fn push_diff(&mut self, diff: LayerDiff) -> wasmtime::Result<Resource<LayerDiff>> {
+        Ok(self.table.push(diff)?)
+    }
+
+    pub(super) fn take_diff(&mut self, diff: Resource<LayerDiff>) -> wasmtime::Result<LayerDiff> {
+        Ok(self.table.delete(diff)?)
+    }
+
+    /// Runs host work, keeping its duration off the driver's deadline.
+    fn timed<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        let start = Instant::now();
+        let out = f(self);
+        self.host_time += start.elapsed();
+        out
+    }
+
+    fn open_dir(&self, path: &str) -> Result<sys::Dir, types::Error> {
+        self.home.open_dir(path).map_err(|e| to_wit(path, e))
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A layer diff held by the host on a driver's behalf.
+pub struct LayerDiff {
+    source: DiffSource,
+}
+
+enum DiffSource {
+    /// A tar stream coming in (`apply-diff`); taken by the first `archive.apply`.
+    Input(Option<Box<dyn Read + Send>>),
+    /// A diff between two trees of the driver home (`archive.diff-trees`), streamed out by
+    /// the host after the driver returned it.
+    Trees {
+        layer: sys::Dir,
+        parent: Option<sys::Dir>,
+    },
+}
+
+impl LayerDiff {
+    /// An incoming layer tar (uncompressed) for `apply-diff`.
+    pub fn input(tar: Box<dyn Read + Send>) -> Self {
+        LayerDiff {
+            source: DiffSource::Input(Some(tar)),
+        }
+    }
+
+    /// Streams this diff as a tar with `.wh.` whiteouts; returns the bytes written.
+    pub fn write_tar(&self, out: &mut dyn Write) -> Result<u64, archive::ArchiveError> {
+        match &self.source {
+            DiffSource::Trees { layer, parent } => {
+                archive::write_diff_tar(layer, parent.as_ref(), out)
+            }
+            DiffSource::Input(_) => Err(archive::ArchiveError::invalid(
+                "a driver returned an incoming diff as its own diff",
+            )),
+        }
+    }
+}
+
+/// The driver-facing meaning of a host failure on `path` (as the driver named it).
+pub(super) fn to_wit(path: &str, e: SysError) -> types::Error {
+    let msg = format!("{path}: {}", e.reason());
+    match e.kind {
+        ErrorKind::NotFound => types::Error::NotFound(msg),
+        ErrorKind::AlreadyExists => types::Error::AlreadyExists(msg),
+        ErrorKind::Denied => types::Error::Denied(msg),
+        ErrorKind::Busy => types::Error::Busy(msg),
+        ErrorKind::Unsupported => types::Error::Unsupported(msg),
+        ErrorKind::InvalidArgument => types::Error::InvalidArgument(msg),
+        ErrorKind::NoSpace | ErrorKind::Other => types::Error::Io(types::IoError {
+            errno: e.errno,
+            message: msg,
+        }),
+    }
+}
+
+fn archive_to_wit(what: &str, e: archive::ArchiveError) -> types::Error {
+    let msg = format!("{what}: {e}");
+    match e.kind() {
+        ErrorKind::NotFound => types::Error::NotFound(msg),
+        ErrorKind::AlreadyExists => types::Error::AlreadyExists(msg),
+        ErrorKind::Denied => types::Error::Denied(msg),
+        ErrorKind::Busy => types::Error::Busy(msg),
+        ErrorKind::Unsupported => types::Error::Unsupported(msg),
+        ErrorKind::InvalidArgument => types::Error::InvalidArgument(msg),
+        ErrorKind::NoSpace | ErrorKind::Other => types::Error::Io(types::IoError {
+            errno: e.errno(),
+            message: msg,
+        }),
+    }
+}
+
+fn copy_to_wit(what: &str, e: copy::CopyError) -> types::Error {
+    let msg = format!("{what}: {e}");
+    match e.kind() {
+        ErrorKind::NotFound => types::Error::NotFound(msg),
+        ErrorKind::AlreadyExists => types::Error::AlreadyExists(msg),
+        ErrorKind::Denied => types::Error::Denied(msg),
+        ErrorKind::Busy => types::Error::Busy(msg),
+        ErrorKind::Unsupported => types::Error::Unsupported(msg),
+        ErrorKind::InvalidArgument => types::Error::InvalidArgument(msg),
+        ErrorKind::NoSpace | ErrorKind::Other => types::Error::Io(types::IoError {
+            errno: e.errno(),
+            message: msg,
+        }),
+    }
+}
+
+/// Makes guest text safe to print: control characters escaped, length capped.
+pub fn sanitize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_LOG_MESSAGE));
+    for c in text.chars() {
+        if out.len() >= MAX_LOG_MESSAGE {
+            out.push_str("…");
+            break;
+        }
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+type HostResult<T> = wasmtime::Result<Result<T, types::Error>>;
+
+impl types::Host for HostState {}
+
+impl types::HostLayerDiff for HostState {
+    fn drop(&mut self, rep: Resource<LayerDiff>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+fn file_kind(kind: sys::FileKind) -> files::FileKind {
+    match kind {
+        sys::FileKind::Regular => files::FileKind::Regular,
+        sys::FileKind::Directory => files::FileKind::Directory,
+        sys::FileKind::Symlink => files::FileKind::Symlink,
+        sys::FileKind::Fifo => files::FileKind::Fifo,
+        sys::FileKind::CharDevice => files::FileKind::CharDevice,
+        sys::FileKind::BlockDevice => files::FileKind::BlockDevice,
+        sys::FileKind::Socket => files::FileKind::Socket,
+    }
+}
+
+impl files::Host for HostState {
+    fn mkdir(&mut self, path: String, mode: u32, uid: u32, gid: u32) -> HostResult<()> {
+        Ok(self.timed(|s| s.home.mkdir(&path, mode, uid, gid).map_err(|e| to_wit(&path, e))))
+    }
+
+    fn chown(&mut self, path: String, uid: u32, gid: u32) -> HostResult<()> {
+        Ok(self.timed(|s| s.home.lchown(&path, uid, gid).map_err(|e| to_wit(&path, e))))
+    }
+
+    fn chmod(&mut self, path: String, mode: u32) -> HostResult<()> {
+        Ok(self.timed(|s| s.home.chmod(&path, mode).map_err(|e| to_wit(&path, e))))
+    }
+
+    fn set_xattr(&mut self, path: String, name: String, value: Vec<u8>) -> HostResult<()> {
+        if value.len() > MAX_XATTR_VALUE {
+            return Ok(Err(types::Error::InvalidArgument(format!(
+                "{path}: xattr {name}: {} bytes is more than {MAX_XATTR_VALUE}",
+                value.len()
+            ))));
+        }
+        Ok(self.timed(|s| {
+            s.home
+                .set_xattr(&path, &name, &value)
+                .map_err(|e| to_wit(&path, e))
+        }))
+    }
+
+    fn get_xattr(&mut self, path: String, name: String) -> HostResult<Option<Vec<u8>>> {
+        Ok(self.timed(|s| s.home.get_xattr(&path, &name).map_err(|e| to_wit(&path, e))))
+    }
+
+    fn list_xattrs(&mut self, path: String) -> HostResult<Vec<String>> {
+        Ok(self.timed(|s| s.home.list_xattrs(&path).map_err(|e| to_wit(&path, e))))
+    }
+
+    fn remove_xattr(&mut self, path: String, name: String) -> HostResult<()> {
+        Ok(self.timed(|s| {
+            s.home
+                .remove_xattr(&path, &name)
+                .map_err(|e| to_wit(&path, e))
+        }))
+    }
+
+    fn make_whiteout(&mut self, path: String) -> HostResult<()> {
+        Ok(self.timed(|s| s.home.make_whiteout(&path).map_err(|e| to_wit(&path, e))))
+    }
+
+    fn set_times(&mut self, path: String, atime: i64, mtime: i64) -> HostResult<()> {
+        Ok(self.timed(|s| {
+            s.home
+                .set_times(&path, (atime, 0), (mtime, 0))
+                .map_err(|e| to_wit(&path, e))
+        }))
+    }
+
+    fn stat(&mut self, path: String) -> HostResult<files::FileStat> {
+        Ok(self.timed(|s| {
+            s.home
+                .lstat(&path)
+                .map(|st| files::FileStat {
+                    kind: file_kind(st.kind),
+                    mode: st.mode,
+                    uid: st.uid,
+                    gid: st.gid,
+                    size: st.size,
+                    nlink: st.nlink,
+                    rdev: st.rdev,
+                    mtime_seconds: st.mtime_sec,
+                    mtime_nanoseconds: st.mtime_nsec,
+                })
+                .map_err(|e| to_wit(&path, e))
+        }))
+    }
+
+    fn remove_tree(&mut self, path: String) -> HostResult<()> {
+        Ok(self.timed(|s| s.home.remove_tree(&path).map_err(|e| to_wit(&path, e))))
+    }
+
+    fn filesystem_type(&mut self, path: String) -> HostResult<String> {
+        Ok(self.timed(|s| {
+            s.home
+                .filesystem_type(&path)
+                .map(str::to_string)
+                .map_err(|e| to_wit(&path, e))
+        }))
+    }
+}
+
+impl wit_copy::Host for HostState {
+    fn copy_file(
+        &mut self,
+        src: String,
+        dst: String,
+        mode: wit_copy::CopyMode,
+    ) -> HostResult<wit_copy::CopyStats> {
+        Ok(self.timed(|s| {
+            copy::copy_file(&s.home, &src, &s.home, &dst, copy_mode(mode))
+                .map(copy_stats)
+                .map_err(|e| copy_to_wit(&format!("{src} -> {dst}"), e))
+        }))
+    }
+
+    fn copy_tree(
+        &mut self,
+        src: String,
+        dst: String,
+        mode: wit_copy::CopyMode,
+    ) -> HostResult<wit_copy::CopyStats> {
+        Ok(self.timed(|s| {
+            copy::copy_tree(&s.home, &src, &s.home, &dst, copy_mode(mode))
+                .map(copy_stats)
+                .map_err(|e| copy_to_wit(&format!("{src} -> {dst}"), e))
+        }))
+    }
+}
+
+fn copy_mode(mode: wit_copy::CopyMode) -> copy::CopyMode {
+    match mode {
+        wit_copy::CopyMode::ReflinkOrCopy => copy::CopyMode::ReflinkOrCopy,
+        wit_copy::CopyMode::ReflinkOnly => copy::CopyMode::ReflinkOnly,
+        wit_copy::CopyMode::Copy => copy::CopyMode::Copy,
+    }
+}
+
+fn copy_stats(s: copy::CopyStats) -> wit_copy::CopyStats {
+    wit_copy::CopyStats {
+        entries: s.entries,
+        bytes: s.bytes,
+        reflinked: s.reflinked,
+    }
+}
+
+fn whiteout_format(w: types::WhiteoutFormat) -> archive::WhiteoutFormat {
+    match w {
+        types::WhiteoutFormat::Delete => archive::WhiteoutFormat::Delete,
+        types::WhiteoutFormat::OverlayTrusted => archive::WhiteoutFormat::OverlayTrusted,
+        types::WhiteoutFormat::OverlayUser => archive::WhiteoutFormat::OverlayUser,
+    }
+}
+
+impl HostState {
+    fn open_pair(
+        &self,
+        layer: &str,
+        parent: Option<&str>,
+    ) -> Result<(sys::Dir, Option<sys::Dir>), types::Error> {
+        let layer_dir = self.open_dir(layer)?;
+        let parent_dir = parent.map(|p| self.open_dir(p)).transpose()?;
+        Ok((layer_dir, parent_dir))
+    }
+}
+
+impl wit_archive::Host for HostState {
+    fn apply(
+        &mut self,
+        diff: Resource<LayerDiff>,
+        dest: String,
+        whiteouts: types::WhiteoutFormat,
+    ) -> HostResult<wit_archive::ApplyStats> {
+        let reader = match &mut self.table.get_mut(&diff)?.source {
+            DiffSource::Input(reader) => reader.take(),
+            DiffSource::Trees { .. } => None,
+        };
+        let Some(reader) = reader else {
+            return Ok(Err(types::Error::InvalidArgument(
+                "this diff was already applied, or is not an incoming diff".into(),
+            )));
+        };
+        Ok(self.timed(|s| {
+            let dest_dir = s.open_dir(&dest)?;
+            archive::apply_layer_tar(reader, &dest_dir, whiteout_format(whiteouts))
+                .map(|st| wit_archive::ApplyStats {
+                    size: st.size,
+                    entries: st.entries,
+                })
+                .map_err(|e| archive_to_wit(&format!("applying a layer onto {dest}"), e))
+        }))
+    }
+
+    fn diff_trees(&mut self, layer: String, parent: Option<String>) -> HostResult<Resource<LayerDiff>> {
+        let pair = self.timed(|s| s.open_pair(&layer, parent.as_deref()));
+        match pair {
+            Ok((layer, parent)) => Ok(Ok(self.push_diff(LayerDiff {
+                source: DiffSource::Trees { layer, parent },
+            })?)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    fn changes(&mut self, layer: String, parent: Option<String>) -> HostResult<Vec<types::Change>> {
+        Ok(self.timed(|s| {
+            let (l, p) = s.open_pair(&layer, parent.as_deref())?;
+            let changes = archive::changes(&l, p.as_ref())
+                .map_err(|e| archive_to_wit(&format!("comparing {layer}"), e))?;
+            if changes.len() > MAX_CHANGES_TO_GUEST {
+                return Err(types::Error::Unsupported(format!(
+                    "{layer}: {} changes is more than the {MAX_CHANGES_TO_GUEST} a driver call may return",
+                    changes.len()
+                )));
+            }
+            Ok(changes
+                .into_iter()
+                .map(|c| types::Change {
+                    path: c.path,
+                    kind: match c.kind {
+                        archive::ChangeKind::Add => types::ChangeKind::Add,
+                        archive::ChangeKind::Modify => types::ChangeKind::Modify,
+                        archive::ChangeKind::Delete => types::ChangeKind::Delete,
+                    },
+                })
+                .collect())
+        }))
+    }
+
+    fn diff_size(&mut self, layer: String, parent: Option<String>) -> HostResult<u64> {
+        Ok(self.timed(|s| {
+            let (l, p) = s.open_pair(&layer, parent.as_deref())?;
+            archive::diff_size(&l, p.as_ref())
+                .map_err(|e| archive_to_wit(&format!("sizing {layer}"), e))
+        }))
+    }
+}
+
+/// The most verbose driver log level printed, from `STRATA_LOG` (`error`, `warn` (default),
+/// `info`, `debug`, `trace`).
+fn log_threshold() -> u8 {
+    match std::env::var("STRATA_LOG").as_deref() {
+        Ok("error") => 0,
+        Ok("info") => 2,
+        Ok("debug") => 3,
+        Ok("trace") => 4,
+        _ => 1,
+    }
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let (rank, word) = match level {
+            log::Level::Error => (0, "error"),
+            log::Level::Warn => (1, "warn"),
+            log::Level::Info => (2, "info"),
+            log::Level::Debug => (3, "debug"),
+            log::Level::Trace => (4, "trace"),
+        };
+        if rank <= log_threshold() {
+            eprintln!("strata: driver {}: {word}: {}", self.driver, sanitize(&message));
+        }
+        Ok(())
+    }
+}

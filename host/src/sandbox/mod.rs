@@ -1,0 +1,184 @@
+//! The driver sandbox: wasmtime, the component cache, and the host interfaces drivers import.
+//!
+//! Why it is shaped this way:
+//! - A wasmtime `Store` is dead after a trap, so every driver operation runs in a fresh
+//!   `Store` instantiated from a long-lived `InstancePre` (tens of microseconds). A panic,
+//!   trap, memory exhaustion or timeout fails that one call and nothing else.
+//! - Capabilities are linked, not checked at call time: only the host interfaces the operator
+//!   granted are in the linker, and a driver importing anything else is refused at load with
+//!   a message naming the capability.
+//! - The deadline counts guest execution on the wall clock but not time spent inside host
+//!   calls (a large tar apply is the host's work, not the driver's): an epoch ticker wakes
+//!   the store every [`EPOCH_TICK`], and the callback compares guest time with the deadline.
+//! - Compiling a component costs tens of milliseconds; the result is cached on disk keyed by
+//!   the component's SHA-256 and the engine's compatibility hash, so a warm start only maps
+//!   the cached code. Only `.wasm` from authors is accepted, never precompiled native code.
+
+pub mod cache;
+pub mod host;
+mod runtime;
+
+pub use cache::ComponentCache;
+pub use host::{HostState, LayerDiff};
+pub use runtime::{DriverComponent, DriverRuntime, SandboxEngine, SandboxLimits};
+
+use std::time::Duration;
+
+/// Generated host-side bindings of `wit/strata-driver.wit`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "strata-driver",
+        path: "../wit",
+        imports: { default: trappable },
+        with: {
+            "strata:driver/types.layer-diff": crate::sandbox::host::LayerDiff,
+        },
+    });
+}
+
+pub use bindings::exports::strata::driver::driver::{
+    BindMount, DriverInfo, MountKind, MountPlan, MountRequest, OverlayMount,
+};
+pub use bindings::strata::driver::types::{Change, ChangeKind, Error as DriverError};
+
+/// The WIT package this host serves.
+pub const WIT_PACKAGE: &str = "strata:driver";
+/// Its version; drivers built against any `0.1.x` load (component-model semver rules).
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// How often the epoch ticker wakes running drivers to check their deadline.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Bytes of a driver's stderr (panic messages) kept for error reports.
+pub const MAX_DRIVER_STDERR: usize = 64 * 1024;
+/// Host resources (diff handles) one driver call may hold at once.
+pub const MAX_HOST_RESOURCES: usize = 256;
+/// Bytes a single guest-to-host call may make the host copy out of guest memory.
+pub const MAX_HOSTCALL_BYTES: usize = 16 * 1024 * 1024;
+
+/// A host interface a driver may import; operators grant them per driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Capability {
+    Files,
+    Copy,
+    Archive,
+    Log,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 4] = [
+        Capability::Files,
+        Capability::Copy,
+        Capability::Archive,
+        Capability::Log,
+    ];
+
+    /// The interface name in the WIT package, which is also the grant's name in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Files => "files",
+            Capability::Copy => "copy",
+            Capability::Archive => "archive",
+            Capability::Log => "log",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// Why a driver could not be loaded or a call could not complete. A driver's own expected
+/// failures are [`DriverError`]s, not these.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("driver {driver}: cannot read {path}: {source}")]
+    Read {
+        driver: String,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "driver {driver}: {path} is precompiled native code; Strata loads only WebAssembly \
+         components (.wasm) and compiles them itself"
+    )]
+    Precompiled {
+        driver: String,
+        path: std::path::PathBuf,
+    },
+    #[error("driver {driver}: {path} is not a valid WebAssembly component: {reason}")]
+    Invalid {
+        driver: String,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error(
+        "driver {driver} imports the `{capability}` capability ({import}), which is not granted \
+         to it; grant it with `grants = [..., \"{capability}\"]` in [drivers.{driver}] if you \
+         trust it"
+    )]
+    NotGranted {
+        driver: String,
+        capability: String,
+        import: String,
+    },
+    #[error("driver {driver} imports `{import}`, which Strata does not provide{hint}")]
+    UnknownImport {
+        driver: String,
+        import: String,
+        hint: String,
+    },
+    #[error(
+        "driver {driver} does not export strata:driver/driver@{WIT_VERSION}-compatible \
+         interface (it exports: {exports})"
+    )]
+    NoDriverExport { driver: String, exports: String },
+    #[error("driver {driver}: component cache {path}: {source}")]
+    Cache {
+        driver: String,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("driver {driver}: cannot open its home {path}: {reason}")]
+    Home {
+        driver: String,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("driver {driver}: {op}: exceeded its deadline of {deadline:?} of guest execution")]
+    Deadline {
+        driver: String,
+        op: String,
+        deadline: Duration,
+    },
+    #[error("driver {driver}: {op}: exceeded its memory limit of {limit} bytes{stderr}")]
+    OutOfMemory {
+        driver: String,
+        op: String,
+        limit: usize,
+        stderr: String,
+    },
+    #[error("driver {driver}: {op}: crashed: {reason}{stderr}")]
+    Crashed {
+        driver: String,
+        op: String,
+        reason: String,
+        stderr: String,
+    },
+    #[error("driver {driver}: {reason}")]
+    Setup { driver: String, reason: String },
+}
+
+/// The outcome of a driver call that may fail either way.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The driver answered with an expected failure.
+    #[error("driver {driver}: {op}: {error}")]
+    Driver {
+        driver: String,
+        op: String,
+        error: DriverError,
+    },
+    /// The call could not complete (trap, timeout, memory limit, ...).
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+}

@@ -1,0 +1,463 @@
+//! Engine, loading and calling drivers.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker, Resource};
+use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx};
+
+use super::bindings::{StrataDriver, StrataDriverPre, strata::driver as wit};
+use super::cache::ComponentCache;
+use super::host::{DeadlineExceeded, HostState, LayerDiff};
+use super::{
+    CallError, Capability, DriverInfo, EPOCH_TICK, MAX_DRIVER_STDERR, MAX_HOST_RESOURCES,
+    MAX_HOSTCALL_BYTES, MountPlan, MountRequest, SandboxError, WIT_PACKAGE, WIT_VERSION,
+};
+use crate::sys;
+
+/// Memory and time limits of one driver call.
+#[derive(Clone, Copy, Debug)]
+pub struct SandboxLimits {
+    /// Bytes of linear memory the driver may grow to.
+    pub memory: usize,
+    /// Guest execution time per call (host calls excluded).
+    pub deadline: Duration,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits {
+            memory: 256 << 20,
+            deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The process-wide wasmtime engine and its epoch ticker.
+#[derive(Clone)]
+pub struct SandboxEngine {
+    engine: Engine,
+}
+
+impl SandboxEngine {
+    pub fn new() -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        // Linear memories are capped by the store limiter; a smaller reservation keeps
+        // virtual memory use modest when many calls run at once.
+        config.memory_reservation(1 << 32);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        Ok(SandboxEngine { engine })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Starts (once per process) the thread that advances the epoch every [`EPOCH_TICK`].
+    fn ensure_ticker(&self) {
+        static TICKER: OnceLock<()> = OnceLock::new();
+        TICKER.get_or_init(|| {
+            let weak = self.engine.weak();
+            std::thread::Builder::new()
+                .name("strata-epoch".into())
+                .spawn(move || {
+                    while let Some(engine) = weak.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(EPOCH_TICK);
+                    }
+                })
+                .expect("spawning the epoch ticker thread");
+        });
+    }
+}
+
+/// A driver component that passed the host's checks: what it imports and exports.
+pub struct DriverComponent {
+    pub name: String,
+    pub path: PathBuf,
+    pub sha256: String,
+    pub from_cache: bool,
+    pub component: Component,
+    /// The WIT version of the driver interface it exports, e.g. `0.1.0`.
+    pub wit_version: String,
+    /// Strata capabilities it imports.
+    pub capabilities: Vec<Capability>,
+    /// Every import, as named in the component (WASI included).
+    pub imports: Vec<String>,
+}
+
+impl DriverComponent {
+    /// Loads (from the cache when possible) and inspects the component at `path`.
+    pub fn load(
+        engine: &SandboxEngine,
+        cache: &ComponentCache,
+        name: &str,
+        path: &Path,
+    ) -> Result<Self, SandboxError> {
+        let loaded = cache.load(&engine.engine, name, path)?;
+        let ty = loaded.component.component_type();
+        let imports: Vec<String> = ty
+            .imports(&engine.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let exports: Vec<String> = ty
+            .exports(&engine.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let mut capabilities = Vec::new();
+        for import in &imports {
+            if let Some(interface) = strata_interface(import) {
+                if interface == "types" {
+                    continue;
+                }
+                match Capability::from_name(interface) {
+                    Some(c) => capabilities.push(c),
+                    None => {
+                        return Err(SandboxError::UnknownImport {
+                            driver: name.into(),
+                            import: import.clone(),
+                            hint: format!(" (this host serves {WIT_PACKAGE}@{WIT_VERSION})"),
+                        });
+                    }
+                }
+            }
+        }
+        let wit_version = exports
+            .iter()
+            .find_map(|n| {
+                n.strip_prefix(&format!("{WIT_PACKAGE}/driver@"))
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| SandboxError::NoDriverExport {
+                driver: name.into(),
+                exports: exports.join(", "),
+            })?;
+        Ok(DriverComponent {
+            name: name.into(),
+            path: path.into(),
+            sha256: loaded.sha256,
+            from_cache: loaded.from_cache,
+            component: loaded.component,
+            wit_version,
+            capabilities,
+            imports,
+        })
+    }
+}
+
+/// The interface name of a `strata:driver/NAME@VERSION` import.
+fn strata_interface(import: &str) -> Option<&str> {
+    let rest = import.strip_prefix(WIT_PACKAGE)?.strip_prefix('/')?;
+    Some(rest.split('@').next().unwrap_or(rest))
+}
+
+/// A loaded driver, ready to run operations: each in a fresh, limited instance.
+pub struct DriverRuntime {
+    name: String,
+    engine: SandboxEngine,
+    pre: StrataDriverPre<HostState>,
+    home_path: PathBuf,
+    home: Arc<sys::Dir>,
+    limits: SandboxLimits,
+}
+
+impl DriverRuntime {
+    /// Links `driver` with WASI and the granted capabilities only; fails naming the first
+    /// imported capability that is not granted.
+    pub fn new(
+        engine: &SandboxEngine,
+        driver: &DriverComponent,
+        grants: &[Capability],
+        home: &Path,
+        limits: SandboxLimits,
+    ) -> Result<Self, SandboxError> {
+        let name = driver.name.clone();
+        for cap in &driver.capabilities {
+            if !grants.contains(cap) {
+                let import = driver
+                    .imports
+                    .iter()
+                    .find(|i| strata_interface(i) == Some(cap.name()))
+                    .cloned()
+                    .unwrap_or_default();
+                return Err(SandboxError::NotGranted {
+                    driver: name,
+                    capability: cap.name().into(),
+                    import,
+                });
+            }
+        }
+        let setup = |e: wasmtime::Error| SandboxError::Setup {
+            driver: name.clone(),
+            reason: format!("{e:#}"),
+        };
+        let mut linker: Linker<HostState> = Linker::new(&engine.engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
+        type Data = wasmtime::component::HasSelf<HostState>;
+        wit::types::add_to_linker::<HostState, Data>(&mut linker, |s| s).map_err(setup)?;
+        for cap in grants {
+            match cap {
+                Capability::Files => {
+                    wit::files::add_to_linker::<HostState, Data>(&mut linker, |s| s)
+                }
+                Capability::Copy => wit::copy::add_to_linker::<HostState, Data>(&mut linker, |s| s),
+                Capability::Archive => {
+                    wit::archive::add_to_linker::<HostState, Data>(&mut linker, |s| s)
+                }
+                Capability::Log => wit::log::add_to_linker::<HostState, Data>(&mut linker, |s| s),
+            }
+            .map_err(setup)?;
+        }
+        let instance_pre = linker
+            .instantiate_pre(&driver.component)
+            .map_err(|e| SandboxError::UnknownImport {
+                driver: name.clone(),
+                import: format!("{e:#}"),
+                hint: String::new(),
+            })?;
+        let pre = StrataDriverPre::new(instance_pre).map_err(setup)?;
+        let home_dir = sys::Dir::open_ambient(home).map_err(|e| SandboxError::Home {
+            driver: name.clone(),
+            path: home.into(),
+            reason: e.to_string(),
+        })?;
+        engine.ensure_ticker();
+        Ok(DriverRuntime {
+            name,
+            engine: engine.clone(),
+            pre,
+            home_path: home.into(),
+            home: Arc::new(home_dir),
+            limits,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The driver's home on the host.
+    pub fn home_path(&self) -> &Path {
+        &self.home_path
+    }
+
+    /// The driver's home, as a confining directory handle.
+    pub fn home(&self) -> &sys::Dir {
+        &self.home
+    }
+
+    /// Runs one operation in a fresh instance. `f` gets the store and the instance; a trap,
+    /// timeout or memory exhaustion becomes a [`SandboxError`] and the instance is dropped.
+    pub fn call<R>(
+        &self,
+        op: &str,
+        f: impl FnOnce(&mut Store<HostState>, &StrataDriver) -> wasmtime::Result<R>,
+    ) -> Result<R, SandboxError> {
+        let stderr = MemoryOutputPipe::new(MAX_DRIVER_STDERR);
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(stderr.clone());
+        wasi.preopened_dir(&self.home_path, "/", FsPerms::ReadWrite)
+            .map_err(|e| SandboxError::Home {
+                driver: self.name.clone(),
+                path: self.home_path.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory)
+            .instances(16)
+            .tables(64)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState::new(
+            self.name.clone(),
+            self.home.clone(),
+            wasi.build(),
+            limits,
+            MAX_HOST_RESOURCES,
+        );
+        let mut store = Store::new(self.engine.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.set_hostcall_fuel(MAX_HOSTCALL_BYTES);
+        store.set_epoch_deadline(1);
+        let deadline = self.limits.deadline;
+        store.epoch_deadline_callback(move |ctx| {
+            let state = ctx.data();
+            let guest_time = state.started.elapsed().saturating_sub(state.host_time);
+            if guest_time >= deadline {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                Ok(UpdateDeadline::Continue(1))
+            }
+        });
+        store.data_mut().started = Instant::now();
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| f(&mut store, &instance));
+        result.map_err(|e| self.classify(op, e, &stderr))
+    }
+
+    fn classify(&self, op: &str, e: wasmtime::Error, stderr: &MemoryOutputPipe) -> SandboxError {
+        let captured = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
+        let stderr_note = if captured.is_empty() {
+            String::new()
+        } else {
+            format!("; driver stderr: {}", crate::sandbox::host::sanitize(&captured))
+        };
+        let chain = format!("{e:?}");
+        if e.downcast_ref::<DeadlineExceeded>().is_some() {
+            return SandboxError::Deadline {
+                driver: self.name.clone(),
+                op: op.into(),
+                deadline: self.limits.deadline,
+            };
+        }
+        if chain.contains("forcing trap when growing memory") {
+            return SandboxError::OutOfMemory {
+                driver: self.name.clone(),
+                op: op.into(),
+                limit: self.limits.memory,
+                stderr: stderr_note,
+            };
+        }
+        let reason = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => format!("trap: {trap}"),
+            None => format!("{e:#}"),
+        };
+        SandboxError::Crashed {
+            driver: self.name.clone(),
+            op: op.into(),
+            reason,
+            stderr: stderr_note,
+        }
+    }
+
+    /// Calls one driver operation whose WIT result is `result<T, error>`.
+    fn op<T>(
+        &self,
+        op: &str,
+        f: impl FnOnce(
+            &mut Store<HostState>,
+            &StrataDriver,
+        ) -> wasmtime::Result<Result<T, super::DriverError>>,
+    ) -> Result<T, CallError> {
+        self.call(op, f)?.map_err(|error| CallError::Driver {
+            driver: self.name.clone(),
+            op: op.into(),
+            error,
+        })
+    }
+
+    pub fn init(&self, options: &[(String, String)]) -> Result<DriverInfo, CallError> {
+        let options = options.to_vec();
+        self.op("init", |s, d| d.strata_driver_driver().call_init(s, &options))
+    }
+
+    pub fn create(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        read_write: bool,
+        options: &[(String, String)],
+    ) -> Result<(), CallError> {
+        let parent = parent.map(str::to_string);
+        let options = &options.to_vec();
+        if read_write {
+            self.op("create-rw", |s, d| {
+                d.strata_driver_driver()
+                    .call_create_rw(s, id, parent.as_deref(), options)
+            })
+        } else {
+            self.op("create", |s, d| {
+                d.strata_driver_driver()
+                    .call_create(s, id, parent.as_deref(), options)
+            })
+        }
+    }
+
+    pub fn remove(&self, id: &str) -> Result<(), CallError> {
+        self.op("remove", |s, d| d.strata_driver_driver().call_remove(s, id))
+    }
+
+    pub fn exists(&self, id: &str) -> Result<bool, CallError> {
+        Ok(self.call("exists", |s, d| d.strata_driver_driver().call_exists(s, id))?)
+    }
+
+    pub fn plan_mount(&self, id: &str, request: &MountRequest) -> Result<MountPlan, CallError> {
+        self.op("plan-mount", |s, d| {
+            d.strata_driver_driver().call_plan_mount(s, id, request)
+        })
+    }
+
+    pub fn unmounted(&self, id: &str) -> Result<(), CallError> {
+        self.op("unmounted", |s, d| {
+            d.strata_driver_driver().call_unmounted(s, id)
+        })
+    }
+
+    /// Hands `tar` (an uncompressed layer tar stream) to the driver's `apply-diff`.
+    pub fn apply_diff(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        tar: Box<dyn std::io::Read + Send>,
+    ) -> Result<u64, CallError> {
+        self.op("apply-diff", |s, d| {
+            let diff: Resource<LayerDiff> = s.data_mut().push_diff(LayerDiff::input(tar))?;
+            let borrowed = Resource::new_borrow(diff.rep());
+            let r = d
+                .strata_driver_driver()
+                .call_apply_diff(&mut *s, id, parent, borrowed);
+            s.data_mut().take_diff(diff)?;
+            r
+        })
+    }
+
+    /// The driver's diff of `id` against `parent`, as the host-side description the driver
+    /// returned; stream it with [`LayerDiff::write_tar`].
+    pub fn diff(&self, id: &str, parent: Option<&str>) -> Result<LayerDiff, CallError> {
+        self.op("diff", |s, d| {
+            match d.strata_driver_driver().call_diff(&mut *s, id, parent)? {
+                Ok(res) => Ok(Ok(s.data_mut().take_diff(res)?)),
+                Err(e) => Ok(Err(e)),
+            }
+        })
+    }
+
+    pub fn changes(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+    ) -> Result<Vec<super::Change>, CallError> {
+        self.op("changes", |s, d| {
+            d.strata_driver_driver().call_changes(s, id, parent)
+        })
+    }
+
+    pub fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64, CallError> {
+        self.op("diff-size", |s, d| {
+            d.strata_driver_driver().call_diff_size(s, id, parent)
+        })
+    }
+
+    pub fn status(&self) -> Result<Vec<(String, String)>, CallError> {
+        Ok(self.call("status", |s, d| d.strata_driver_driver().call_status(s))?)
+    }
+
+    pub fn metadata(&self, id: &str) -> Result<Vec<(String, String)>, CallError> {
+        self.op("metadata", |s, d| {
+            d.strata_driver_driver().call_metadata(s, id)
+        })
+    }
+
+    pub fn cleanup(&self) -> Result<(), CallError> {
+        self.op("cleanup", |s, d| d.strata_driver_driver().call_cleanup(s))
+    }
+}

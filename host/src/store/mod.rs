@@ -1,0 +1,747 @@
+//! The layer store: one SQLite database per root, driver-agnostic.
+//!
+//! Why SQLite (WAL): several `strata` processes may use one store at once, and a crash at any
+//! point must leave something that opens cleanly. Every change is a transaction; a layer is
+//! written *incomplete* before its driver work starts and marked complete after, so opening
+//! the store can remove the leftovers of a crash. Mutations that involve slow driver work
+//! hold an exclusive `flock` on `<root>/store.lock`, which the kernel releases if the process
+//! dies; recovery takes the same lock, so it never mistakes a live operation for a crashed
+//! one. Mount counts are stored with the boot id: after a reboot no mount survives, so the
+//! counts are reset.
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Longest layer id or name.
+pub const MAX_ID_LEN: usize = 128;
+/// Deepest parent chain followed.
+pub const MAX_CHAIN_DEPTH: usize = 1024;
+/// How long a writer waits for another process's transaction.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Schema version this code writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("layer {0} not found")]
+    NotFound(String),
+    #[error("layer {0} already exists")]
+    AlreadyExists(String),
+    #[error("name {0} is already used by another layer")]
+    NameTaken(String),
+    #[error("layer {id} has children ({}); remove them first", children.join(", "))]
+    HasChildren { id: String, children: Vec<String> },
+    #[error("parent layer {0} not found")]
+    ParentNotFound(String),
+    #[error("parent layer {0} is incomplete")]
+    ParentIncomplete(String),
+    #[error("layer {0} is mounted; unmount it first")]
+    Busy(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("layer store {path}: {context}: {source}")]
+    Db {
+        path: PathBuf,
+        context: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error("layer store {path}: {context}: {source}")]
+    Io {
+        path: PathBuf,
+        context: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A layer record.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Layer {
+    pub id: String,
+    pub parent: Option<String>,
+    pub names: Vec<String>,
+    /// Unix seconds.
+    pub created: i64,
+    pub driver: String,
+    pub read_write: bool,
+    pub compressed_digest: Option<String>,
+    pub compressed_size: Option<u64>,
+    pub uncompressed_digest: Option<String>,
+    pub uncompressed_size: Option<u64>,
+    pub incomplete: bool,
+    pub mount_count: u32,
+    pub mount_point: Option<String>,
+}
+
+/// What `begin_create` needs.
+#[derive(Clone, Debug, Default)]
+pub struct NewLayer {
+    pub id: Option<String>,
+    pub parent: Option<String>,
+    pub names: Vec<String>,
+    pub driver: String,
+    pub read_write: bool,
+}
+
+pub struct LayerStore {
+    root: PathBuf,
+    db_path: PathBuf,
+    conn: Connection,
+    lock_file: File,
+}
+
+/// Holds the store's exclusive lock until dropped.
+pub struct StoreLock<'a> {
+    file: &'a File,
+}
+
+impl Drop for StoreLock<'_> {
+    fn drop(&mut self) {
+        let _ = rustix::fs::flock(self.file, rustix::fs::FlockOperation::Unlock);
+    }
+}
+
+/// Checks a layer id or name: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most [`MAX_ID_LEN`] bytes.
+pub fn validate_id(what: &str, id: &str) -> Result<(), StoreError> {
+    let mut chars = id.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && id.len() <= MAX_ID_LEN;
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "invalid {what} `{id}`: use letters, digits, `_`, `.`, `-` (starting with a letter or digit), at most {MAX_ID_LEN} bytes"
+        )))
+    }
+}
+
+fn random_id() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(hex::encode(bytes))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn current_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+const COLUMNS: &str = "id, parent, names, created, driver, read_write, compressed_digest, \
+     compressed_size, uncompressed_digest, uncompressed_size, incomplete, mount_count, mount_point";
+
+fn row_to_layer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Layer> {
+    let names: String = row.get(2)?;
+    Ok(Layer {
+        id: row.get(0)?,
+        parent: row.get(1)?,
+        names: serde_json::from_str(&names).unwrap_or_default(),
+        created: row.get(3)?,
+        driver: row.get(4)?,
+        read_write: row.get(5)?,
+        compressed_digest: row.get(6)?,
+        compressed_size: row.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+        uncompressed_digest: row.get(8)?,
+        uncompressed_size: row.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+        incomplete: row.get(10)?,
+        mount_count: row.get(11)?,
+        mount_point: row.get(12)?,
+    })
+}
+
+impl LayerStore {
+    /// Opens (creating) the store in `root`.
+    pub fn open(root: &Path) -> Result<LayerStore, StoreError> {
+        Self::open_with_boot_id(root, &current_boot_id())
+    }
+
+    /// As [`open`](Self::open), with the boot id given (tests simulate reboots with it).
+    pub fn open_with_boot_id(root: &Path, boot_id: &str) -> Result<LayerStore, StoreError> {
+        let io = |context| {
+            move |source| StoreError::Io {
+                path: root.to_path_buf(),
+                context,
+                source,
+            }
+        };
+        std::fs::create_dir_all(root).map_err(io("creating the root"))?;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("setting the root's mode"))?;
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("store.lock"))
+            .map_err(io("opening store.lock"))?;
+        let db_path = root.join("layers.db");
+        let conn = Connection::open(&db_path).map_err(|source| StoreError::Db {
+            path: db_path.clone(),
+            context: "opening",
+            source,
+        })?;
+        let store = LayerStore {
+            root: root.to_path_buf(),
+            db_path,
+            conn,
+            lock_file,
+        };
+        store.init_schema(boot_id)?;
+        Ok(store)
+    }
+
+    fn db(&self, context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Db {
+            path: self.db_path.clone(),
+            context,
+            source,
+        }
+    }
+
+    fn init_schema(&self, boot_id: &str) -> Result<(), StoreError> {
+        self.conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(self.db("setting busy timeout"))?;
+        self.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(self.db("enabling WAL"))?;
+        self.conn
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(self.db("enabling foreign keys"))?;
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(self.db("setting synchronous"))?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.db("reading the schema version"))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Invalid(format!(
+                "layer store {} has schema version {version}, newer than this strata ({SCHEMA_VERSION})",
+                self.db_path.display()
+            )));
+        }
+        if version < 1 {
+            self.conn
+                .execute_batch(
+                    "BEGIN IMMEDIATE;
+                     CREATE TABLE IF NOT EXISTS layers (
+                        id TEXT PRIMARY KEY,
+                        parent TEXT REFERENCES layers(id),
+                        names TEXT NOT NULL DEFAULT '[]',
+                        created INTEGER NOT NULL,
+                        driver TEXT NOT NULL,
+                        read_write INTEGER NOT NULL,
+                        compressed_digest TEXT,
+                        compressed_size INTEGER,
+                        uncompressed_digest TEXT,
+                        uncompressed_size INTEGER,
+                        incomplete INTEGER NOT NULL,
+                        mount_count INTEGER NOT NULL DEFAULT 0,
+                        mount_point TEXT
+                     );
+                     CREATE INDEX IF NOT EXISTS layers_parent ON layers(parent);
+                     CREATE TABLE IF NOT EXISTS names (
+                        name TEXT PRIMARY KEY,
+                        id TEXT NOT NULL REFERENCES layers(id) ON DELETE CASCADE
+                     );
+                     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                     PRAGMA user_version = 1;
+                     COMMIT;",
+                )
+                .map_err(self.db("creating the schema"))?;
+        }
+        let stored: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| r.get(0))
+            .optional()
+            .map_err(self.db("reading the boot id"))?;
+        if stored.as_deref() != Some(boot_id) {
+            let tx = self
+                .conn
+                .unchecked_transaction()
+                .map_err(self.db("starting a transaction"))?;
+            tx.execute("UPDATE layers SET mount_count = 0, mount_point = NULL", [])
+                .map_err(self.db("resetting mount counts after a reboot"))?;
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES('boot_id', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![boot_id],
+            )
+            .map_err(self.db("storing the boot id"))?;
+            tx.commit().map_err(self.db("committing"))?;
+        }
+        Ok(())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Takes the store's exclusive lock, waiting for other processes to release it.
+    pub fn lock_exclusive(&self) -> Result<StoreLock<'_>, StoreError> {
+        rustix::fs::flock(&self.lock_file, rustix::fs::FlockOperation::LockExclusive).map_err(
+            |e| StoreError::Io {
+                path: self.root.join("store.lock"),
+                context: "locking",
+                source: e.into(),
+            },
+        )?;
+        Ok(StoreLock {
+            file: &self.lock_file,
+        })
+    }
+
+    /// Takes the exclusive lock if no other process holds it.
+    pub fn try_lock_exclusive(&self) -> Result<Option<StoreLock<'_>>, StoreError> {
+        match rustix::fs::flock(
+            &self.lock_file,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        ) {
+            Ok(()) => Ok(Some(StoreLock {
+                file: &self.lock_file,
+            })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(StoreError::Io {
+                path: self.root.join("store.lock"),
+                context: "locking",
+                source: e.into(),
+            }),
+        }
+    }
+
+    fn exists(&self, id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .query_row("SELECT 1 FROM layers WHERE id = ?1", params![id], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(self.db("looking up a layer"))
+    }
+
+    /// Records a new layer as incomplete. The caller runs the driver, then
+    /// [`finish_create`](Self::finish_create).
+    pub fn begin_create(&self, new: NewLayer) -> Result<Layer, StoreError> {
+        let id = match new.id {
+            Some(id) => {
+                validate_id("layer id", &id)?;
+                id
+            }
+            None => random_id().map_err(|source| StoreError::Io {
+                path: "/dev/urandom".into(),
+                context: "generating a layer id",
+                source,
+            })?,
+        };
+        for n in &new.names {
+            validate_id("layer name", n)?;
+        }
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(self.db("starting a transaction"))?;
+        if self.exists(&id)? {
+            return Err(StoreError::AlreadyExists(id));
+        }
+        if let Some(p) = &new.parent {
+            let parent = self.get_exact(p)?.ok_or_else(|| StoreError::ParentNotFound(p.clone()))?;
+            if parent.incomplete {
+                return Err(StoreError::ParentIncomplete(p.clone()));
+            }
+        }
+        for n in &new.names {
+            let taken: Option<String> = tx
+                .query_row("SELECT id FROM names WHERE name = ?1", params![n], |r| r.get(0))
+                .optional()
+                .map_err(self.db("looking up a name"))?;
+            if taken.is_some() || self.exists(n)? {
+                return Err(StoreError::NameTaken(n.clone()));
+            }
+        }
+        tx.execute(
+            "INSERT INTO layers(id, parent, names, created, driver, read_write, incomplete)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6, 1)",
+            params![
+                id,
+                new.parent,
+                serde_json::to_string(&new.names).unwrap_or_else(|_| "[]".into()),
+                now(),
+                new.driver,
+                new.read_write
+            ],
+        )
+        .map_err(self.db("inserting a layer"))?;
+        for n in &new.names {
+            tx.execute("INSERT INTO names(name, id) VALUES(?1, ?2)", params![n, id])
+                .map_err(self.db("inserting a name"))?;
+        }
+        tx.commit().map_err(self.db("committing a new layer"))?;
+        self.get(&id)
+    }
+
+    fn set_incomplete(&self, id: &str, incomplete: bool) -> Result<(), StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE layers SET incomplete = ?2 WHERE id = ?1",
+                params![id, incomplete],
+            )
+            .map_err(self.db("updating a layer"))?;
+        if n == 0 {
+            return Err(StoreError::NotFound(id.into()));
+        }
+        Ok(())
+    }
+
+    /// Marks a layer complete.
+    pub fn finish_create(&self, id: &str) -> Result<(), StoreError> {
+        self.set_incomplete(id, false)
+    }
+
+    /// Marks a layer incomplete before driver work that may leave it half done.
+    pub fn mark_incomplete(&self, id: &str) -> Result<(), StoreError> {
+        self.set_incomplete(id, true)
+    }
+
+    /// Records what applying a tar gave.
+    pub fn set_sizes(
+        &self,
+        id: &str,
+        compressed_digest: Option<&str>,
+        compressed_size: Option<u64>,
+        uncompressed_digest: Option<&str>,
+        uncompressed_size: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE layers SET compressed_digest = ?2, compressed_size = ?3,
+                   uncompressed_digest = ?4, uncompressed_size = ?5 WHERE id = ?1",
+                params![
+                    id,
+                    compressed_digest,
+                    compressed_size.map(|v| v as i64),
+                    uncompressed_digest,
+                    uncompressed_size.map(|v| v as i64)
+                ],
+            )
+            .map_err(self.db("recording sizes"))?;
+        Ok(())
+    }
+
+    /// Deletes a layer's record (and names). Refuses while it has children.
+    pub fn delete_record(&self, id: &str) -> Result<(), StoreError> {
+        let children = self.children(id)?;
+        if !children.is_empty() {
+            return Err(StoreError::HasChildren {
+                id: id.into(),
+                children: children.into_iter().map(|l| l.id).collect(),
+            });
+        }
+        self.conn
+            .execute("DELETE FROM layers WHERE id = ?1", params![id])
+            .map_err(self.db("deleting a layer"))?;
+        Ok(())
+    }
+
+    /// Whether layer `id` may be removed now.
+    pub fn check_removable(&self, id: &str) -> Result<(), StoreError> {
+        let layer = self.get_exact(id)?.ok_or_else(|| StoreError::NotFound(id.into()))?;
+        let children = self.children(id)?;
+        if !children.is_empty() {
+            return Err(StoreError::HasChildren {
+                id: id.into(),
+                children: children.into_iter().map(|l| l.id).collect(),
+            });
+        }
+        if layer.mount_count > 0 {
+            return Err(StoreError::Busy(id.into()));
+        }
+        Ok(())
+    }
+
+    fn get_exact(&self, id: &str) -> Result<Option<Layer>, StoreError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM layers WHERE id = ?1"),
+                params![id],
+                row_to_layer,
+            )
+            .optional()
+            .map_err(self.db("reading a layer"))
+    }
+
+    /// A layer by id or name.
+    pub fn get(&self, id_or_name: &str) -> Result<Layer, StoreError> {
+        if let Some(l) = self.get_exact(id_or_name)? {
+            return Ok(l);
+        }
+        let id: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT id FROM names WHERE name = ?1",
+                params![id_or_name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.db("looking up a name"))?;
+        match id {
+            Some(id) => self
+                .get_exact(&id)?
+                .ok_or_else(|| StoreError::NotFound(id_or_name.into())),
+            None => Err(StoreError::NotFound(id_or_name.into())),
+        }
+    }
+
+    fn query(&self, sql: &str, arg: Option<&str>) -> Result<Vec<Layer>, StoreError> {
+        let mut stmt = self.conn.prepare(sql).map_err(self.db("preparing a query"))?;
+        let rows = match arg {
+            Some(a) => stmt.query_map(params![a], row_to_layer),
+            None => stmt.query_map([], row_to_layer),
+        }
+        .map_err(self.db("listing layers"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(self.db("listing layers"))
+    }
+
+    /// Every layer, oldest first.
+    pub fn list(&self) -> Result<Vec<Layer>, StoreError> {
+        self.query(
+            &format!("SELECT {COLUMNS} FROM layers ORDER BY created, rowid"),
+            None,
+        )
+    }
+
+    pub fn children(&self, id: &str) -> Result<Vec<Layer>, StoreError> {
+        self.query(
+            &format!("SELECT {COLUMNS} FROM layers WHERE parent = ?1 ORDER BY created, rowid"),
+            Some(id),
+        )
+    }
+
+    pub fn incomplete_layers(&self) -> Result<Vec<Layer>, StoreError> {
+        self.query(
+            &format!("SELECT {COLUMNS} FROM layers WHERE incomplete = 1 ORDER BY created, rowid"),
+            None,
+        )
+    }
+
+    /// Layer `id` and its ancestors, nearest first.
+    pub fn chain(&self, id: &str) -> Result<Vec<Layer>, StoreError> {
+        let mut out = vec![self.get(id)?];
+        while let Some(p) = out.last().and_then(|l| l.parent.clone()) {
+            if out.len() >= MAX_CHAIN_DEPTH || out.iter().any(|l| l.id == p) {
+                return Err(StoreError::Invalid(format!(
+                    "layer {id}: parent chain is longer than {MAX_CHAIN_DEPTH} or loops"
+                )));
+            }
+            out.push(self.get_exact(&p)?.ok_or(StoreError::ParentNotFound(p))?);
+        }
+        Ok(out)
+    }
+
+    /// Removes layers left incomplete by a crash, children first: `remove_data` removes the
+    /// driver's data, then the record goes. A layer whose data cannot be removed stays
+    /// (still incomplete) and the first such error is returned.
+    pub fn recover<E>(
+        &self,
+        mut remove_data: impl FnMut(&Layer) -> Result<(), E>,
+    ) -> Result<Vec<String>, RecoverError<E>> {
+        let _lock = self.lock_exclusive().map_err(RecoverError::Store)?;
+        let mut removed = Vec::new();
+        loop {
+            let incomplete = self.incomplete_layers().map_err(RecoverError::Store)?;
+            // Leaves first: an incomplete layer whose children are gone (or never existed).
+            let mut progressed = false;
+            for layer in &incomplete {
+                if !self.children(&layer.id).map_err(RecoverError::Store)?.is_empty() {
+                    continue;
+                }
+                remove_data(layer).map_err(RecoverError::Driver)?;
+                self.delete_record(&layer.id).map_err(RecoverError::Store)?;
+                removed.push(layer.id.clone());
+                progressed = true;
+            }
+            if !progressed {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// One more user of layer `id`'s mount at `mount_point`; returns the new count.
+    pub fn increment_mount(&self, id: &str, mount_point: &str) -> Result<u32, StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE layers SET mount_count = mount_count + 1, mount_point = ?2 WHERE id = ?1",
+                params![id, mount_point],
+            )
+            .map_err(self.db("counting a mount"))?;
+        if n == 0 {
+            return Err(StoreError::NotFound(id.into()));
+        }
+        Ok(self.get_exact(id)?.map(|l| l.mount_count).unwrap_or(0))
+    }
+
+    /// One user fewer (`force`: none); returns the count left.
+    pub fn decrement_mount(&self, id: &str, force: bool) -> Result<u32, StoreError> {
+        let sql = if force {
+            "UPDATE layers SET mount_count = 0, mount_point = NULL WHERE id = ?1"
+        } else {
+            "UPDATE layers SET mount_count = MAX(mount_count - 1, 0),
+               mount_point = CASE WHEN mount_count <= 1 THEN NULL ELSE mount_point END
+             WHERE id = ?1"
+        };
+        let n = self
+            .conn
+            .execute(sql, params![id])
+            .map_err(self.db("counting an unmount"))?;
+        if n == 0 {
+            return Err(StoreError::NotFound(id.into()));
+        }
+        Ok(self.get_exact(id)?.map(|l| l.mount_count).unwrap_or(0))
+    }
+}
+
+/// Why crash recovery stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError<E> {
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("removing the data of an incomplete layer: {0}")]
+    Driver(E),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(id: &str, parent: Option<&str>) -> NewLayer {
+        NewLayer {
+            id: Some(id.into()),
+            parent: parent.map(str::to_string),
+            names: vec![],
+            driver: "vfs".into(),
+            read_write: false,
+        }
+    }
+
+    fn store(dir: &Path) -> LayerStore {
+        LayerStore::open_with_boot_id(dir, "boot-1").unwrap()
+    }
+
+    #[test]
+    fn create_finish_list_and_rules() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let a = s.begin_create(new("a", None)).unwrap();
+        assert!(a.incomplete);
+        s.finish_create("a").unwrap();
+        let mut b = new("b", Some("a"));
+        b.names = vec!["web".into()];
+        s.begin_create(b).unwrap();
+        s.finish_create("b").unwrap();
+        assert_eq!(s.get("web").unwrap().id, "b");
+        assert!(matches!(s.begin_create(new("a", None)), Err(StoreError::AlreadyExists(_))));
+        let mut c = new("c", None);
+        c.names = vec!["web".into()];
+        assert!(matches!(s.begin_create(c), Err(StoreError::NameTaken(_))));
+        assert!(matches!(s.begin_create(new("x", Some("nope"))), Err(StoreError::ParentNotFound(_))));
+        assert!(matches!(s.begin_create(new("../x", None)), Err(StoreError::Invalid(_))));
+        let random = s.begin_create(NewLayer { id: None, ..new("", None) }).unwrap();
+        assert_eq!(random.id.len(), 64);
+        s.delete_record(&random.id).unwrap();
+        match s.check_removable("a") {
+            Err(StoreError::HasChildren { children, .. }) => assert_eq!(children, vec!["b"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.delete_record("a").is_err());
+        let ids: Vec<String> = s.list().unwrap().into_iter().map(|l| l.id).collect();
+        assert_eq!(ids, vec!["a", "b"]);
+        assert_eq!(s.chain("b").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn recovery_removes_incomplete_layers_children_first() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        s.begin_create(new("a", None)).unwrap();
+        s.finish_create("a").unwrap();
+        s.begin_create(new("b", Some("a"))).unwrap();
+        s.finish_create("b").unwrap();
+        s.begin_create(new("c", Some("b"))).unwrap(); // crashed mid-create
+        s.mark_incomplete("b").unwrap(); // crashed mid-apply
+        let mut seen = Vec::new();
+        let removed = s
+            .recover(|l| {
+                seen.push(l.id.clone());
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(removed, vec!["c", "b"]);
+        assert_eq!(seen, vec!["c", "b"]);
+        let ids: Vec<String> = s.list().unwrap().into_iter().map(|l| l.id).collect();
+        assert_eq!(ids, vec!["a"]);
+        // A failing driver keeps the record.
+        s.begin_create(new("d", None)).unwrap();
+        assert!(s.recover(|_| Err("disk on fire")).is_err());
+        assert!(s.get("d").unwrap().incomplete);
+    }
+
+    #[test]
+    fn mount_counts_reset_after_reboot() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = store(d.path());
+            s.begin_create(new("a", None)).unwrap();
+            assert_eq!(s.increment_mount("a", "/m").unwrap(), 1);
+            assert_eq!(s.increment_mount("a", "/m").unwrap(), 2);
+            assert!(matches!(s.check_removable("a"), Err(StoreError::Busy(_))));
+            assert_eq!(s.decrement_mount("a", false).unwrap(), 1);
+            assert_eq!(s.get("a").unwrap().mount_point.as_deref(), Some("/m"));
+        }
+        let same_boot = store(d.path());
+        assert_eq!(same_boot.get("a").unwrap().mount_count, 1);
+        let rebooted = LayerStore::open_with_boot_id(d.path(), "boot-2").unwrap();
+        let a = rebooted.get("a").unwrap();
+        assert_eq!((a.mount_count, a.mount_point), (0, None));
+    }
+
+    #[test]
+    fn two_handles_share_state_and_the_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let s1 = store(d.path());
+        let s2 = store(d.path());
+        s1.begin_create(new("a", None)).unwrap();
+        assert_eq!(s2.get("a").unwrap().id, "a");
+        let held = s1.lock_exclusive().unwrap();
+        assert!(s2.try_lock_exclusive().unwrap().is_none(), "second locker must wait");
+        drop(held);
+        assert!(s2.try_lock_exclusive().unwrap().is_some());
+    }
+
+    #[test]
+    fn deep_chains() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let mut parent: Option<String> = None;
+        for i in 0..200 {
+            let id = format!("l{i}");
+            s.begin_create(new(&id, parent.as_deref())).unwrap();
+            s.finish_create(&id).unwrap();
+            parent = Some(id);
+        }
+        let chain = s.chain("l199").unwrap();
+        assert_eq!(chain.len(), 200);
+        assert_eq!(chain[0].id, "l199");
+        assert_eq!(chain[199].id, "l0");
+    }
+}

@@ -1,0 +1,11 @@
+//! Syscalls. The one module of Strata allowed `unsafe`; everything above it uses the typed,
+//! confined wrappers here. Errno values are mapped to meaning once, in [`error`].
+#![allow(unsafe_code)]
+
+pub mod component;
+pub mod error;
+pub mod fs;
+pub mod mount;
+
+pub use error::{ErrorKind, SysError, SysResult};
+pub use fs::{Dir, FileKind, Stat};

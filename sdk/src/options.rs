@@ -1,0 +1,96 @@
+//! Key/value options as the host passes them (`--opt KEY=VALUE`, `[drivers.NAME] options`).
+
+use crate::{Error, error};
+
+/// Options given to `init`, `create` or `mount-plan`, in the order the operator gave them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options(pub Vec<(String, String)>);
+
+impl Options {
+    /// The last value given for `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Fails with `invalid-argument` naming the first key not in `known`, so a typo never
+    /// passes silently.
+    pub fn reject_unknown(&self, known: &[&str]) -> Result<(), Error> {
+        match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            Some((k, _)) if known.is_empty() => Err(error::invalid_argument(format!(
+                "unknown option `{k}`: this driver takes no options here"
+            ))),
+            Some((k, _)) => Err(error::invalid_argument(format!(
+                "unknown option `{k}` (known: {})",
+                known.join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A size option such as `size=10G`, in bytes.
+    pub fn size(&self, key: &str) -> Result<Option<u64>, Error> {
+        self.get(key)
+            .map(|v| {
+                parse_size(v).ok_or_else(|| {
+                    error::invalid_argument(format!(
+                        "option `{key}`: `{v}` is not a size (bytes with K, M, G or T)"
+                    ))
+                })
+            })
+            .transpose()
+    }
+}
+
+impl From<Vec<(String, String)>> for Options {
+    fn from(pairs: Vec<(String, String)>) -> Self {
+        Options(pairs)
+    }
+}
+
+/// Parses `1024`, `64K`, `10M`, `2G`, `1T` (binary multiples; a trailing `B`/`iB` is allowed).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last()? {
+        (i, 'k' | 'K') => (&t[..i], 10),
+        (i, 'm' | 'M') => (&t[..i], 20),
+        (i, 'g' | 'G') => (&t[..i], 30),
+        (i, 't' | 'T') => (&t[..i], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.trim().parse().ok()?;
+    n.checked_mul(1u64 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("50M"), Some(50 << 20));
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("10x"), None);
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("99999999999T"), None);
+    }
+
+    #[test]
+    fn unknown_options_are_named() {
+        let o = Options(vec![("size".into(), "1G".into()), ("sise".into(), "1".into())]);
+        let Err(Error::InvalidArgument(m)) = o.reject_unknown(&["size"]) else {
+            panic!("expected invalid-argument")
+        };
+        assert!(m.contains("`sise`"), "{m}");
+        assert_eq!(o.size("size").unwrap(), Some(1 << 30));
+        assert_eq!(o.get("nope"), None);
+    }
+}

@@ -1,0 +1,136 @@
+//! A driver that misbehaves on request, to prove the sandbox holds. Test-only.
+//!
+//! It keeps layers like vfs (`dir/ID`) so that ordinary calls work, and turns hostile when
+//! an operation's options ask it to:
+//!
+//! | option (on `create`)   | what the driver does                                        |
+//! |------------------------|-------------------------------------------------------------|
+//! | `escape=PATH`          | `files.mkdir(PATH)` — e.g. `../x`, `/etc/x`, `evil/x`        |
+//! | `chown=PATH`           | `files.chown(PATH, 0, 0)`                                   |
+//! | `steal=PATH`           | `copy.copy-tree(PATH, dir/ID)` — copy host files in         |
+//! | `loop=1`               | spins forever                                               |
+//! | `alloc=1`              | allocates without bound                                     |
+//! | `panic=1`              | panics                                                      |
+//! | `host-calls=N`         | (benign) makes N `files.stat` calls first, for benchmarks   |
+//!
+//! | option (on mount)      | the plan it returns                                         |
+//! |------------------------|-------------------------------------------------------------|
+//! | `bind=PATH`            | a bind of PATH (e.g. `/`, `..`, `evil`)                     |
+//! | `target=PATH`          | its own layer bound at PATH                                 |
+//! | `lower=PATH`           | an overlay with PATH as a lower directory                   |
+//! | `overlay-option=OPT`   | an overlay with option OPT                                  |
+//! | `writable=1`           | a read-write plan whatever the host asked                   |
+#![forbid(unsafe_code)]
+
+use strata_driver_sdk::host::{copy, files};
+use strata_driver_sdk::{
+    BindMount, Driver, DriverInfo, Error, MountKind, MountPlan, MountRequest, Options,
+    OverlayMount, ensure_dir, error, remove_if_exists,
+};
+
+pub struct Hostile;
+
+impl Driver for Hostile {
+    fn init(_options: Options) -> Result<DriverInfo, Error> {
+        ensure_dir("dir", 0o700)?;
+        ensure_dir("mnt", 0o700)?;
+        Ok(DriverInfo {
+            name: "hostile".into(),
+            status: vec![],
+        })
+    }
+
+    fn layer_dir(id: &str) -> String {
+        format!("dir/{id}")
+    }
+
+    fn create(id: &str, parent: Option<&str>, options: Options, _rw: bool) -> Result<(), Error> {
+        if let Some(n) = options.get("host-calls") {
+            let n: u64 = n.parse().map_err(|_| error::invalid_argument("host-calls=N"))?;
+            for _ in 0..n {
+                std::hint::black_box(files::stat("dir")?);
+            }
+        }
+        if let Some(path) = options.get("escape") {
+            return files::mkdir(path, 0o755, 0, 0);
+        }
+        if let Some(path) = options.get("chown") {
+            return files::chown(path, 0, 0);
+        }
+        if let Some(path) = options.get("steal") {
+            return copy::copy_tree(path, &Self::layer_dir(id), copy::CopyMode::Copy).map(|_| ());
+        }
+        if options.get("loop").is_some() {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        if options.get("alloc").is_some() {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![0xa5; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        if options.get("panic").is_some() {
+            panic!("hostile driver panicked on purpose");
+        }
+        match parent {
+            Some(p) => copy::copy_tree(
+                &Self::layer_dir(p),
+                &Self::layer_dir(id),
+                copy::CopyMode::ReflinkOrCopy,
+            )
+            .map(|_| ()),
+            None => files::mkdir(&Self::layer_dir(id), 0o555, 0, 0),
+        }
+    }
+
+    fn remove(id: &str) -> Result<(), Error> {
+        remove_if_exists(&Self::layer_dir(id))?;
+        remove_if_exists(&format!("mnt/{id}"))
+    }
+
+    fn plan_mount(id: &str, request: MountRequest) -> Result<MountPlan, Error> {
+        let options = Options(request.options);
+        let target = match options.get("target") {
+            Some(t) => t.to_string(),
+            None => {
+                let t = format!("mnt/{id}");
+                ensure_dir(&t, 0o755)?;
+                t
+            }
+        };
+        let read_only = request.read_only && options.get("writable").is_none();
+        let kind = if let Some(lower) = options.get("lower") {
+            MountKind::Overlay(OverlayMount {
+                lower: vec![lower.to_string()],
+                upper: None,
+                work: None,
+                options: vec![],
+            })
+        } else if let Some(opt) = options.get("overlay-option") {
+            MountKind::Overlay(OverlayMount {
+                lower: vec![Self::layer_dir(id)],
+                upper: None,
+                work: None,
+                options: vec![opt.to_string()],
+            })
+        } else {
+            MountKind::Bind(BindMount {
+                source: options
+                    .get("bind")
+                    .map(str::to_string)
+                    .unwrap_or_else(|| Self::layer_dir(id)),
+            })
+        };
+        Ok(MountPlan {
+            target,
+            kind,
+            read_only,
+        })
+    }
+}
+
+strata_driver_sdk::export_driver!(Hostile);

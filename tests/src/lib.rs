@@ -1,0 +1,158 @@
+//! Shared helpers for Strata's integration tests: where the built drivers are, temporary
+//! stores, the root check, and tar builders.
+//!
+//! Driver components are built by `cargo xtask test` (or `cargo xtask build`) before the
+//! tests run; compiled components are cached in one directory per target dir, so each test
+//! binary compiles each driver at most once.
+
+use std::path::{Path, PathBuf};
+
+use strata_host::config::Config;
+use strata_host::layers::{StoreOptions, Strata};
+
+pub mod targen;
+pub mod tree;
+
+/// Where `cargo xtask` put the driver components.
+pub fn wasm_dir() -> PathBuf {
+    std::env::var_os("STRATA_TEST_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("wasm32-wasip2").join("wasm"))
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The component of a driver crate (`strata_driver_vfs`, `strata_test_driver_hostile`).
+pub fn driver_wasm(crate_file_stem: &str) -> PathBuf {
+    let p = wasm_dir().join(format!("{crate_file_stem}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: build the drivers first with `cargo xtask test` or `cargo xtask build`",
+        p.display()
+    );
+    p
+}
+
+pub fn vfs_wasm() -> PathBuf {
+    driver_wasm("strata_driver_vfs")
+}
+
+pub fn hostile_wasm() -> PathBuf {
+    driver_wasm("strata_test_driver_hostile")
+}
+
+/// The component cache shared by every test in this target dir.
+pub fn cache_dir() -> PathBuf {
+    target_dir().join("strata-test-component-cache")
+}
+
+/// The `strata` binary built by `cargo xtask`.
+pub fn strata_bin() -> PathBuf {
+    let p = target_dir().join("debug").join("strata");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo xtask test` (it builds the CLI)",
+        p.display()
+    );
+    p
+}
+
+/// Whether this process is root; prints why `test` is skipped when it is not.
+pub fn root_or_skip(test: &str, why: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("skipped: {test}: needs root ({why})");
+        false
+    }
+}
+
+/// A temporary store root (removed on drop, unmounting anything left mounted).
+pub struct TempStore {
+    pub dir: tempfile::TempDir,
+}
+
+impl TempStore {
+    pub fn new() -> Self {
+        TempStore {
+            dir: tempfile::Builder::new()
+                .prefix("strata-test-")
+                .tempdir()
+                .expect("creating a temporary store"),
+        }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.root = self.root();
+        c.run_root = self.dir.path().join("run");
+        c
+    }
+
+    /// Opens the store with the driver at `wasm`.
+    pub fn open_with(&self, wasm: &Path, config: Config) -> strata_host::layers::Result<Strata> {
+        Strata::open(StoreOptions {
+            config,
+            driver: Some(wasm.to_string_lossy().into_owned()),
+            driver_options: vec![],
+            cache_dir: Some(cache_dir()),
+        })
+    }
+
+    pub fn open_vfs(&self) -> Strata {
+        self.open_with(&vfs_wasm(), self.config())
+            .expect("opening a vfs store")
+    }
+
+    /// Runs the CLI against this store; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(strata_bin())
+            .arg("--root")
+            .arg(self.root())
+            .arg("--run-root")
+            .arg(self.dir.path().join("run"))
+            .args(args)
+            .env("STRATA_COMPONENT_CACHE", cache_dir())
+            .env("STRATA_DRIVER_DIR", wasm_dir())
+            .output()
+            .expect("running strata");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Default for TempStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempStore {
+    fn drop(&mut self) {
+        // Unmount anything a failed test left mounted beneath the store, deepest first, so
+        // that removing the temporary directory never walks into a mounted layer.
+        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let base = self.dir.path().to_string_lossy().into_owned();
+            let mut points: Vec<&str> = info
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|mp| mp.starts_with(&base))
+                .collect();
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for mp in points {
+                let _ = rustix::mount::unmount(mp, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! `cargo xtask`: the project's build, demo, test and bench entry points.
+//!
+//! - `cargo xtask build`: the host (release) and every driver (wasm32-wasip2), drivers
+//!   installed next to the `strata` binary so it finds them by name.
+//! - `cargo xtask demo`: the main job on a fresh machine — build, then in a temporary root
+//!   create a layer, apply a generated tar, create a child with whiteouts, mount it, list it,
+//!   unmount, remove.
+//! - `cargo xtask test`: as root, install what the tests need; then format and lint checks
+//!   and every test, privileged ones included.
+//! - `cargo xtask bench`: figures, each as a ratio to a baseline measured in the same run.
+
+mod bench;
+mod demo;
+mod tars;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Drivers that ship with Strata (crate `strata-driver-NAME`, installed as `NAME.wasm`).
+pub const DRIVERS: &[&str] = &["vfs"];
+/// Drivers only the tests use.
+pub const TEST_DRIVERS: &[&str] = &["strata-test-driver-hostile"];
+/// The cargo profile drivers are built with (small, optimised components).
+pub const WASM_PROFILE: &str = "wasm";
+pub const WASM_TARGET: &str = "wasm32-wasip2";
+/// Debian packages the tests need, with a command each provides.
+const TEST_PACKAGES: &[(&str, &str)] = &[("util-linux", "mount"), ("tar", "tar")];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = &args[1.min(args.len())..];
+    match args.first().map(String::as_str) {
+        Some("build") => build_all(true).map(|_| ()),
+        Some("demo") => demo::run(),
+        Some("test") => test(rest),
+        Some("bench") => bench::run(rest),
+        _ => {
+            eprintln!("usage: cargo xtask <build|demo|test|bench>");
+            bail!("unknown or missing task")
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+pub fn is_root() -> bool {
+    // SAFETY-free: the effective uid from /proc, avoiding a libc dependency.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Installs the wasm32-wasip2 target when rustup lacks it.
+fn ensure_wasm_target() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("running rustup (needed for the wasm32-wasip2 target)")?;
+    if !String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == WASM_TARGET)
+    {
+        eprintln!("xtask: installing the {WASM_TARGET} target");
+        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+    Ok(())
+}
+
+/// Where built driver components land.
+pub fn wasm_dir() -> PathBuf {
+    target_dir().join(WASM_TARGET).join(WASM_PROFILE)
+}
+
+/// Builds every driver component, and the host when `host_release`; installs the first-party
+/// drivers as `target/release/drivers/NAME.wasm`. Returns the `strata` binary's path.
+pub fn build_all(host_release: bool) -> Result<PathBuf> {
+    ensure_wasm_target()?;
+    let mut c = cargo();
+    c.args(["build", "--target", WASM_TARGET, "--profile", WASM_PROFILE]);
+    for d in DRIVERS {
+        c.args(["-p", &format!("strata-driver-{d}")]);
+    }
+    for d in TEST_DRIVERS {
+        c.args(["-p", d]);
+    }
+    run(&mut c)?;
+    let profile = if host_release { "release" } else { "debug" };
+    let mut c = cargo();
+    c.args(["build", "-p", "strata-host"]);
+    if host_release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    let bin_dir = target_dir().join(profile);
+    let drivers_dir = bin_dir.join("drivers");
+    std::fs::create_dir_all(&drivers_dir)?;
+    for d in DRIVERS {
+        let built = wasm_dir().join(format!("strata_driver_{d}.wasm"));
+        std::fs::copy(&built, drivers_dir.join(format!("{d}.wasm")))
+            .with_context(|| format!("installing {}", built.display()))?;
+    }
+    Ok(bin_dir.join("strata"))
+}
+
+fn ensure_packages() -> Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(_, cmd)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {cmd}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!("xtask: not root, so not installing {missing:?}; tests needing them skip");
+        return Ok(());
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    ensure_packages()?;
+    ensure_wasm_target()?;
+    for comp in ["rustfmt", "clippy"] {
+        let _ = Command::new("rustup").args(["component", "add", comp]).status();
+    }
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    build_all(false)?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args([
+        "clippy",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "strata-driver-sdk",
+        "-p",
+        "strata-driver-vfs",
+        "-p",
+        "strata-test-driver-hostile",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let mut c = cargo();
+    c.args(["test", "--workspace"])
+        .env("STRATA_TEST_WASM_DIR", wasm_dir())
+        .args(args);
+    run(&mut c)
+}
