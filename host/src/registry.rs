@@ -1,7 +1,7 @@
 //! Where drivers come from: first-party drivers by name, third-party drivers by path.
 //!
-//! A first-party driver `NAME` is the file `NAME.wasm` in the first of these directories that
-//! has it: `$STRATA_DRIVER_DIR`, `<dir of the strata binary>/drivers`,
+//! A first-party driver `NAME` is the file `NAME.wasm` (or `strata_driver_NAME.wasm`, as cargo
+//! builds it) in the first of these directories that has it: `$STRATA_DRIVER_DIR`, `<dir of the strata binary>/drivers`,
 //! `<dir of the strata binary>/../lib/strata/drivers`, `/usr/local/lib/strata/drivers`,
 //! `/usr/lib/strata/drivers`. `[drivers.NAME] path` in config overrides the search. Anything
 //! containing a `/` or ending in `.wasm` is a path; its name is the file stem.
@@ -96,14 +96,16 @@ pub fn locate(spec: &str, configured: Option<&Path>) -> Result<DriverLocation, L
         });
     }
     let file = format!("{spec}.wasm");
+    let built = format!("strata_driver_{spec}.wasm");
     let dirs = search_dirs();
     for dir in &dirs {
-        let candidate = dir.join(&file);
-        if candidate.is_file() {
-            return Ok(DriverLocation {
-                name: spec.into(),
-                path: candidate,
-            });
+        for candidate in [dir.join(&file), dir.join(&built)] {
+            if candidate.is_file() {
+                return Ok(DriverLocation {
+                    name: spec.into(),
+                    path: candidate,
+                });
+            }
         }
     }
     Err(LocateError::NotFound {

@@ -130,13 +130,27 @@ pub fn tar_of(entries: &[Entry]) -> Vec<u8> {
             h.set_device_major(e.device.0).expect("device major");
             h.set_device_minor(e.device.1).expect("device minor");
         }
-        match &e.link {
-            Some(target) => b
-                .append_link(&mut h, &e.path, target)
-                .expect("appending a link"),
-            None => b
-                .append_data(&mut h, &e.path, e.body.as_slice())
-                .expect("appending an entry"),
+        // Names are written into the header fields raw (hostile ones included: the tar
+        // crate's own path setters refuse `..`); longer names go through its GNU long-name
+        // support.
+        let fits = e.path.len() < 100 && e.link.as_ref().is_none_or(|l| l.len() < 100);
+        if fits {
+            let gnu = h.as_gnu_mut().expect("a GNU header");
+            gnu.name[..e.path.len()].copy_from_slice(e.path.as_bytes());
+            if let Some(target) = &e.link {
+                gnu.linkname[..target.len()].copy_from_slice(target.as_bytes());
+            }
+            h.set_cksum();
+            b.append(&h, e.body.as_slice()).expect("appending an entry");
+        } else {
+            match &e.link {
+                Some(target) => b
+                    .append_link(&mut h, &e.path, target)
+                    .expect("appending a link"),
+                None => b
+                    .append_data(&mut h, &e.path, e.body.as_slice())
+                    .expect("appending an entry"),
+            }
         }
     }
     b.into_inner().expect("finishing the tar")

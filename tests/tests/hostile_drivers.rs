@@ -70,8 +70,8 @@ fn escaping_paths_are_denied() {
         ("escape", "slash/tmp/made-here"),
         ("chown", "evil/secret"),
         ("chown", "../root"),
-        ("steal", "evil"),
-        ("steal", "slash/etc"),
+        ("steal", "evil/secret"),
+        ("steal", "slash/etc/passwd"),
         ("steal", "/etc"),
     ];
     for (i, (op, path)) in attempts.iter().enumerate() {
@@ -79,6 +79,10 @@ fn escaping_paths_are_denied() {
             .expect_err(&format!("{op}={path} must fail"));
         assert!(is_denied(&err), "{op}={path}: expected denied, got {err}");
     }
+    // Copying the planted symlink itself copies a symlink, not what it points to.
+    create_with(&s, "copied-link", &[("steal", "evil")]).expect("copying a symlink is fine");
+    let copied = home.join("dir/copied-link");
+    assert!(std::fs::symlink_metadata(&copied).unwrap().file_type().is_symlink());
     let listing: Vec<_> = std::fs::read_dir(&victim).unwrap().collect();
     assert_eq!(listing.len(), 1, "nothing was written into the victim dir");
     assert!(!t.root().join("escape").exists() && !t.dir.path().join("escape").exists());

@@ -108,6 +108,9 @@ pub fn apply_layer_tar(
         })?;
     }
     a.finish()?;
+    // Read the end-of-archive blocks and any padding too, so that digests taken over the
+    // stream cover all of it.
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(ArchiveError::Read)?;
     Ok(a.stats)
 }
 

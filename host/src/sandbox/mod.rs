@@ -172,7 +172,7 @@ pub enum SandboxError {
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The driver answered with an expected failure.
-    #[error("driver {driver}: {op}: {error}")]
+    #[error("driver {driver}: {op}: {}", describe(error))]
     Driver {
         driver: String,
         op: String,
@@ -181,4 +181,17 @@ pub enum CallError {
     /// The call could not complete (trap, timeout, memory limit, ...).
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+}
+
+/// A driver error as people read it.
+pub fn describe(error: &DriverError) -> String {
+    match error {
+        DriverError::NotFound(m) => format!("not found: {m}"),
+        DriverError::AlreadyExists(m) => format!("already exists: {m}"),
+        DriverError::InvalidArgument(m) => format!("invalid argument: {m}"),
+        DriverError::Unsupported(m) => format!("unsupported: {m}"),
+        DriverError::Busy(m) => format!("busy: {m}"),
+        DriverError::Denied(m) => format!("denied: {m}"),
+        DriverError::Io(e) => format!("I/O error (errno {}): {}", e.errno, e.message),
+    }
 }

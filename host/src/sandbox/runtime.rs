@@ -43,37 +43,42 @@ pub struct SandboxEngine {
 }
 
 impl SandboxEngine {
+    /// The process-wide engine (created on first use, with its epoch ticker). One engine
+    /// serves every driver: compiled code and the ticker are shared.
     pub fn new() -> anyhow::Result<Self> {
+        static SHARED: OnceLock<SandboxEngine> = OnceLock::new();
+        if let Some(e) = SHARED.get() {
+            return Ok(e.clone());
+        }
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        // Linear memories are capped by the store limiter; a smaller reservation keeps
-        // virtual memory use modest when many calls run at once.
-        config.memory_reservation(1 << 32);
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        Ok(SandboxEngine { engine })
+        let created = SandboxEngine { engine };
+        let shared = SHARED.get_or_init(|| {
+            created.start_ticker();
+            created.clone()
+        });
+        Ok(shared.clone())
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    /// Starts (once per process) the thread that advances the epoch every [`EPOCH_TICK`].
-    fn ensure_ticker(&self) {
-        static TICKER: OnceLock<()> = OnceLock::new();
-        TICKER.get_or_init(|| {
-            let weak = self.engine.weak();
-            std::thread::Builder::new()
-                .name("strata-epoch".into())
-                .spawn(move || {
-                    while let Some(engine) = weak.upgrade() {
-                        engine.increment_epoch();
-                        drop(engine);
-                        std::thread::sleep(EPOCH_TICK);
-                    }
-                })
-                .expect("spawning the epoch ticker thread");
-        });
+    /// Starts the thread that advances the epoch every [`EPOCH_TICK`] while the engine lives.
+    fn start_ticker(&self) {
+        let weak = self.engine.weak();
+        std::thread::Builder::new()
+            .name("strata-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .expect("spawning the epoch ticker thread");
     }
 }
 
@@ -227,7 +232,6 @@ impl DriverRuntime {
             path: home.into(),
             reason: e.to_string(),
         })?;
-        engine.ensure_ticker();
         Ok(DriverRuntime {
             name,
             engine: engine.clone(),

@@ -282,7 +282,7 @@ impl Dir {
     }
 
     pub fn open_dir_rel(&self, rel: &Path) -> SysResult<Dir> {
-        let fd = self.open_raw(rel, OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW)?;
+        let fd = self.open_raw(rel, OFlags::PATH | OFlags::DIRECTORY)?;
         Ok(Dir {
             fd,
             path: self.path.join(rel),
