@@ -156,10 +156,12 @@ impl Parser<'_> {
     }
 
     fn deadline(&self, key: &str, v: &toml::Value) -> Result<Duration, ConfigError> {
-        let d = v
-            .as_str()
-            .and_then(parse_duration)
-            .ok_or_else(|| self.bad(key, format!("{v} is not a duration (use \"500ms\", \"10s\", \"2m\")")))?;
+        let d = v.as_str().and_then(parse_duration).ok_or_else(|| {
+            self.bad(
+                key,
+                format!("{v} is not a duration (use \"500ms\", \"10s\", \"2m\")"),
+            )
+        })?;
         if !(MIN_DEADLINE..=MAX_DEADLINE).contains(&d) {
             return Err(self.bad(key, format!("{v} is outside 10ms..1h")));
         }
@@ -216,7 +218,10 @@ impl Parser<'_> {
                             other => {
                                 return Err(self.bad(
                                     &okey,
-                                    format!("expected a string, number or boolean, found {}", other.type_str()),
+                                    format!(
+                                        "expected a string, number or boolean, found {}",
+                                        other.type_str()
+                                    ),
                                 ));
                             }
                         };
@@ -254,10 +259,12 @@ impl Config {
 
     /// Parses config text; `origin` names it in messages.
     pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            origin: origin.into(),
-            message: e.message().to_string(),
-        })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    origin: origin.into(),
+                    message: e.message().to_string(),
+                })?;
         let p = Parser { origin };
         let mut c = Config::default();
         for (k, v) in &table {
@@ -299,7 +306,10 @@ impl Config {
 /// `1024`, `64K`, `256M`, `2G` (binary multiples; `KiB`/`MB` spellings accepted).
 pub fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (digits, shift) = match t.char_indices().last()? {
         (i, 'k' | 'K') => (&t[..i], 10),
         (i, 'm' | 'M') => (&t[..i], 20),
@@ -324,7 +334,11 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     } else {
         return None;
     };
-    n.trim().parse::<u64>().ok().filter(|v| *v < 1 << 32).map(unit)
+    n.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|v| *v < 1 << 32)
+        .map(unit)
 }
 
 #[cfg(test)]
@@ -332,7 +346,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        Config::from_str(text, "strata.toml").unwrap_err().to_string()
+        Config::from_str(text, "strata.toml")
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -372,7 +388,10 @@ grants = ["log"]
         assert_eq!(c.driver, "/opt/x.wasm");
         let v = c.driver_settings("vfs");
         assert_eq!(v.path, Some(PathBuf::from("/opt/vfs.wasm")));
-        assert_eq!(v.options, vec![("a.b".into(), "c".into()), ("n".into(), "3".into())]);
+        assert_eq!(
+            v.options,
+            vec![("a.b".into(), "c".into()), ("n".into(), "3".into())]
+        );
         assert_eq!(v.memory, 32 << 20);
         assert_eq!(v.deadline, Duration::from_secs(120));
         assert_eq!(v.grants, vec!["files", "log"]);
@@ -391,10 +410,19 @@ grants = ["log"]
             ("[sandbox]\nmemory = \"1K\"", "outside 16M..16G"),
             ("[sandbox]\ndeadline = \"forever\"", "sandbox.deadline"),
             ("[sandbox]\ndeadline = \"2h\"", "outside 10ms..1h"),
-            ("[sandbox]\ngrants = [\"files\", \"net\"]", "unknown grant `net`"),
+            (
+                "[sandbox]\ngrants = [\"files\", \"net\"]",
+                "unknown grant `net`",
+            ),
             ("[sandbox]\nswap = 1", "unknown key sandbox.swap"),
-            ("[drivers.vfs]\npathh = \"/x\"", "unknown key drivers.vfs.pathh"),
-            ("[drivers.vfs]\noptions = { a = [1] }", "drivers.vfs.options.a"),
+            (
+                "[drivers.vfs]\npathh = \"/x\"",
+                "unknown key drivers.vfs.pathh",
+            ),
+            (
+                "[drivers.vfs]\noptions = { a = [1] }",
+                "drivers.vfs.options.a",
+            ),
             ("drivers = 1", "drivers: expected a table"),
             ("root = ", "not valid TOML"),
         ] {

@@ -154,10 +154,17 @@ impl Copier {
             source,
         };
         if depth > MAX_TREE_DEPTH {
-            return Err(err(SysError::invalid("copy", shown, "directory tree too deep")));
+            return Err(err(SysError::invalid(
+                "copy",
+                shown,
+                "directory tree too deep",
+            )));
         }
-        if st.kind != FileKind::Directory && st.nlink > 1 {
-            if let Some(first) = self.links.get(&(st.dev, st.ino)) {
+        if st.kind != FileKind::Directory
+            && st.nlink > 1
+            && let Some(first) = self.links.get(&(st.dev, st.ino))
+        {
+            {
                 let first_dir = dst_root
                     .open_dir_rel(first.parent().unwrap_or(Path::new("")))
                     .map_err(err)?;
@@ -174,7 +181,8 @@ impl Copier {
                     let sfd = open_dir_at(sdir, sname).map_err(err)?;
                     let dfd = open_dir_at(ddir, dname).map_err(err)?;
                     for child in read_dir_names(sfd.as_fd()).map_err(err)? {
-                        let cst = stat_at(sfd.as_fd(), &child).map_err(|e| err(e.at(shown.join(&child))))?;
+                        let cst = stat_at(sfd.as_fd(), &child)
+                            .map_err(|e| err(e.at(shown.join(&child))))?;
                         self.copy(
                             sfd.as_fd(),
                             &child,
@@ -199,7 +207,14 @@ impl Copier {
                     }
                     CopyMode::ReflinkOrCopy => match sfs::reflink(&from, &to) {
                         Ok(()) => true,
-                        Err(e) if matches!(e.kind, ErrorKind::Unsupported | ErrorKind::InvalidArgument) => false,
+                        Err(e)
+                            if matches!(
+                                e.kind,
+                                ErrorKind::Unsupported | ErrorKind::InvalidArgument
+                            ) =>
+                        {
+                            false
+                        }
                         Err(e) => return Err(err(e)),
                     },
                 };

@@ -38,14 +38,14 @@ pub enum LayerError {
     #[error(transparent)]
     Locate(#[from] LocateError),
     #[error("unmounting layer {id}: {source}")]
-    Unmount { id: String, source: SysError },
+    Unmount { id: String, source: Box<SysError> },
     #[error("layer {0} is not mounted")]
     NotMounted(String),
     #[error("layer {id}: {what}: {source}")]
     Archive {
         id: String,
         what: &'static str,
-        source: archive::ArchiveError,
+        source: Box<archive::ArchiveError>,
     },
     #[error("{what}: {source}")]
     Io {
@@ -165,7 +165,13 @@ impl Strata {
             memory: usize::try_from(settings.memory).unwrap_or(usize::MAX),
             deadline: settings.deadline,
         };
-        let driver = DriverRuntime::new(&engine, &component, &grants(&settings.grants)?, &home, limits)?;
+        let driver = DriverRuntime::new(
+            &engine,
+            &component,
+            &grants(&settings.grants)?,
+            &home,
+            limits,
+        )?;
         let mut init_options = settings.options.clone();
         init_options.extend(options.driver_options);
         let info = driver.init(&init_options)?;
@@ -237,9 +243,9 @@ impl Strata {
             driver: self.driver.name().to_string(),
             read_write: req.read_write,
         })?;
-        if let Err(e) = self
-            .driver
-            .create(&layer.id, parent.as_deref(), req.read_write, &req.options)
+        if let Err(e) =
+            self.driver
+                .create(&layer.id, parent.as_deref(), req.read_write, &req.options)
         {
             let _ = self.driver.remove(&layer.id);
             self.store.delete_record(&layer.id)?;
@@ -303,11 +309,11 @@ impl Strata {
     pub fn mount(&self, id: &str, options: &[(String, String)]) -> Result<PathBuf> {
         let _lock = self.store.lock_exclusive()?;
         let layer = self.store.get(id)?;
-        if layer.mount_count > 0 {
-            if let Some(mp) = &layer.mount_point {
-                self.store.increment_mount(&layer.id, mp)?;
-                return Ok(PathBuf::from(mp));
-            }
+        if layer.mount_count > 0
+            && let Some(mp) = &layer.mount_point
+        {
+            self.store.increment_mount(&layer.id, mp)?;
+            return Ok(PathBuf::from(mp));
         }
         let request = MountRequest {
             read_only: !layer.read_write,
@@ -341,7 +347,7 @@ impl Strata {
         }
         mount::unmount(Path::new(&mount_point), force).map_err(|source| LayerError::Unmount {
             id: layer.id.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let left = self.store.decrement_mount(&layer.id, true)?;
         self.driver.unmounted(&layer.id)?;
@@ -372,7 +378,7 @@ impl Strata {
         diff.write_tar(out).map_err(|source| LayerError::Archive {
             id: layer.id,
             what: "writing its diff",
-            source,
+            source: Box::new(source),
         })
     }
 

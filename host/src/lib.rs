@@ -3,14 +3,14 @@
 //! Drivers (WebAssembly components) decide layering policy; this crate checks what they ask
 //! for against their sandbox and then performs it. Modules follow the architecture:
 //!
-//! - [`sys`]: the only module with `unsafe` and raw syscalls; typed wrappers on rustix.
-//! - [`archive`]: layer tars (apply, export) and tree comparison (changes, sizes).
-//! - [`copy`]: copying trees with reflinks, preserving everything a layer holds.
-//! - [`sandbox`]: wasmtime engine, component cache, the host interfaces drivers import.
-//! - [`mount`]: mount-plan validation and execution, mount reference counts.
-//! - [`store`]: the layer store (SQLite), crash recovery, locking.
-//! - [`config`]: `strata.toml`.
-//! - [`frontend`]: the CLI's commands, on top of the above.
+//! - the [`sys`]: the only module with `unsafe` and raw syscalls; typed wrappers on rustix.
+//! - the [`archive`]: layer tars (apply, export) and tree comparison (changes, sizes).
+//! - the [`copy`]: copying trees with reflinks, preserving everything a layer holds.
+//! - the [`sandbox`]: wasmtime engine, component cache, the host interfaces drivers import.
+//! - the [`mount`]: mount-plan validation and execution, mount reference counts.
+//! - the [`store`]: the layer store (SQLite), crash recovery, locking.
+//! - the [`config`]: reading `strata.toml`.
+//! - the [`frontend`]: the CLI's commands, on top of the above.
 
 pub mod archive;
 pub mod config;

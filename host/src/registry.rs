@@ -154,7 +154,9 @@ mod tests {
         assert_eq!(name_of_path(Path::new("/a/my.driver.wasm")), "my_driver");
         assert!(matches!(locate("../x", None), Err(LocateError::Missing(_))));
         assert!(matches!(locate("a b", None), Err(LocateError::BadName(_))));
-        let err = locate("surely-not-installed", None).unwrap_err().to_string();
+        let err = locate("surely-not-installed", None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("surely-not-installed.wasm"), "{err}");
     }
 }

@@ -25,8 +25,12 @@ pub trait Driver {
 
     /// Creates layer `id`, empty or as a child of `parent`. `read_write` is true for a
     /// container layer (`create-rw`).
-    fn create(id: &str, parent: Option<&str>, options: Options, read_write: bool)
-    -> Result<(), Error>;
+    fn create(
+        id: &str,
+        parent: Option<&str>,
+        options: Options,
+        read_write: bool,
+    ) -> Result<(), Error>;
 
     /// Removes layer `id` and everything the driver keeps for it. Removing a layer that has
     /// no data (a creation that crashed early) must succeed.
@@ -94,8 +98,9 @@ macro_rules! export_driver {
             use $crate::bindings::exports::strata::driver::driver as __wit;
 
             impl __wit::Guest for $driver {
-                fn init(options: ::std::vec::Vec<(String, String)>)
-                -> Result<__wit::DriverInfo, $crate::Error> {
+                fn init(
+                    options: ::std::vec::Vec<(String, String)>,
+                ) -> Result<__wit::DriverInfo, $crate::Error> {
                     <$driver as $crate::Driver>::init($crate::Options(options))
                 }
                 fn create(
@@ -104,7 +109,11 @@ macro_rules! export_driver {
                     options: ::std::vec::Vec<(String, String)>,
                 ) -> Result<(), $crate::Error> {
                     <$driver as $crate::Driver>::create(
-                        &id, parent.as_deref(), $crate::Options(options), false)
+                        &id,
+                        parent.as_deref(),
+                        $crate::Options(options),
+                        false,
+                    )
                 }
                 fn create_rw(
                     id: String,
@@ -112,7 +121,11 @@ macro_rules! export_driver {
                     options: ::std::vec::Vec<(String, String)>,
                 ) -> Result<(), $crate::Error> {
                     <$driver as $crate::Driver>::create(
-                        &id, parent.as_deref(), $crate::Options(options), true)
+                        &id,
+                        parent.as_deref(),
+                        $crate::Options(options),
+                        true,
+                    )
                 }
                 fn remove(id: String) -> Result<(), $crate::Error> {
                     <$driver as $crate::Driver>::remove(&id)
@@ -136,12 +149,16 @@ macro_rules! export_driver {
                 ) -> Result<u64, $crate::Error> {
                     <$driver as $crate::Driver>::apply_diff(&id, parent.as_deref(), diff)
                 }
-                fn diff(id: String, parent: Option<String>)
-                -> Result<$crate::LayerDiff, $crate::Error> {
+                fn diff(
+                    id: String,
+                    parent: Option<String>,
+                ) -> Result<$crate::LayerDiff, $crate::Error> {
                     <$driver as $crate::Driver>::diff(&id, parent.as_deref())
                 }
-                fn changes(id: String, parent: Option<String>)
-                -> Result<::std::vec::Vec<$crate::Change>, $crate::Error> {
+                fn changes(
+                    id: String,
+                    parent: Option<String>,
+                ) -> Result<::std::vec::Vec<$crate::Change>, $crate::Error> {
                     <$driver as $crate::Driver>::changes(&id, parent.as_deref())
                 }
                 fn diff_size(id: String, parent: Option<String>) -> Result<u64, $crate::Error> {
@@ -150,8 +167,9 @@ macro_rules! export_driver {
                 fn status() -> ::std::vec::Vec<(String, String)> {
                     <$driver as $crate::Driver>::status()
                 }
-                fn metadata(id: String)
-                -> Result<::std::vec::Vec<(String, String)>, $crate::Error> {
+                fn metadata(
+                    id: String,
+                ) -> Result<::std::vec::Vec<(String, String)>, $crate::Error> {
                     <$driver as $crate::Driver>::metadata(&id)
                 }
                 fn cleanup() -> Result<(), $crate::Error> {
@@ -159,7 +177,7 @@ macro_rules! export_driver {
                 }
             }
 
-            $crate::bindings::__export_strata_driver!($driver with_types_in $crate::bindings);
+    $crate::bindings::__export_strata_driver!($driver with_types_in $crate::bindings);
         };
     };
 }

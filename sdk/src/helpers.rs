@@ -72,7 +72,15 @@ mod tests {
     fn ids() {
         assert!(validate_id("abc123").is_ok());
         assert!(validate_id("a.b-c_d").is_ok());
-        for bad in ["", "..", ".x", "a/b", "-a", "a b", &"x".repeat(MAX_ID_LEN + 1)] {
+        for bad in [
+            "",
+            "..",
+            ".x",
+            "a/b",
+            "-a",
+            "a b",
+            &"x".repeat(MAX_ID_LEN + 1),
+        ] {
             assert!(validate_id(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -114,6 +114,4 @@ mod driver;
 pub use driver::Driver;
 
 mod helpers;
-pub use helpers::{
-    MAX_ID_LEN, bind_plan, ensure_dir, exists, remove_if_exists, validate_id,
-};
+pub use helpers::{MAX_ID_LEN, bind_plan, ensure_dir, exists, remove_if_exists, validate_id};

@@ -85,7 +85,10 @@ mod tests {
 
     #[test]
     fn unknown_options_are_named() {
-        let o = Options(vec![("size".into(), "1G".into()), ("sise".into(), "1".into())]);
+        let o = Options(vec![
+            ("size".into(), "1G".into()),
+            ("sise".into(), "1".into()),
+        ]);
         let Err(Error::InvalidArgument(m)) = o.reject_unknown(&["size"]) else {
             panic!("expected invalid-argument")
         };

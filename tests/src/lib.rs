@@ -91,10 +91,11 @@ impl TempStore {
     }
 
     pub fn config(&self) -> Config {
-        let mut c = Config::default();
-        c.root = self.root();
-        c.run_root = self.dir.path().join("run");
-        c
+        Config {
+            root: self.root(),
+            run_root: self.dir.path().join("run"),
+            ..Config::default()
+        }
     }
 
     /// Opens the store with the driver at `wasm`.

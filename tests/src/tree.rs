@@ -85,7 +85,11 @@ fn walk(
 ) {
     let md = std::fs::symlink_metadata(path).expect("lstat in snapshot");
     let k = kind(md.file_type());
-    let key = if rel.is_empty() { "/".to_string() } else { rel.to_string() };
+    let key = if rel.is_empty() {
+        "/".to_string()
+    } else {
+        rel.to_string()
+    };
     let data = match k {
         "file" => std::fs::read(path).expect("reading a file in snapshot"),
         "symlink" => std::fs::read_link(path)
@@ -95,7 +99,10 @@ fn walk(
         _ => vec![],
     };
     if k != "dir" && md.nlink() > 1 {
-        inodes.entry((md.dev(), md.ino())).or_default().push(key.clone());
+        inodes
+            .entry((md.dev(), md.ino()))
+            .or_default()
+            .push(key.clone());
     }
     out.insert(
         key,
@@ -105,7 +112,11 @@ fn walk(
             uid: md.uid(),
             gid: md.gid(),
             data,
-            rdev: if matches!(k, "char" | "block") { md.rdev() } else { 0 },
+            rdev: if matches!(k, "char" | "block") {
+                md.rdev()
+            } else {
+                0
+            },
             mtime: (k != "dir").then(|| md.mtime()),
             xattrs: xattrs(path),
             link_group: None,

@@ -17,8 +17,11 @@ fn layer_lifecycle_with_plain_and_json_output() {
     assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
 
     let tar = t.dir.path().join("l.tar");
-    std::fs::write(&tar, tar_of(&[Entry::dir("d", 0o755), Entry::file("d/f", 0o644, b"12345")]))
-        .unwrap();
+    std::fs::write(
+        &tar,
+        tar_of(&[Entry::dir("d", 0o755), Entry::file("d/f", 0o644, b"12345")]),
+    )
+    .unwrap();
     let size = ok(&t, &["layer", "apply", &id, &tar.to_string_lossy()]);
     assert_eq!(size.trim(), "5");
 
@@ -28,10 +31,19 @@ fn layer_lifecycle_with_plain_and_json_output() {
     assert_eq!(layers.len(), 1);
     assert_eq!(layers[0]["id"], id.as_str());
     let tar_len = std::fs::metadata(&tar).unwrap().len();
-    assert_eq!(layers[0]["uncompressed_size"], tar_len, "the tar's own size");
-    assert_eq!(layers[0]["compressed_size"], tar_len, "a plain tar is its own compressed form");
+    assert_eq!(
+        layers[0]["uncompressed_size"], tar_len,
+        "the tar's own size"
+    );
+    assert_eq!(
+        layers[0]["compressed_size"], tar_len,
+        "a plain tar is its own compressed form"
+    );
     let digest = layers[0]["uncompressed_digest"].as_str().unwrap();
-    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{digest}");
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
     assert_eq!(layers[0]["incomplete"], false);
 
     let changes = ok(&t, &["layer", "changes", &id]);
@@ -42,7 +54,12 @@ fn layer_lifecycle_with_plain_and_json_output() {
     assert_eq!(json[1]["path"], "/d/f");
     assert_eq!(ok(&t, &["layer", "diff-size", &id]).trim(), "5");
 
-    let child = ok(&t, &["layer", "create", "--parent", &id, "--id", "kid", "--name", "web"]);
+    let child = ok(
+        &t,
+        &[
+            "layer", "create", "--parent", &id, "--id", "kid", "--name", "web",
+        ],
+    );
     assert_eq!(child.trim(), "kid");
     let (success, _, err) = t.cli(&["layer", "rm", &id]);
     assert!(!success, "a parent with children cannot be removed");
@@ -60,7 +77,10 @@ fn layer_lifecycle_with_plain_and_json_output() {
         .unwrap()
         .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert!(names.iter().any(|n| n.trim_end_matches('/') == "d/f"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.trim_end_matches('/') == "d/f"),
+        "{names:?}"
+    );
 
     ok(&t, &["layer", "rm", "kid"]);
     ok(&t, &["layer", "rm", &id]);
@@ -78,10 +98,15 @@ fn mount_and_unmount_from_the_command_line() {
     let t = TempStore::new();
     ok(&t, &["layer", "create", "--id", "c", "--rw"]);
     let mp = ok(&t, &["layer", "mount", "c"]).trim().to_string();
-    assert!(strata_host::sys::mount::is_mount_point(std::path::Path::new(&mp)), "{mp}");
+    assert!(
+        strata_host::sys::mount::is_mount_point(std::path::Path::new(&mp)),
+        "{mp}"
+    );
     std::fs::write(format!("{mp}/hello"), b"hi").unwrap();
     ok(&t, &["layer", "unmount", "c"]);
-    assert!(!strata_host::sys::mount::is_mount_point(std::path::Path::new(&mp)));
+    assert!(!strata_host::sys::mount::is_mount_point(
+        std::path::Path::new(&mp)
+    ));
     assert_eq!(ok(&t, &["layer", "changes", "c"]), "Add /hello\n");
     let (success, _, err) = t.cli(&["layer", "unmount", "c"]);
     assert!(!success && err.contains("not mounted"), "{err}");
@@ -94,13 +119,19 @@ fn config_errors_name_the_key() {
     for (text, key) in [
         ("drivr = \"vfs\"\n", "drivr"),
         ("[sandbox]\nmemory = \"12Q\"\n", "sandbox.memory"),
-        ("[sandbox]\ngrants = [\"files\", \"network\"]\n", "sandbox.grants"),
+        (
+            "[sandbox]\ngrants = [\"files\", \"network\"]\n",
+            "sandbox.grants",
+        ),
         ("[drivers.vfs]\npathh = \"/x\"\n", "drivers.vfs.pathh"),
     ] {
         std::fs::write(&cfg, text).unwrap();
         let (success, _, err) = t.cli(&["--config", &cfg.to_string_lossy(), "layer", "ls"]);
         assert!(!success, "{text:?} must be refused");
-        assert!(err.contains(key), "error for {text:?} should name `{key}`: {err}");
+        assert!(
+            err.contains(key),
+            "error for {text:?} should name `{key}`: {err}"
+        );
     }
 }
 
@@ -120,7 +151,12 @@ fn driver_inspect_shows_wit_version_and_capabilities() {
         assert!(caps.contains(&c), "vfs imports {c}: {caps:?}");
     }
     let listing = ok(&t, &["driver", "ls"]);
-    assert!(listing.lines().any(|l| l.starts_with("strata_driver_vfs") || l.starts_with("vfs")), "{listing}");
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("strata_driver_vfs") || l.starts_with("vfs")),
+        "{listing}"
+    );
 }
 
 #[test]

@@ -27,7 +27,10 @@ fn open(t: &TempStore, driver_section: &str) -> Strata {
 fn create_with(s: &Strata, id: &str, opts: &[(&str, &str)]) -> Result<(), LayerError> {
     s.create_layer(CreateLayer {
         id: Some(id.into()),
-        options: opts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        options: opts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         ..Default::default()
     })
     .map(|_| ())
@@ -82,7 +85,12 @@ fn escaping_paths_are_denied() {
     // Copying the planted symlink itself copies a symlink, not what it points to.
     create_with(&s, "copied-link", &[("steal", "evil")]).expect("copying a symlink is fine");
     let copied = home.join("dir/copied-link");
-    assert!(std::fs::symlink_metadata(&copied).unwrap().file_type().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(&copied)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     let listing: Vec<_> = std::fs::read_dir(&victim).unwrap().collect();
     assert_eq!(listing.len(), 1, "nothing was written into the victim dir");
     assert!(!t.root().join("escape").exists() && !t.dir.path().join("escape").exists());
@@ -115,14 +123,21 @@ fn hostile_mount_plans_are_refused_before_any_mount() {
             LayerError::Plan(p) => assert!(p.is_denied(), "{k}={v}: {err}"),
             other => panic!("{k}={v}: expected a refused plan, got {other}"),
         }
-        assert_eq!(s.get("l").unwrap().mount_count, 0, "{k}={v}: nothing mounted");
+        assert_eq!(
+            s.get("l").unwrap().mount_count,
+            0,
+            "{k}={v}: nothing mounted"
+        );
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(t.dir.path().to_string_lossy().as_ref()),
         "no mount was made under the store"
     );
-    if root_or_skip("hostile_mount_plans_are_refused_before_any_mount (honest plan)", "mounts") {
+    if root_or_skip(
+        "hostile_mount_plans_are_refused_before_any_mount (honest plan)",
+        "mounts",
+    ) {
         let p = s.mount("l", &[]).expect("the honest plan still mounts");
         s.unmount("l", false).unwrap();
         assert!(!strata_host::sys::mount::is_mount_point(&p));
@@ -133,7 +148,10 @@ fn hostile_mount_plans_are_refused_before_any_mount() {
 fn an_ungranted_capability_fails_the_load_naming_it() {
     let t = TempStore::new();
     let err = t
-        .open_with(&hostile_wasm(), config(&t, "grants = [\"log\", \"files\", \"archive\"]"))
+        .open_with(
+            &hostile_wasm(),
+            config(&t, "grants = [\"log\", \"files\", \"archive\"]"),
+        )
         .err()
         .expect("the driver imports `copy`, which is not granted");
     let msg = err.to_string();
@@ -141,7 +159,10 @@ fn an_ungranted_capability_fails_the_load_naming_it() {
         matches!(err, LayerError::Sandbox(SandboxError::NotGranted { ref capability, .. }) if capability == "copy"),
         "{msg}"
     );
-    assert!(msg.contains("`copy`") && msg.contains("not granted"), "{msg}");
+    assert!(
+        msg.contains("`copy`") && msg.contains("not granted"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -152,12 +173,18 @@ fn a_looping_driver_hits_its_deadline_and_the_host_carries_on() {
     let err = create_with(&s, "spin", &[("loop", "1")]).expect_err("an endless loop must stop");
     let took = start.elapsed();
     assert!(
-        matches!(err, LayerError::Call(CallError::Sandbox(SandboxError::Deadline { .. }))),
+        matches!(
+            err,
+            LayerError::Call(CallError::Sandbox(SandboxError::Deadline { .. }))
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("deadline"), "{err}");
     assert!(took < Duration::from_secs(30), "stopped after {took:?}");
-    assert!(s.get("spin").is_err(), "the failed layer is not left behind");
+    assert!(
+        s.get("spin").is_err(),
+        "the failed layer is not left behind"
+    );
     assert_serves(&s, "after-loop");
 }
 
@@ -167,7 +194,10 @@ fn an_allocating_driver_hits_its_memory_limit_and_the_host_carries_on() {
     let s = open(&t, "memory = \"32M\"");
     let err = create_with(&s, "hog", &[("alloc", "1")]).expect_err("unbounded allocation");
     assert!(
-        matches!(err, LayerError::Call(CallError::Sandbox(SandboxError::OutOfMemory { .. }))),
+        matches!(
+            err,
+            LayerError::Call(CallError::Sandbox(SandboxError::OutOfMemory { .. }))
+        ),
         "{err}"
     );
     assert_serves(&s, "after-hog");
@@ -180,10 +210,16 @@ fn a_panicking_driver_reports_its_message_and_the_host_carries_on() {
     let err = create_with(&s, "boom", &[("panic", "1")]).expect_err("a panic fails the call");
     let msg = err.to_string();
     assert!(
-        matches!(err, LayerError::Call(CallError::Sandbox(SandboxError::Crashed { .. }))),
+        matches!(
+            err,
+            LayerError::Call(CallError::Sandbox(SandboxError::Crashed { .. }))
+        ),
         "{msg}"
     );
-    assert!(msg.contains("panicked on purpose"), "the driver's panic message: {msg}");
+    assert!(
+        msg.contains("panicked on purpose"),
+        "the driver's panic message: {msg}"
+    );
     assert_serves(&s, "after-panic");
 }
 
@@ -196,6 +232,9 @@ fn precompiled_native_code_is_refused() {
         .unwrap();
     let path = t.dir.path().join("sneaky.wasm");
     std::fs::write(&path, cwasm).unwrap();
-    let err = t.open_with(&path, t.config()).err().expect("a .cwasm must be refused");
+    let err = t
+        .open_with(&path, t.config())
+        .err()
+        .expect("a .cwasm must be refused");
     assert!(err.to_string().contains("precompiled native code"), "{err}");
 }

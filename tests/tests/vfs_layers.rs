@@ -48,13 +48,18 @@ fn every_file_type() -> Vec<Entry> {
         Entry::dir("dev", 0o755),
         Entry::char_device("dev/null2", 0o666, 1, 3),
         Entry::block_device("dev/loop9", 0o660, 7, 9).owner(0, 6),
-        Entry::file("owned", 0o640, b"data").owner(1234, 5678).mtime(1_234_567_890),
+        Entry::file("owned", 0o640, b"data")
+            .owner(1234, 5678)
+            .mtime(1_234_567_890),
     ]
 }
 
 #[test]
 fn every_file_type_round_trips_exactly() {
-    if !root_or_skip("every_file_type_round_trips_exactly", "chown, mknod, trusted xattrs") {
+    if !root_or_skip(
+        "every_file_type_round_trips_exactly",
+        "chown, mknod, trusted xattrs",
+    ) {
         return;
     }
     let t = TempStore::new();
@@ -64,7 +69,11 @@ fn every_file_type_round_trips_exactly() {
     let snap = snapshot(&layer_dir(&t, "base"));
 
     let root = &snap["/"];
-    assert_eq!((root.mode, root.uid, root.gid), (0o555, 0, 0), "a new layer's root");
+    assert_eq!(
+        (root.mode, root.uid, root.gid),
+        (0o555, 0, 0),
+        "a new layer's root"
+    );
     let f = &snap["/a/file"];
     assert_eq!((f.kind, f.mode, f.uid, f.gid), ("file", 0o644, 1000, 1000));
     assert_eq!(f.data, b"hello layers\n");
@@ -82,14 +91,26 @@ fn every_file_type_round_trips_exactly() {
     assert_eq!((snap["/a/sgid"].mode, snap["/a/sgid"].gid), (0o2750, 50));
     assert_eq!(snap["/sticky"].mode, 0o1777);
     let sub = &snap["/base/sub"];
-    assert_eq!((sub.kind, sub.mode, sub.uid, sub.gid), ("dir", 0o1705, 1, 2));
+    assert_eq!(
+        (sub.kind, sub.mode, sub.uid, sub.gid),
+        ("dir", 0o1705, 1, 2)
+    );
     assert_eq!(snap["/base/setuid"].mode, 0o4222);
-    assert_eq!((snap["/a/link"].kind, snap["/a/link"].data.as_slice()), ("symlink", &b"file"[..]));
+    assert_eq!(
+        (snap["/a/link"].kind, snap["/a/link"].data.as_slice()),
+        ("symlink", &b"file"[..])
+    );
     assert_eq!(snap["/abs"].data, b"/etc/passwd");
     let fifo = &snap["/a/fifo"];
-    assert_eq!((fifo.kind, fifo.mode, fifo.uid, fifo.gid), ("fifo", 0o600, 7, 8));
+    assert_eq!(
+        (fifo.kind, fifo.mode, fifo.uid, fifo.gid),
+        ("fifo", 0o600, 7, 8)
+    );
     let null2 = &snap["/dev/null2"];
-    assert_eq!((null2.kind, null2.rdev), ("char", rustix::fs::makedev(1, 3)));
+    assert_eq!(
+        (null2.kind, null2.rdev),
+        ("char", rustix::fs::makedev(1, 3))
+    );
     let loop9 = &snap["/dev/loop9"];
     assert_eq!((loop9.kind, loop9.mode, loop9.gid), ("block", 0o660, 6));
     assert_eq!(loop9.rdev, rustix::fs::makedev(7, 9));
@@ -104,7 +125,10 @@ fn every_file_type_round_trips_exactly() {
     let child = snapshot(&layer_dir(&t, "child"));
     let d = differences(&snap, &child);
     assert!(d.is_empty(), "child differs from parent:\n{}", d.join("\n"));
-    assert!(s.changes("child", None).unwrap().is_empty(), "a fresh child has no changes");
+    assert!(
+        s.changes("child", None).unwrap().is_empty(),
+        "a fresh child has no changes"
+    );
 }
 
 fn base_tree() -> Vec<Entry> {
@@ -133,7 +157,9 @@ fn child_changes() -> Vec<Entry> {
         Entry::opaque("var/cache"),
         Entry::file("var/cache/fresh", 0o644, b"fresh"),
         Entry::whiteout("opt/tool"),
-        Entry::file("new", 0o4750, b"new file").owner(3, 4).xattr("user.k", b"v"),
+        Entry::file("new", 0o4750, b"new file")
+            .owner(3, 4)
+            .xattr("user.k", b"v"),
         Entry::hardlink("new-link", "new"),
     ]
 }
@@ -153,18 +179,29 @@ fn whiteouts_and_diff_reproduce_the_child() {
     let child_dir = layer_dir(&t, "child");
     let snap = snapshot(&child_dir);
     assert!(!snap.contains_key("/etc/motd"), "whiteout deletes the file");
-    assert!(!snap.contains_key("/opt/tool"), "whiteout deletes the directory");
-    assert!(!snap.contains_key("/var/cache/a"), "opaque dir hides lower entries");
-    assert!(!snap.contains_key("/var/cache/deep"), "opaque dir hides lower dirs");
+    assert!(
+        !snap.contains_key("/opt/tool"),
+        "whiteout deletes the directory"
+    );
+    assert!(
+        !snap.contains_key("/var/cache/a"),
+        "opaque dir hides lower entries"
+    );
+    assert!(
+        !snap.contains_key("/var/cache/deep"),
+        "opaque dir hides lower dirs"
+    );
     assert_eq!(snap["/var/cache/fresh"].data, b"fresh");
     assert_eq!(snap["/etc/hostname"].data, b"child\n");
-    assert!(!snap.keys().any(|k| k.contains(".wh.")), "no whiteout is left on disk");
+    assert!(
+        !snap.keys().any(|k| k.contains(".wh.")),
+        "no whiteout is left on disk"
+    );
     assert_eq!(snap["/keep"].data, b"keep", "untouched files stay");
 
     let changes = s.changes("child", None).unwrap();
-    let has = |kind: ChangeKind, path: &str| {
-        changes.iter().any(|c| c.kind == kind && c.path == path)
-    };
+    let has =
+        |kind: ChangeKind, path: &str| changes.iter().any(|c| c.kind == kind && c.path == path);
     assert!(has(ChangeKind::Delete, "/etc/motd"), "{changes:?}");
     assert!(has(ChangeKind::Modify, "/etc/hostname"), "{changes:?}");
     assert!(has(ChangeKind::Delete, "/opt/tool"), "{changes:?}");
@@ -192,7 +229,10 @@ fn whiteouts_and_diff_reproduce_the_child() {
 
 #[test]
 fn hostile_tars_write_nothing_outside_the_layer() {
-    if !root_or_skip("hostile_tars_write_nothing_outside_the_layer", "chown and mknod") {
+    if !root_or_skip(
+        "hostile_tars_write_nothing_outside_the_layer",
+        "chown and mknod",
+    ) {
         return;
     }
     let t = TempStore::new();
@@ -203,8 +243,14 @@ fn hostile_tars_write_nothing_outside_the_layer() {
     let climb = "../../../../victim"; // from root/vfs/dir/ID up to the temp dir
     let s = t.open_vfs();
     let attacks: Vec<(&str, Vec<Entry>)> = vec![
-        ("dot-dot path", vec![Entry::file(&format!("{climb}/pwned-dotdot"), 0o644, b"x")]),
-        ("absolute path", vec![Entry::file(&format!("{victim_abs}/pwned-abs"), 0o644, b"x")]),
+        (
+            "dot-dot path",
+            vec![Entry::file(&format!("{climb}/pwned-dotdot"), 0o644, b"x")],
+        ),
+        (
+            "absolute path",
+            vec![Entry::file(&format!("{victim_abs}/pwned-abs"), 0o644, b"x")],
+        ),
         (
             "absolute symlink then write through",
             vec![
@@ -247,10 +293,22 @@ fn hostile_tars_write_nothing_outside_the_layer() {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(listing, vec!["secret"], "{what}: something was written outside");
+        assert_eq!(
+            listing,
+            vec!["secret"],
+            "{what}: something was written outside"
+        );
         let md = std::fs::metadata(victim.join("secret")).unwrap();
-        assert_eq!(std::os::unix::fs::MetadataExt::nlink(&md), 1, "{what}: linked");
-        assert_eq!(std::fs::read(victim.join("secret")).unwrap(), b"secret", "{what}");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::nlink(&md),
+            1,
+            "{what}: linked"
+        );
+        assert_eq!(
+            std::fs::read(victim.join("secret")).unwrap(),
+            b"secret",
+            "{what}"
+        );
         let victim_md = std::fs::metadata(&victim).unwrap();
         assert_ne!(
             std::os::unix::fs::PermissionsExt::mode(&victim_md.permissions()) & 0o777,
@@ -264,7 +322,10 @@ fn hostile_tars_write_nothing_outside_the_layer() {
             }
             Err(e) => {
                 let msg = format!("{e}");
-                assert!(msg.contains(&id), "{what}: error should name the layer: {msg}");
+                assert!(
+                    msg.contains(&id),
+                    "{what}: error should name the layer: {msg}"
+                );
                 assert!(
                     s.get(&id).is_err(),
                     "{what}: a failed apply removes the layer"
@@ -291,7 +352,9 @@ fn a_crash_mid_create_is_recovered_on_open() {
                 read_write: false,
             })
             .unwrap();
-        s.driver().create(&layer.id, Some("done"), false, &[]).unwrap();
+        s.driver()
+            .create(&layer.id, Some("done"), false, &[])
+            .unwrap();
         assert!(layer_dir(&t, "halfway").exists());
     }
     let s = t.open_vfs();
@@ -306,7 +369,10 @@ fn mounted(path: &Path) -> bool {
 
 #[test]
 fn mounts_nest_views_are_read_only_and_removal_follows_the_rules() {
-    if !root_or_skip("mounts_nest_views_are_read_only_and_removal_follows_the_rules", "mounts") {
+    if !root_or_skip(
+        "mounts_nest_views_are_read_only_and_removal_follows_the_rules",
+        "mounts",
+    ) {
         return;
     }
     let t = TempStore::new();
@@ -330,29 +396,50 @@ fn mounts_nest_views_are_read_only_and_removal_follows_the_rules() {
     assert_eq!(s.get("rw").unwrap().mount_count, 2);
     assert_eq!(s.unmount("rw", false).unwrap(), 1);
     assert!(mounted(&p1), "still mounted for the other user");
-    assert!(matches!(
-        s.remove("rw"),
-        Err(strata_host::layers::LayerError::Store(_))
-    ), "a mounted layer cannot be removed");
+    assert!(
+        matches!(
+            s.remove("rw"),
+            Err(strata_host::layers::LayerError::Store(_))
+        ),
+        "a mounted layer cannot be removed"
+    );
     assert_eq!(s.unmount("rw", false).unwrap(), 0);
     assert!(!mounted(&p1), "unmounted with the last user");
-    assert_eq!(std::fs::read(layer_dir(&t, "rw").join("written")).unwrap(), b"rw layer");
+    assert_eq!(
+        std::fs::read(layer_dir(&t, "rw").join("written")).unwrap(),
+        b"rw layer"
+    );
 
     // A layer that is not read-write mounts as a read-only view.
     let view = s.mount("base", &[]).unwrap();
     let err = std::fs::write(view.join("nope"), b"x").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(rustix::io::Errno::ROFS.raw_os_error()), "{err}");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::ROFS.raw_os_error()),
+        "{err}"
+    );
     // A child can be created while its parent is mounted.
     create(&s, "child2", Some("base"));
     s.unmount("base", false).unwrap();
-    assert!(matches!(s.unmount("base", false), Err(strata_host::layers::LayerError::NotMounted(_))));
+    assert!(matches!(
+        s.unmount("base", false),
+        Err(strata_host::layers::LayerError::NotMounted(_))
+    ));
 
-    assert!(s.remove("base").is_err(), "a layer with children cannot be removed");
+    assert!(
+        s.remove("base").is_err(),
+        "a layer with children cannot be removed"
+    );
     let mut ids: Vec<String> = s.list().unwrap().into_iter().map(|l| l.id).collect();
     ids.sort();
-    assert_eq!(ids, vec!["base", "child2", "rw"], "ls lists exactly the layers created");
+    assert_eq!(
+        ids,
+        vec!["base", "child2", "rw"],
+        "ls lists exactly the layers created"
+    );
     for id in ["child2", "rw", "base"] {
-        s.remove(id).unwrap_or_else(|e| panic!("removing {id}: {e}"));
+        s.remove(id)
+            .unwrap_or_else(|e| panic!("removing {id}: {e}"));
         assert!(!layer_dir(&t, id).exists());
     }
     assert!(s.list().unwrap().is_empty());

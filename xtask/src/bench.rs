@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{build_all, run, target_dir, wasm_dir, workspace_root};
+use crate::{build_all, target_dir, wasm_dir, workspace_root};
 
 const RUNS: usize = 31;
 
@@ -31,7 +31,10 @@ fn time_command(cmd: &mut Command) -> Result<Duration> {
 
 fn strata(bin: &Path, root: &Path) -> Command {
     let mut c = Command::new(bin);
-    c.arg("--root").arg(root.join("root")).arg("--run-root").arg(root.join("run"));
+    c.arg("--root")
+        .arg(root.join("root"))
+        .arg("--run-root")
+        .arg(root.join("run"));
     c
 }
 
@@ -76,7 +79,14 @@ pub fn run(args: &[String]) -> Result<()> {
         crate::run(
             Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .current_dir(workspace_root())
-                .args(["build", "--release", "-p", "strata-tests", "--bin", "strata-bench"]),
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "strata-tests",
+                    "--bin",
+                    "strata-bench",
+                ]),
         )?;
         run_bench_binary(&rest)?;
     }
@@ -84,7 +94,9 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 fn run_bench_binary(which: &[&str]) -> Result<()> {
-    run(Command::new(target_dir().join("release").join("strata-bench"))
-        .args(which)
-        .env("STRATA_TEST_WASM_DIR", wasm_dir()))
+    crate::run(
+        Command::new(target_dir().join("release").join("strata-bench"))
+            .args(which)
+            .env("STRATA_TEST_WASM_DIR", wasm_dir()),
+    )
 }

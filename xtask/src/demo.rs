@@ -66,11 +66,22 @@ fn demo(bin: &Path, tmp: &Path) -> Result<()> {
     let base = s(&["layer", "create", "--id", "base"])?;
     println!("{base}");
     println!("$ strata layer apply base base.tar");
-    println!("{}", s(&["layer", "apply", "base", &base_tar.to_string_lossy()])?);
+    println!(
+        "{}",
+        s(&["layer", "apply", "base", &base_tar.to_string_lossy()])?
+    );
     println!("$ strata layer create --id child --parent base --rw");
-    println!("{}", s(&["layer", "create", "--id", "child", "--parent", "base", "--rw"])?);
+    println!(
+        "{}",
+        s(&[
+            "layer", "create", "--id", "child", "--parent", "base", "--rw"
+        ])?
+    );
     println!("$ strata layer apply child child.tar   (a whiteout and an opaque dir)");
-    println!("{}", s(&["layer", "apply", "child", &child_tar.to_string_lossy()])?);
+    println!(
+        "{}",
+        s(&["layer", "apply", "child", &child_tar.to_string_lossy()])?
+    );
     println!("$ strata layer changes child");
     println!("{}", s(&["layer", "changes", "child"])?);
     println!("$ strata layer ls");

@@ -164,7 +164,9 @@ fn test(args: &[String]) -> Result<()> {
     ensure_packages()?;
     ensure_wasm_target()?;
     for comp in ["rustfmt", "clippy"] {
-        let _ = Command::new("rustup").args(["component", "add", comp]).status();
+        let _ = Command::new("rustup")
+            .args(["component", "add", comp])
+            .status();
     }
     run(cargo().args(["fmt", "--all", "--check"]))?;
     build_all(false)?;

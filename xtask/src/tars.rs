@@ -45,7 +45,12 @@ pub fn base_layer() -> Result<Vec<u8>> {
     file(&mut b, "etc/motd", 0o644, b"layers all the way down\n")?;
     dir(&mut b, "usr", 0o755)?;
     dir(&mut b, "usr/bin", 0o755)?;
-    file(&mut b, "usr/bin/hello", 0o755, b"#!/bin/sh\necho hello from a layer\n")?;
+    file(
+        &mut b,
+        "usr/bin/hello",
+        0o755,
+        b"#!/bin/sh\necho hello from a layer\n",
+    )?;
     symlink(&mut b, "bin", "usr/bin")?;
     dir(&mut b, "var", 0o755)?;
     dir(&mut b, "var/cache", 0o755)?;

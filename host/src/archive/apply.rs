@@ -11,9 +11,9 @@ use tar::EntryType;
 
 use super::{ArchiveError, OPAQUE_MARKER, WHITEOUT_PREFIX, WhiteoutFormat};
 use crate::sys::fs::{
-    Confinement, Dir, FileKind, MAX_PATH_LEN, MAX_XATTR_VALUE, chmod_at, chown_at,
-    create_file_at, link_at, mkdir_at, mknod_at, read_dir_names, remove_tree_at, set_times_at,
-    set_xattr_at, stat_at, symlink_at,
+    Confinement, Dir, FileKind, MAX_PATH_LEN, MAX_XATTR_VALUE, chmod_at, chown_at, create_file_at,
+    link_at, mkdir_at, mknod_at, read_dir_names, remove_tree_at, set_times_at, set_xattr_at,
+    stat_at, symlink_at,
 };
 use crate::sys::{ErrorKind, SysError};
 
@@ -87,7 +87,9 @@ pub fn apply_layer_tar(
         let mut entry = entry.map_err(ArchiveError::Read)?;
         a.stats.entries += 1;
         if a.stats.entries > MAX_ENTRIES {
-            return Err(ArchiveError::invalid(format!("more than {MAX_ENTRIES} entries")));
+            return Err(ArchiveError::invalid(format!(
+                "more than {MAX_ENTRIES} entries"
+            )));
         }
         let raw_name = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_name).into_owned();
@@ -215,16 +217,26 @@ impl Applier<'_> {
     ) -> Result<(), ArchiveError> {
         let header = entry.header().clone();
         let kind = header.entry_type();
-        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink) {
+        if matches!(
+            kind,
+            EntryType::XGlobalHeader
+                | EntryType::XHeader
+                | EntryType::GNULongName
+                | EntryType::GNULongLink
+        ) {
             return Ok(());
         }
         let pax = read_pax(entry)?;
-        let uid = pax.uid.or_else(|| header.uid().ok().map(|u| u as u32)).unwrap_or(0);
-        let gid = pax.gid.or_else(|| header.gid().ok().map(|g| g as u32)).unwrap_or(0);
+        let uid = pax
+            .uid
+            .or_else(|| header.uid().ok().map(|u| u as u32))
+            .unwrap_or(0);
+        let gid = pax
+            .gid
+            .or_else(|| header.gid().ok().map(|g| g as u32))
+            .unwrap_or(0);
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
-        let mtime = pax
-            .mtime
-            .unwrap_or((header.mtime().unwrap_or(0) as i64, 0));
+        let mtime = pax.mtime.unwrap_or((header.mtime().unwrap_or(0) as i64, 0));
 
         if rel.as_os_str().is_empty() {
             // The layer root itself: metadata only.
@@ -254,10 +266,10 @@ impl Applier<'_> {
             Err(e) => return Err(sys(e.at(rel))),
         };
         let want_dir = kind.is_dir();
-        if let Some(st) = existing {
-            if !(want_dir && st.kind == FileKind::Directory) {
-                remove_tree_at(pfd, &fname, 0).map_err(|e| sys(e.at(rel)))?;
-            }
+        if let Some(st) = existing
+            && !(want_dir && st.kind == FileKind::Directory)
+        {
+            remove_tree_at(pfd, &fname, 0).map_err(|e| sys(e.at(rel)))?;
         }
         let at = |e: SysError| sys(e.at(rel));
         match kind {
@@ -284,9 +296,8 @@ impl Applier<'_> {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| ArchiveError::invalid("hardlink without a target"))?;
-                let trel = normalise(&target).map_err(|r| {
-                    ArchiveError::invalid(format!("hardlink target: {r}"))
-                })?;
+                let trel = normalise(&target)
+                    .map_err(|r| ArchiveError::invalid(format!("hardlink target: {r}")))?;
                 if trel.as_os_str().is_empty() {
                     return Err(ArchiveError::invalid("hardlink to the layer root"));
                 }
@@ -334,7 +345,13 @@ impl Applier<'_> {
         Ok(())
     }
 
-    fn whiteout(&mut self, rel: &Path, name: &OsStr, uid: u32, gid: u32) -> Result<(), ArchiveError> {
+    fn whiteout(
+        &mut self,
+        rel: &Path,
+        name: &OsStr,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), ArchiveError> {
         let dir = rel.parent().unwrap_or(Path::new("")).to_path_buf();
         let name_bytes = name.as_bytes();
         if name_bytes == OPAQUE_MARKER.as_bytes() {
@@ -386,7 +403,12 @@ impl Applier<'_> {
         match self.whiteouts {
             WhiteoutFormat::Delete => {
                 let d = self.root.open_dir_rel(dir).map_err(sys)?;
-                let fd = d.open_raw(Path::new(""), rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY).map_err(sys)?;
+                let fd = d
+                    .open_raw(
+                        Path::new(""),
+                        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+                    )
+                    .map_err(sys)?;
                 for child in read_dir_names(fd.as_fd()).map_err(sys)? {
                     let crel = dir.join(&child);
                     if !self.created.contains(&crel) {

@@ -13,11 +13,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use super::ArchiveError;
+use crate::sys::SysError;
 use crate::sys::fs::{
     Dir, FileKind, MAX_TREE_DEPTH, Stat, is_mount_root_at, open_dir_at, read_dir_names,
     readlink_at, stat_at, xattrs_at,
 };
-use crate::sys::SysError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ChangeKind {
@@ -79,7 +79,13 @@ pub(super) fn compare(layer: &Dir, parent: Option<&Dir>) -> Result<Vec<Changed>,
     let lfd = open_root(layer)?;
     let pfd = parent.map(open_root).transpose()?;
     let mut out = Vec::new();
-    walk(Some(lfd.as_fd()), pfd.as_ref().map(|f| f.as_fd()), "", &mut out, 0)?;
+    walk(
+        Some(lfd.as_fd()),
+        pfd.as_ref().map(|f| f.as_fd()),
+        "",
+        &mut out,
+        0,
+    )?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
@@ -91,7 +97,11 @@ fn names(fd: Option<BorrowedFd<'_>>, path: &str) -> Result<Vec<OsString>, Archiv
     }
 }
 
-fn stat_opt(fd: Option<BorrowedFd<'_>>, name: &OsStr, path: &str) -> Result<Option<Stat>, ArchiveError> {
+fn stat_opt(
+    fd: Option<BorrowedFd<'_>>,
+    name: &OsStr,
+    path: &str,
+) -> Result<Option<Stat>, ArchiveError> {
     match fd {
         None => Ok(None),
         Some(fd) => match stat_at(fd, name) {
@@ -110,7 +120,8 @@ fn differs(
     name: &OsStr,
     path: &str,
 ) -> Result<bool, ArchiveError> {
-    if l.kind != p.kind || l.mode != p.mode || l.uid != p.uid || l.gid != p.gid || l.rdev != p.rdev {
+    if l.kind != p.kind || l.mode != p.mode || l.uid != p.uid || l.gid != p.gid || l.rdev != p.rdev
+    {
         return Ok(true);
     }
     if l.kind != FileKind::Directory
@@ -119,7 +130,8 @@ fn differs(
         return Ok(true);
     }
     if l.kind == FileKind::Symlink
-        && readlink_at(ldir, name).map_err(sys(path))? != readlink_at(pdir, name).map_err(sys(path))?
+        && readlink_at(ldir, name).map_err(sys(path))?
+            != readlink_at(pdir, name).map_err(sys(path))?
     {
         return Ok(true);
     }
@@ -136,7 +148,9 @@ fn walk(
     depth: usize,
 ) -> Result<bool, ArchiveError> {
     if depth > MAX_TREE_DEPTH {
-        return Err(ArchiveError::invalid(format!("{path}: directory tree too deep")));
+        return Err(ArchiveError::invalid(format!(
+            "{path}: directory tree too deep"
+        )));
     }
     let mut all: BTreeSet<OsString> = names(l, path)?.into_iter().collect();
     all.extend(names(p, path)?);
@@ -163,7 +177,9 @@ fn walk(
                 });
                 any = true;
                 let ldir = l.expect("layer side exists");
-                if ls.kind == FileKind::Directory && !is_mount_root_at(ldir, &name).map_err(sys(&child))? {
+                if ls.kind == FileKind::Directory
+                    && !is_mount_root_at(ldir, &name).map_err(sys(&child))?
+                {
                     let sub = open_dir_at(ldir, &name).map_err(sys(&child))?;
                     walk(Some(sub.as_fd()), None, &child, out, depth + 1)?;
                 }
@@ -173,7 +189,9 @@ fn walk(
                 let changed = differs(&ls, &ps, ldir, pdir, &name, &child)?;
                 let index = out.len();
                 let mut below = false;
-                if ls.kind == FileKind::Directory && !is_mount_root_at(ldir, &name).map_err(sys(&child))? {
+                if ls.kind == FileKind::Directory
+                    && !is_mount_root_at(ldir, &name).map_err(sys(&child))?
+                {
                     let lsub = open_dir_at(ldir, &name).map_err(sys(&child))?;
                     let psub = if ps.kind == FileKind::Directory {
                         Some(open_dir_at(pdir, &name).map_err(sys(&child))?)

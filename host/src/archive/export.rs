@@ -56,7 +56,9 @@ pub fn write_diff_tar(
             h.set_mode(0o644);
             h.set_size(0);
             h.set_mtime(0);
-            builder.append_data(&mut h, &path, std::io::empty()).map_err(w)?;
+            builder
+                .append_data(&mut h, &path, std::io::empty())
+                .map_err(w)?;
             continue;
         }
         let (pfd, name) = layer.parent(&rel).map_err(ArchiveError::Sys)?;
@@ -89,7 +91,9 @@ pub fn write_diff_tar(
         match st.kind {
             FileKind::Directory => {
                 h.set_entry_type(EntryType::Directory);
-                builder.append_data(&mut h, &rel, std::io::empty()).map_err(w)?;
+                builder
+                    .append_data(&mut h, &rel, std::io::empty())
+                    .map_err(w)?;
             }
             FileKind::Regular => {
                 h.set_entry_type(EntryType::Regular);
@@ -103,7 +107,11 @@ pub fn write_diff_tar(
                 h.set_entry_type(EntryType::Symlink);
                 let target = readlink_at(pfd, &name).map_err(|e| ArchiveError::Sys(e.at(&rel)))?;
                 builder
-                    .append_link(&mut h, &rel, Path::new(std::ffi::OsStr::from_bytes(target.as_bytes())))
+                    .append_link(
+                        &mut h,
+                        &rel,
+                        Path::new(std::ffi::OsStr::from_bytes(target.as_bytes())),
+                    )
                     .map_err(w)?;
             }
             FileKind::Fifo | FileKind::CharDevice | FileKind::BlockDevice => {
@@ -114,7 +122,9 @@ pub fn write_diff_tar(
                 });
                 h.set_device_major(rustix::fs::major(st.rdev)).map_err(w)?;
                 h.set_device_minor(rustix::fs::minor(st.rdev)).map_err(w)?;
-                builder.append_data(&mut h, &rel, std::io::empty()).map_err(w)?;
+                builder
+                    .append_data(&mut h, &rel, std::io::empty())
+                    .map_err(w)?;
             }
             FileKind::Socket => {
                 // Sockets cannot be stored in a tar; runtimes recreate them.

@@ -83,7 +83,9 @@ pub fn decompressed(input: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::read::MultiGzDecoder::new(buffered)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?))
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(
+            buffered,
+        )?))
     } else {
         Ok(Box::new(buffered))
     }

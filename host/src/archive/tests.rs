@@ -51,19 +51,33 @@ fn apply_then_export_round_trips_files_and_deletions() {
     }
     let parent = top.open_dir("parent").unwrap();
     apply_layer_tar(
-        Cursor::new(tar_with(&[("a/one", b"1"), ("a/two", b"22"), ("gone/x", b"x")])),
+        Cursor::new(tar_with(&[
+            ("a/one", b"1"),
+            ("a/two", b"22"),
+            ("gone/x", b"x"),
+        ])),
         &parent,
         WhiteoutFormat::Delete,
     )
     .unwrap();
     for d in ["child", "replay"] {
         std::fs::remove_dir(tmp.path().join(d)).unwrap();
-        crate::copy::copy_tree(&top, "parent", &top, d, crate::copy::CopyMode::ReflinkOrCopy)
-            .unwrap();
+        crate::copy::copy_tree(
+            &top,
+            "parent",
+            &top,
+            d,
+            crate::copy::CopyMode::ReflinkOrCopy,
+        )
+        .unwrap();
     }
     let child = top.open_dir("child").unwrap();
     let stats = apply_layer_tar(
-        Cursor::new(tar_with(&[("a/two", b"two"), ("a/.wh.one", b""), (".wh.gone", b"")])),
+        Cursor::new(tar_with(&[
+            ("a/two", b"two"),
+            ("a/.wh.one", b""),
+            (".wh.gone", b""),
+        ])),
         &child,
         WhiteoutFormat::Delete,
     )
@@ -110,7 +124,12 @@ fn hostile_entries_stay_inside() {
     b.append_data(&mut h, "esc/pwned", &b"x"[..]).unwrap();
     let tar = b.into_inner().unwrap();
     let _ = apply_layer_tar(Cursor::new(tar), &layer, WhiteoutFormat::Delete);
-    assert_eq!(std::fs::read_dir(tmp.path().join("outside")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("outside"))
+            .unwrap()
+            .count(),
+        0
+    );
     // `..` names are refused, naming the entry.
     let mut raw = tar_with(&[("x", b"x")]);
     raw[..100].fill(0);

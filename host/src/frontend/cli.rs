@@ -227,10 +227,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Driver(DriverCommand::Ls) => {
             let drivers = registry::installed();
             if json {
-                print_json(json!(drivers
-                    .iter()
-                    .map(|d| json!({"name": d.name, "path": d.path}))
-                    .collect::<Vec<_>>()))?;
+                print_json(json!(
+                    drivers
+                        .iter()
+                        .map(|d| json!({"name": d.name, "path": d.path}))
+                        .collect::<Vec<_>>()
+                ))?;
             } else {
                 for d in &drivers {
                     println!("{}\t{}", d.name, d.path.display());
@@ -324,9 +326,9 @@ fn layer_command(strata: &Strata, cmd: &LayerCommand, json: bool) -> Result<()> 
         LayerCommand::Apply { id, file } => {
             let input: Box<dyn Read + Send> = match file.as_deref() {
                 None | Some("-") => Box::new(std::io::stdin()),
-                Some(path) => Box::new(
-                    std::fs::File::open(path).with_context(|| format!("opening {path}"))?,
-                ),
+                Some(path) => {
+                    Box::new(std::fs::File::open(path).with_context(|| format!("opening {path}"))?)
+                }
             };
             let applied = strata
                 .apply(id, input)
@@ -364,10 +366,12 @@ fn layer_command(strata: &Strata, cmd: &LayerCommand, json: bool) -> Result<()> 
                 .changes(id, parent.as_deref())
                 .with_context(|| format!("listing changes of layer {id}"))?;
             if json {
-                print_json(json!(changes
-                    .iter()
-                    .map(|c| json!({"kind": change_word(c.kind), "path": c.path}))
-                    .collect::<Vec<_>>()))
+                print_json(json!(
+                    changes
+                        .iter()
+                        .map(|c| json!({"kind": change_word(c.kind), "path": c.path}))
+                        .collect::<Vec<_>>()
+                ))
             } else {
                 let mut out = std::io::stdout().lock();
                 for c in &changes {
@@ -382,7 +386,9 @@ fn layer_command(strata: &Strata, cmd: &LayerCommand, json: bool) -> Result<()> 
                 Some(path) => {
                     let mut f = std::fs::File::create(path)
                         .with_context(|| format!("creating {}", path.display()))?;
-                    let n = strata.diff(id, parent.as_deref(), &mut f).with_context(context)?;
+                    let n = strata
+                        .diff(id, parent.as_deref(), &mut f)
+                        .with_context(context)?;
                     f.sync_all()?;
                     n
                 }

@@ -55,8 +55,13 @@ pub enum PlanError {
 impl PlanError {
     /// Whether the driver asked for something outside its sandbox.
     pub fn is_denied(&self) -> bool {
-        matches!(self, PlanError::Path { kind: sys::ErrorKind::Denied, .. })
-            || matches!(self, PlanError::Invalid { .. })
+        matches!(
+            self,
+            PlanError::Path {
+                kind: sys::ErrorKind::Denied,
+                ..
+            }
+        ) || matches!(self, PlanError::Invalid { .. })
     }
 }
 
@@ -155,7 +160,9 @@ pub fn check_plan(
         },
         MountKind::Overlay(ov) => {
             if ov.lower.is_empty() {
-                return Err(invalid("an overlay needs at least one lower directory".into()));
+                return Err(invalid(
+                    "an overlay needs at least one lower directory".into(),
+                ));
             }
             if ov.lower.len() > MAX_OVERLAY_LOWERS {
                 return Err(invalid(format!(
@@ -168,7 +175,11 @@ pub fn check_plan(
                     "an overlay needs both an upper and a work directory, or neither".into(),
                 ));
             }
-            if let Some(bad) = ov.options.iter().find(|o| !OVERLAY_OPTIONS.contains(&o.as_str())) {
+            if let Some(bad) = ov
+                .options
+                .iter()
+                .find(|o| !OVERLAY_OPTIONS.contains(&o.as_str()))
+            {
                 return Err(invalid(format!(
                     "overlay option `{bad}` is not allowed (allowed: {})",
                     OVERLAY_OPTIONS.join(", ")
@@ -181,8 +192,16 @@ pub fn check_plan(
                 .collect::<Result<Vec<_>, _>>()?;
             Resolved::Overlay {
                 lower,
-                upper: ov.upper.as_deref().map(|u| resolve("overlay upper", u)).transpose()?,
-                work: ov.work.as_deref().map(|w| resolve("overlay work", w)).transpose()?,
+                upper: ov
+                    .upper
+                    .as_deref()
+                    .map(|u| resolve("overlay upper", u))
+                    .transpose()?,
+                work: ov
+                    .work
+                    .as_deref()
+                    .map(|w| resolve("overlay work", w))
+                    .transpose()?,
                 options: ov.options.clone(),
             }
         }

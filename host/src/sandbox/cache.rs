@@ -113,8 +113,7 @@ impl ComponentCache {
     fn entry_path(&self, engine: &Engine, sha256: &str) -> PathBuf {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
-        self.dir
-            .join(format!("{sha256}-{:016x}.cwasm", h.finish()))
+        self.dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()))
     }
 
     fn store(&self, entry: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -15,7 +15,9 @@ use wasmtime::StoreLimits;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::strata::driver::{archive as wit_archive, copy as wit_copy, files, log, types};
+use super::bindings::strata::driver::{
+    archive as wit_archive, copy as wit_copy, files, log, types,
+};
 use crate::sys::{self, ErrorKind, SysError};
 use crate::{archive, copy};
 
@@ -193,7 +195,7 @@ pub fn sanitize(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(MAX_LOG_MESSAGE));
     for c in text.chars() {
         if out.len() >= MAX_LOG_MESSAGE {
-            out.push_str("…");
+            out.push('…');
             break;
         }
         if c.is_control() && c != '\n' {
@@ -230,7 +232,11 @@ fn file_kind(kind: sys::FileKind) -> files::FileKind {
 
 impl files::Host for HostState {
     fn mkdir(&mut self, path: String, mode: u32, uid: u32, gid: u32) -> HostResult<()> {
-        Ok(self.timed(|s| s.home.mkdir(&path, mode, uid, gid).map_err(|e| to_wit(&path, e))))
+        Ok(self.timed(|s| {
+            s.home
+                .mkdir(&path, mode, uid, gid)
+                .map_err(|e| to_wit(&path, e))
+        }))
     }
 
     fn chown(&mut self, path: String, uid: u32, gid: u32) -> HostResult<()> {
@@ -407,7 +413,11 @@ impl wit_archive::Host for HostState {
         }))
     }
 
-    fn diff_trees(&mut self, layer: String, parent: Option<String>) -> HostResult<Resource<LayerDiff>> {
+    fn diff_trees(
+        &mut self,
+        layer: String,
+        parent: Option<String>,
+    ) -> HostResult<Resource<LayerDiff>> {
         let pair = self.timed(|s| s.open_pair(&layer, parent.as_deref()));
         match pair {
             Ok((layer, parent)) => Ok(Ok(self.push_diff(LayerDiff {
@@ -473,7 +483,11 @@ impl log::Host for HostState {
             log::Level::Trace => (4, "trace"),
         };
         if rank <= log_threshold() {
-            eprintln!("strata: driver {}: {word}: {}", self.driver, sanitize(&message));
+            eprintln!(
+                "strata: driver {}: {word}: {}",
+                self.driver,
+                sanitize(&message)
+            );
         }
         Ok(())
     }

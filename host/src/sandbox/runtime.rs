@@ -219,13 +219,14 @@ impl DriverRuntime {
             }
             .map_err(setup)?;
         }
-        let instance_pre = linker
-            .instantiate_pre(&driver.component)
-            .map_err(|e| SandboxError::UnknownImport {
-                driver: name.clone(),
-                import: format!("{e:#}"),
-                hint: String::new(),
-            })?;
+        let instance_pre =
+            linker
+                .instantiate_pre(&driver.component)
+                .map_err(|e| SandboxError::UnknownImport {
+                    driver: name.clone(),
+                    import: format!("{e:#}"),
+                    hint: String::new(),
+                })?;
         let pre = StrataDriverPre::new(instance_pre).map_err(setup)?;
         let home_dir = sys::Dir::open_ambient(home).map_err(|e| SandboxError::Home {
             driver: name.clone(),
@@ -309,11 +310,16 @@ impl DriverRuntime {
     }
 
     fn classify(&self, op: &str, e: wasmtime::Error, stderr: &MemoryOutputPipe) -> SandboxError {
-        let captured = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
+        let captured = String::from_utf8_lossy(&stderr.contents())
+            .trim()
+            .to_string();
         let stderr_note = if captured.is_empty() {
             String::new()
         } else {
-            format!("; driver stderr: {}", crate::sandbox::host::sanitize(&captured))
+            format!(
+                "; driver stderr: {}",
+                crate::sandbox::host::sanitize(&captured)
+            )
         };
         let chain = format!("{e:?}");
         if e.downcast_ref::<DeadlineExceeded>().is_some() {
@@ -361,7 +367,9 @@ impl DriverRuntime {
 
     pub fn init(&self, options: &[(String, String)]) -> Result<DriverInfo, CallError> {
         let options = options.to_vec();
-        self.op("init", |s, d| d.strata_driver_driver().call_init(s, &options))
+        self.op("init", |s, d| {
+            d.strata_driver_driver().call_init(s, &options)
+        })
     }
 
     pub fn create(
@@ -435,11 +443,7 @@ impl DriverRuntime {
         })
     }
 
-    pub fn changes(
-        &self,
-        id: &str,
-        parent: Option<&str>,
-    ) -> Result<Vec<super::Change>, CallError> {
+    pub fn changes(&self, id: &str, parent: Option<&str>) -> Result<Vec<super::Change>, CallError> {
         self.op("changes", |s, d| {
             d.strata_driver_driver().call_changes(s, id, parent)
         })

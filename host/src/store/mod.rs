@@ -263,7 +263,9 @@ impl LayerStore {
         }
         let stored: Option<String> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(self.db("reading the boot id"))?;
         if stored.as_deref() != Some(boot_id) {
@@ -322,7 +324,11 @@ impl LayerStore {
 
     fn exists(&self, id: &str) -> Result<bool, StoreError> {
         self.conn
-            .query_row("SELECT 1 FROM layers WHERE id = ?1", params![id], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM layers WHERE id = ?1",
+                params![id],
+                |_| Ok(()),
+            )
             .optional()
             .map(|r| r.is_some())
             .map_err(self.db("looking up a layer"))
@@ -353,14 +359,18 @@ impl LayerStore {
             return Err(StoreError::AlreadyExists(id));
         }
         if let Some(p) = &new.parent {
-            let parent = self.get_exact(p)?.ok_or_else(|| StoreError::ParentNotFound(p.clone()))?;
+            let parent = self
+                .get_exact(p)?
+                .ok_or_else(|| StoreError::ParentNotFound(p.clone()))?;
             if parent.incomplete {
                 return Err(StoreError::ParentIncomplete(p.clone()));
             }
         }
         for n in &new.names {
             let taken: Option<String> = tx
-                .query_row("SELECT id FROM names WHERE name = ?1", params![n], |r| r.get(0))
+                .query_row("SELECT id FROM names WHERE name = ?1", params![n], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(self.db("looking up a name"))?;
             if taken.is_some() || self.exists(n)? {
@@ -454,7 +464,9 @@ impl LayerStore {
 
     /// Whether layer `id` may be removed now.
     pub fn check_removable(&self, id: &str) -> Result<(), StoreError> {
-        let layer = self.get_exact(id)?.ok_or_else(|| StoreError::NotFound(id.into()))?;
+        let layer = self
+            .get_exact(id)?
+            .ok_or_else(|| StoreError::NotFound(id.into()))?;
         let children = self.children(id)?;
         if !children.is_empty() {
             return Err(StoreError::HasChildren {
@@ -502,7 +514,10 @@ impl LayerStore {
     }
 
     fn query(&self, sql: &str, arg: Option<&str>) -> Result<Vec<Layer>, StoreError> {
-        let mut stmt = self.conn.prepare(sql).map_err(self.db("preparing a query"))?;
+        let mut stmt = self
+            .conn
+            .prepare(sql)
+            .map_err(self.db("preparing a query"))?;
         let rows = match arg {
             Some(a) => stmt.query_map(params![a], row_to_layer),
             None => stmt.query_map([], row_to_layer),
@@ -562,7 +577,11 @@ impl LayerStore {
             // Leaves first: an incomplete layer whose children are gone (or never existed).
             let mut progressed = false;
             for layer in &incomplete {
-                if !self.children(&layer.id).map_err(RecoverError::Store)?.is_empty() {
+                if !self
+                    .children(&layer.id)
+                    .map_err(RecoverError::Store)?
+                    .is_empty()
+                {
                     continue;
                 }
                 remove_data(layer).map_err(RecoverError::Driver)?;
@@ -650,13 +669,27 @@ mod tests {
         s.begin_create(b).unwrap();
         s.finish_create("b").unwrap();
         assert_eq!(s.get("web").unwrap().id, "b");
-        assert!(matches!(s.begin_create(new("a", None)), Err(StoreError::AlreadyExists(_))));
+        assert!(matches!(
+            s.begin_create(new("a", None)),
+            Err(StoreError::AlreadyExists(_))
+        ));
         let mut c = new("c", None);
         c.names = vec!["web".into()];
         assert!(matches!(s.begin_create(c), Err(StoreError::NameTaken(_))));
-        assert!(matches!(s.begin_create(new("x", Some("nope"))), Err(StoreError::ParentNotFound(_))));
-        assert!(matches!(s.begin_create(new("../x", None)), Err(StoreError::Invalid(_))));
-        let random = s.begin_create(NewLayer { id: None, ..new("", None) }).unwrap();
+        assert!(matches!(
+            s.begin_create(new("x", Some("nope"))),
+            Err(StoreError::ParentNotFound(_))
+        ));
+        assert!(matches!(
+            s.begin_create(new("../x", None)),
+            Err(StoreError::Invalid(_))
+        ));
+        let random = s
+            .begin_create(NewLayer {
+                id: None,
+                ..new("", None)
+            })
+            .unwrap();
         assert_eq!(random.id.len(), 64);
         s.delete_record(&random.id).unwrap();
         match s.check_removable("a") {
@@ -723,7 +756,10 @@ mod tests {
         s1.begin_create(new("a", None)).unwrap();
         assert_eq!(s2.get("a").unwrap().id, "a");
         let held = s1.lock_exclusive().unwrap();
-        assert!(s2.try_lock_exclusive().unwrap().is_none(), "second locker must wait");
+        assert!(
+            s2.try_lock_exclusive().unwrap().is_none(),
+            "second locker must wait"
+        );
         drop(held);
         assert!(s2.try_lock_exclusive().unwrap().is_some());
     }

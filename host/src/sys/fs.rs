@@ -165,10 +165,7 @@ pub fn check_relative(path: &str) -> SysResult<PathBuf> {
     Ok(out)
 }
 
-fn io_err<'a>(
-    op: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(rustix::io::Errno) -> SysError + 'a {
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(rustix::io::Errno) -> SysError + 'a {
     move |e| SysError::from_errno(op, path, e)
 }
 
@@ -201,10 +198,13 @@ impl Dir {
 
     /// The same directory, resolving paths with `confinement`.
     pub fn with_confinement(&self, confinement: Confinement) -> SysResult<Dir> {
-        let fd = self
-            .fd
-            .try_clone()
-            .map_err(|e| SysError::from_errno("dup", &self.path, rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)))?;
+        let fd = self.fd.try_clone().map_err(|e| {
+            SysError::from_errno(
+                "dup",
+                &self.path,
+                rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+            )
+        })?;
         Ok(Dir {
             fd,
             path: self.path.clone(),
@@ -469,8 +469,13 @@ pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Stat> {
 
 /// Whether `name` in `dir` is the root of a mount (a different filesystem or a bind mount).
 pub fn is_mount_root_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<bool> {
-    let st = rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
-        .map_err(|e| SysError::from_errno("statx", name, e))?;
+    let st = rustix::fs::statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    )
+    .map_err(|e| SysError::from_errno("statx", name, e))?;
     Ok(st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
         && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
 }
@@ -510,7 +515,11 @@ pub fn chmod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> SysResult<()> {
 fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
     let st = rustix::fs::fstat(fd).map_err(|e| SysError::from_errno("fstat", "", e))?;
     if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
-        return Err(SysError::invalid("chmod", "", "a symlink has no mode of its own"));
+        return Err(SysError::invalid(
+            "chmod",
+            "",
+            "a symlink has no mode of its own",
+        ));
     }
     rustix::fs::chmodat(
         rustix::fs::CWD,
@@ -521,13 +530,29 @@ fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
     .map_err(|e| SysError::from_errno("chmod", "", e))
 }
 
-pub fn set_times_at(dir: BorrowedFd<'_>, name: &OsStr, atime: (i64, u32), mtime: (i64, u32)) -> SysResult<()> {
-    rustix::fs::utimensat(dir, name, &timestamps(atime, mtime), AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| SysError::from_errno("utimensat", name, e))
+pub fn set_times_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    atime: (i64, u32),
+    mtime: (i64, u32),
+) -> SysResult<()> {
+    rustix::fs::utimensat(
+        dir,
+        name,
+        &timestamps(atime, mtime),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| SysError::from_errno("utimensat", name, e))
 }
 
 /// Creates a fifo, socket or device node `name`.
-pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, kind: FileKind, mode: u32, rdev: u64) -> SysResult<()> {
+pub fn mknod_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    kind: FileKind,
+    mode: u32,
+    rdev: u64,
+) -> SysResult<()> {
     rustix::fs::mknodat(
         dir,
         name,
@@ -549,13 +574,22 @@ pub fn readlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<OsString> {
 }
 
 /// Hard-links `old` (in `old_dir`) as `new` (in `new_dir`), not following a symlink.
-pub fn link_at(old_dir: BorrowedFd<'_>, old: &OsStr, new_dir: BorrowedFd<'_>, new: &OsStr) -> SysResult<()> {
+pub fn link_at(
+    old_dir: BorrowedFd<'_>,
+    old: &OsStr,
+    new_dir: BorrowedFd<'_>,
+    new: &OsStr,
+) -> SysResult<()> {
     rustix::fs::linkat(old_dir, old, new_dir, new, AtFlags::empty())
         .map_err(|e| SysError::from_errno("linkat", new, e))
 }
 
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> SysResult<()> {
-    let flags = if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+    let flags = if is_dir {
+        AtFlags::REMOVEDIR
+    } else {
+        AtFlags::empty()
+    };
     rustix::fs::unlinkat(dir, name, flags).map_err(|e| SysError::from_errno("unlinkat", name, e))
 }
 
@@ -596,7 +630,8 @@ pub fn create_file_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> SysResult
 
 /// The names in directory `fd` (without `.` and `..`), sorted.
 pub fn read_dir_names(fd: BorrowedFd<'_>) -> SysResult<Vec<OsString>> {
-    let mut dir = rustix::fs::Dir::read_from(fd).map_err(|e| SysError::from_errno("readdir", "", e))?;
+    let mut dir =
+        rustix::fs::Dir::read_from(fd).map_err(|e| SysError::from_errno("readdir", "", e))?;
     let mut names = Vec::new();
     while let Some(entry) = dir.read() {
         let entry = entry.map_err(|e| SysError::from_errno("readdir", "", e))?;
@@ -645,7 +680,11 @@ pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr, depth: usize) -> SysRes
 
 pub fn set_xattr_path(path: &Path, name: &str, value: &[u8], nofollow: bool) -> SysResult<()> {
     if value.len() > MAX_XATTR_VALUE {
-        return Err(SysError::invalid("setxattr", path, format!("xattr {name} value too large")));
+        return Err(SysError::invalid(
+            "setxattr",
+            path,
+            format!("xattr {name} value too large"),
+        ));
     }
     let r = if nofollow {
         rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty())
@@ -725,9 +764,19 @@ pub fn copy_content(src: &mut File, dst: &mut File) -> SysResult<u64> {
         match rustix::fs::copy_file_range(&*src, None, &*dst, None, 1 << 30) {
             Ok(0) => return Ok(total),
             Ok(n) => total += n as u64,
-            Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) if total == 0 => {
-                return std::io::copy(src, dst)
-                    .map_err(|e| SysError::from_errno("copy", "", rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)));
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::INVAL
+                | rustix::io::Errno::OPNOTSUPP,
+            ) if total == 0 => {
+                return std::io::copy(src, dst).map_err(|e| {
+                    SysError::from_errno(
+                        "copy",
+                        "",
+                        rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+                    )
+                });
             }
             Err(e) => return Err(SysError::from_errno("copy_file_range", "", e)),
         }

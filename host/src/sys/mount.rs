@@ -16,8 +16,8 @@ use rustix::mount::{
     mount_remount, move_mount, open_tree, unmount as sys_unmount,
 };
 
-use super::error::{SysError, SysResult};
 use super::Dir;
+use super::error::{SysError, SysResult};
 
 fn fd_path(fd: &impl AsRawFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
@@ -46,10 +46,16 @@ pub fn bind(source: &Dir, target: &Dir, target_path: &Path, read_only: bool) -> 
     )
     .map_err(|e| SysError::from_errno("open_tree", source.path(), e))?;
     attach(&tree, target, target_path)?;
-    if read_only {
-        if let Err(e) = mount_remount(target_path, MountFlags::BIND | MountFlags::RDONLY, "") {
+    if read_only
+        && let Err(e) = mount_remount(target_path, MountFlags::BIND | MountFlags::RDONLY, "")
+    {
+        {
             let _ = sys_unmount(target_path, UnmountFlags::DETACH);
-            return Err(SysError::from_errno("mount(MS_REMOUNT|MS_RDONLY)", target_path, e));
+            return Err(SysError::from_errno(
+                "mount(MS_REMOUNT|MS_RDONLY)",
+                target_path,
+                e,
+            ));
         }
     }
     Ok(())
@@ -137,12 +143,13 @@ fn unescape_mountinfo(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8)
+        {
+            out.push(v as char);
+            i += 4;
+            continue;
         }
         out.push(bytes[i] as char);
         i += 1;

@@ -46,7 +46,9 @@ impl Driver for Hostile {
 
     fn create(id: &str, parent: Option<&str>, options: Options, _rw: bool) -> Result<(), Error> {
         if let Some(n) = options.get("host-calls") {
-            let n: u64 = n.parse().map_err(|_| error::invalid_argument("host-calls=N"))?;
+            let n: u64 = n
+                .parse()
+                .map_err(|_| error::invalid_argument("host-calls=N"))?;
             for _ in 0..n {
                 std::hint::black_box(files::stat("dir")?);
             }
