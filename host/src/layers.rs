@@ -263,6 +263,14 @@ impl Strata {
         if layer.mount_count > 0 {
             return Err(StoreError::Busy(layer.id).into());
         }
+        let children = self.store.children(&layer.id)?;
+        if !children.is_empty() {
+            return Err(StoreError::HasChildren {
+                id: layer.id,
+                children: children.into_iter().map(|c| c.id).collect(),
+            }
+            .into());
+        }
         self.store.mark_incomplete(&layer.id)?;
         let compressed = HashingReader::new(input);
         let compressed_tally = compressed.tally();

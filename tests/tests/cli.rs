@@ -167,3 +167,66 @@ fn unsupported_quota_is_reported_not_ignored() {
     assert!(err.contains("unsupported"), "{err}");
     assert_eq!(ok(&t, &["layer", "ls"]), "", "no layer is left behind");
 }
+
+#[test]
+fn compressed_tars_and_stdin_apply_with_their_digests() {
+    use std::io::Write;
+    let t = TempStore::new();
+    let plain = tar_of(&[Entry::file("z", 0o644, b"zipped")]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&plain).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst = zstd::encode_all(std::io::Cursor::new(plain.clone()), 3).unwrap();
+    let mut digests = Vec::new();
+    for (name, bytes) in [("gz", gz), ("zst", zst)] {
+        ok(&t, &["layer", "create", "--id", name]);
+        let file = t.dir.path().join(format!("l.tar.{name}"));
+        std::fs::write(&file, &bytes).unwrap();
+        let out: serde_json::Value = serde_json::from_str(&ok(
+            &t,
+            &["--json", "layer", "apply", name, &file.to_string_lossy()],
+        ))
+        .unwrap();
+        assert_eq!(out["size"], 6, "{name}");
+        assert_eq!(out["compressed_size"], bytes.len(), "{name}");
+        assert_eq!(out["uncompressed_size"], plain.len(), "{name}");
+        digests.push(out["uncompressed_digest"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        digests[0], digests[1],
+        "the same tar has the same diff ID however compressed"
+    );
+
+    ok(&t, &["layer", "create", "--id", "stdin"]);
+    let mut child = std::process::Command::new(strata_tests::strata_bin())
+        .args(["--root"])
+        .arg(t.root())
+        .args(["layer", "apply", "stdin", "-"])
+        .env("STRATA_COMPONENT_CACHE", strata_tests::cache_dir())
+        .env("STRATA_DRIVER_DIR", strata_tests::wasm_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&plain).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6");
+    assert_eq!(ok(&t, &["layer", "changes", "stdin"]), "Add /z\n");
+}
+
+#[test]
+fn a_corrupt_tar_fails_naming_the_layer_and_leaves_nothing() {
+    let t = TempStore::new();
+    ok(&t, &["layer", "create", "--id", "bad"]);
+    let file = t.dir.path().join("bad.tar.gz");
+    std::fs::write(&file, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3]).unwrap();
+    let (success, _, err) = t.cli(&["layer", "apply", "bad", &file.to_string_lossy()]);
+    assert!(!success);
+    assert!(err.contains("bad"), "{err}");
+    assert_eq!(
+        ok(&t, &["layer", "ls"]),
+        "",
+        "the half-applied layer is removed"
+    );
+}

@@ -109,6 +109,7 @@ fn hostile_mount_plans_are_refused_before_any_mount() {
         ("bind", "../.."),
         ("target", "../outside"),
         ("target", "/mnt"),
+        ("target", "."),
         ("lower", "/"),
         ("lower", "../x"),
         ("overlay-option", "lowerdir=/etc"),
@@ -139,6 +140,23 @@ fn hostile_mount_plans_are_refused_before_any_mount() {
         "mounts",
     ) {
         let p = s.mount("l", &[]).expect("the honest plan still mounts");
+        s.unmount("l", false).unwrap();
+        assert!(!strata_host::sys::mount::is_mount_point(&p));
+        // An honest read-only overlay of the layer's own directory mounts through
+        // fsopen/fsconfig(lowerdir+)/fsmount and refuses writes.
+        std::fs::write(t.root().join(NAME).join("dir/l/seen"), b"through overlay").unwrap();
+        assert_serves(&s, "l2");
+        std::fs::write(t.root().join(NAME).join("dir/l2/below"), b"lower down").unwrap();
+        let p = s
+            .mount("l", &[("lower".into(), "dir/l,dir/l2".into())])
+            .expect("an overlay of a directory in the home mounts");
+        assert_eq!(std::fs::read(p.join("seen")).unwrap(), b"through overlay");
+        assert_eq!(std::fs::read(p.join("below")).unwrap(), b"lower down");
+        let err = std::fs::write(p.join("new"), b"x").unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(rustix::io::Errno::ROFS.raw_os_error())
+        );
         s.unmount("l", false).unwrap();
         assert!(!strata_host::sys::mount::is_mount_point(&p));
     }

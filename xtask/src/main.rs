@@ -33,11 +33,12 @@ fn main() -> Result<()> {
     let rest = &args[1.min(args.len())..];
     match args.first().map(String::as_str) {
         Some("build") => build_all(true).map(|_| ()),
+        Some("install") => install(rest),
         Some("demo") => demo::run(),
         Some("test") => test(rest),
         Some("bench") => bench::run(rest),
         _ => {
-            eprintln!("usage: cargo xtask <build|demo|test|bench>");
+            eprintln!("usage: cargo xtask <build|install [--prefix DIR]|demo|test|bench>");
             bail!("unknown or missing task")
         }
     }
@@ -133,6 +134,36 @@ pub fn build_all(host_release: bool) -> Result<PathBuf> {
             .with_context(|| format!("installing {}", built.display()))?;
     }
     Ok(bin_dir.join("strata"))
+}
+
+/// Installs `strata` into `PREFIX/bin` and the first-party drivers into
+/// `PREFIX/lib/strata/drivers` (where `strata` finds them by name). Default prefix
+/// `/usr/local`.
+fn install(args: &[String]) -> Result<()> {
+    let prefix = match args {
+        [] => PathBuf::from("/usr/local"),
+        [flag, dir] if flag == "--prefix" => PathBuf::from(dir),
+        _ => bail!("usage: cargo xtask install [--prefix DIR]"),
+    };
+    let bin = build_all(true)?;
+    let bin_dir = prefix.join("bin");
+    let drivers_dir = prefix.join("lib/strata/drivers");
+    std::fs::create_dir_all(&bin_dir)?;
+    std::fs::create_dir_all(&drivers_dir)?;
+    std::fs::copy(&bin, bin_dir.join("strata"))
+        .with_context(|| format!("installing strata into {}", bin_dir.display()))?;
+    for d in DRIVERS {
+        let built = wasm_dir().join(format!("strata_driver_{d}.wasm"));
+        std::fs::copy(&built, drivers_dir.join(format!("{d}.wasm")))
+            .with_context(|| format!("installing the {d} driver"))?;
+    }
+    println!(
+        "installed {} and drivers {:?} in {}",
+        bin_dir.join("strata").display(),
+        DRIVERS,
+        drivers_dir.display()
+    );
+    Ok(())
 }
 
 fn ensure_packages() -> Result<()> {

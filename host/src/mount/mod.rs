@@ -153,6 +153,11 @@ pub fn check_plan(
             "the host asked for a read-only mount and the plan is read-write".into(),
         ));
     }
+    if crate::sys::fs::check_relative(&plan.target).is_ok_and(|p| p.as_os_str().is_empty()) {
+        return Err(invalid(
+            "the mount target may not be the driver home itself".into(),
+        ));
+    }
     let target = resolve("target", &plan.target)?;
     let resolved = match &plan.kind {
         MountKind::Bind(bind) => Resolved::Bind {

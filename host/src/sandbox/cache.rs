@@ -119,7 +119,11 @@ impl ComponentCache {
     fn store(&self, entry: &Path, bytes: &[u8]) -> std::io::Result<()> {
         fs::create_dir_all(&self.dir)?;
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
-        let tmp = entry.with_extension(format!("tmp.{}", std::process::id()));
+        // Unique per writer (process and call), so concurrent compilations of the same
+        // component never share a temporary file; the last rename wins, all are identical.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = entry.with_extension(format!("tmp.{}.{n}", std::process::id()));
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create(true)

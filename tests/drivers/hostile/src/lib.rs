@@ -17,7 +17,7 @@
 //! |------------------------|-------------------------------------------------------------|
 //! | `bind=PATH`            | a bind of PATH (e.g. `/`, `..`, `evil`)                     |
 //! | `target=PATH`          | its own layer bound at PATH                                 |
-//! | `lower=PATH`           | an overlay with PATH as a lower directory                   |
+//! | `lower=PATH[,PATH]`    | a read-only overlay of these lower directories              |
 //! | `overlay-option=OPT`   | an overlay with option OPT                                  |
 //! | `writable=1`           | a read-write plan whatever the host asked                   |
 #![forbid(unsafe_code)]
@@ -107,7 +107,7 @@ impl Driver for Hostile {
         let read_only = request.read_only && options.get("writable").is_none();
         let kind = if let Some(lower) = options.get("lower") {
             MountKind::Overlay(OverlayMount {
-                lower: vec![lower.to_string()],
+                lower: lower.split(',').map(str::to_string).collect(),
                 upper: None,
                 work: None,
                 options: vec![],
