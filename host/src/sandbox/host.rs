@@ -141,10 +141,9 @@ impl LayerDiff {
     }
 }
 
-/// The driver-facing meaning of a host failure on `path` (as the driver named it).
-pub(super) fn to_wit(path: &str, e: SysError) -> types::Error {
-    let msg = format!("{path}: {}", e.reason());
-    match e.kind {
+/// The WIT error for a failure of `kind`, with `errno` where there was one.
+fn wit_error(kind: ErrorKind, errno: i32, msg: String) -> types::Error {
+    match kind {
         ErrorKind::NotFound => types::Error::NotFound(msg),
         ErrorKind::AlreadyExists => types::Error::AlreadyExists(msg),
         ErrorKind::Denied => types::Error::Denied(msg),
@@ -152,42 +151,23 @@ pub(super) fn to_wit(path: &str, e: SysError) -> types::Error {
         ErrorKind::Unsupported => types::Error::Unsupported(msg),
         ErrorKind::InvalidArgument => types::Error::InvalidArgument(msg),
         ErrorKind::NoSpace | ErrorKind::Other => types::Error::Io(types::IoError {
-            errno: e.errno,
+            errno,
             message: msg,
         }),
     }
+}
+
+/// The driver-facing meaning of a host failure on `path` (as the driver named it).
+pub(super) fn to_wit(path: &str, e: SysError) -> types::Error {
+    wit_error(e.kind, e.errno, format!("{path}: {}", e.reason()))
 }
 
 fn archive_to_wit(what: &str, e: archive::ArchiveError) -> types::Error {
-    let msg = format!("{what}: {e}");
-    match e.kind() {
-        ErrorKind::NotFound => types::Error::NotFound(msg),
-        ErrorKind::AlreadyExists => types::Error::AlreadyExists(msg),
-        ErrorKind::Denied => types::Error::Denied(msg),
-        ErrorKind::Busy => types::Error::Busy(msg),
-        ErrorKind::Unsupported => types::Error::Unsupported(msg),
-        ErrorKind::InvalidArgument => types::Error::InvalidArgument(msg),
-        ErrorKind::NoSpace | ErrorKind::Other => types::Error::Io(types::IoError {
-            errno: e.errno(),
-            message: msg,
-        }),
-    }
+    wit_error(e.kind(), e.errno(), format!("{what}: {e}"))
 }
 
 fn copy_to_wit(what: &str, e: copy::CopyError) -> types::Error {
-    let msg = format!("{what}: {e}");
-    match e.kind() {
-        ErrorKind::NotFound => types::Error::NotFound(msg),
-        ErrorKind::AlreadyExists => types::Error::AlreadyExists(msg),
-        ErrorKind::Denied => types::Error::Denied(msg),
-        ErrorKind::Busy => types::Error::Busy(msg),
-        ErrorKind::Unsupported => types::Error::Unsupported(msg),
-        ErrorKind::InvalidArgument => types::Error::InvalidArgument(msg),
-        ErrorKind::NoSpace | ErrorKind::Other => types::Error::Io(types::IoError {
-            errno: e.errno(),
-            message: msg,
-        }),
-    }
+    wit_error(e.kind(), e.errno(), format!("{what}: {e}"))
 }
 
 /// Makes guest text safe to print: control characters escaped, length capped.
