@@ -53,6 +53,9 @@ fn is_denied(e: &LayerError) -> bool {
 
 #[test]
 fn escaping_paths_are_denied() {
+    if !root_or_skip("escaping_paths_are_denied", "layers are created owned 0:0") {
+        return;
+    }
     let t = TempStore::new();
     let s = open(&t, "");
     let home = t.root().join(NAME);
@@ -100,6 +103,12 @@ fn escaping_paths_are_denied() {
 
 #[test]
 fn hostile_mount_plans_are_refused_before_any_mount() {
+    if !root_or_skip(
+        "hostile_mount_plans_are_refused_before_any_mount",
+        "layers are created owned 0:0",
+    ) {
+        return;
+    }
     let t = TempStore::new();
     let s = open(&t, "");
     assert_serves(&s, "l");
@@ -135,31 +144,27 @@ fn hostile_mount_plans_are_refused_before_any_mount() {
         !mounts.contains(t.dir.path().to_string_lossy().as_ref()),
         "no mount was made under the store"
     );
-    if root_or_skip(
-        "hostile_mount_plans_are_refused_before_any_mount (honest plan)",
-        "mounts",
-    ) {
-        let p = s.mount("l", &[]).expect("the honest plan still mounts");
-        s.unmount("l", false).unwrap();
-        assert!(!strata_host::sys::mount::is_mount_point(&p));
-        // An honest read-only overlay of the layer's own directory mounts through
-        // fsopen/fsconfig(lowerdir+)/fsmount and refuses writes.
-        std::fs::write(t.root().join(NAME).join("dir/l/seen"), b"through overlay").unwrap();
-        assert_serves(&s, "l2");
-        std::fs::write(t.root().join(NAME).join("dir/l2/below"), b"lower down").unwrap();
-        let p = s
-            .mount("l", &[("lower".into(), "dir/l,dir/l2".into())])
-            .expect("an overlay of a directory in the home mounts");
-        assert_eq!(std::fs::read(p.join("seen")).unwrap(), b"through overlay");
-        assert_eq!(std::fs::read(p.join("below")).unwrap(), b"lower down");
-        let err = std::fs::write(p.join("new"), b"x").unwrap_err();
-        assert_eq!(
-            err.raw_os_error(),
-            Some(rustix::io::Errno::ROFS.raw_os_error())
-        );
-        s.unmount("l", false).unwrap();
-        assert!(!strata_host::sys::mount::is_mount_point(&p));
-    }
+    // The honest plan still mounts (as root, which this test requires).
+    let p = s.mount("l", &[]).expect("the honest plan still mounts");
+    s.unmount("l", false).unwrap();
+    assert!(!strata_host::sys::mount::is_mount_point(&p));
+    // An honest read-only overlay of the layer's own directory mounts through
+    // fsopen/fsconfig(lowerdir+)/fsmount and refuses writes.
+    std::fs::write(t.root().join(NAME).join("dir/l/seen"), b"through overlay").unwrap();
+    assert_serves(&s, "l2");
+    std::fs::write(t.root().join(NAME).join("dir/l2/below"), b"lower down").unwrap();
+    let p = s
+        .mount("l", &[("lower".into(), "dir/l,dir/l2".into())])
+        .expect("an overlay of a directory in the home mounts");
+    assert_eq!(std::fs::read(p.join("seen")).unwrap(), b"through overlay");
+    assert_eq!(std::fs::read(p.join("below")).unwrap(), b"lower down");
+    let err = std::fs::write(p.join("new"), b"x").unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::ROFS.raw_os_error())
+    );
+    s.unmount("l", false).unwrap();
+    assert!(!strata_host::sys::mount::is_mount_point(&p));
 }
 
 #[test]
@@ -185,6 +190,12 @@ fn an_ungranted_capability_fails_the_load_naming_it() {
 
 #[test]
 fn a_looping_driver_hits_its_deadline_and_the_host_carries_on() {
+    if !root_or_skip(
+        "a_looping_driver_hits_its_deadline_and_the_host_carries_on",
+        "layers are created owned 0:0",
+    ) {
+        return;
+    }
     let t = TempStore::new();
     let s = open(&t, "deadline = \"300ms\"");
     let start = Instant::now();
@@ -208,6 +219,12 @@ fn a_looping_driver_hits_its_deadline_and_the_host_carries_on() {
 
 #[test]
 fn an_allocating_driver_hits_its_memory_limit_and_the_host_carries_on() {
+    if !root_or_skip(
+        "an_allocating_driver_hits_its_memory_limit_and_the_host_carries_on",
+        "layers are created owned 0:0",
+    ) {
+        return;
+    }
     let t = TempStore::new();
     let s = open(&t, "memory = \"32M\"");
     let err = create_with(&s, "hog", &[("alloc", "1")]).expect_err("unbounded allocation");
@@ -223,6 +240,12 @@ fn an_allocating_driver_hits_its_memory_limit_and_the_host_carries_on() {
 
 #[test]
 fn a_panicking_driver_reports_its_message_and_the_host_carries_on() {
+    if !root_or_skip(
+        "a_panicking_driver_reports_its_message_and_the_host_carries_on",
+        "layers are created owned 0:0",
+    ) {
+        return;
+    }
     let t = TempStore::new();
     let s = open(&t, "");
     let err = create_with(&s, "boom", &[("panic", "1")]).expect_err("a panic fails the call");
