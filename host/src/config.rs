@@ -21,10 +21,10 @@ pub const MAX_CONFIG_SIZE: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{origin}: cannot read: {source}")]
+    #[error("{origin}: cannot read: {cause}")]
     Read {
         origin: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{origin}: not valid TOML: {message}")]
     Syntax { origin: String, message: String },
@@ -242,9 +242,9 @@ impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        let read = |source| ConfigError::Read {
+        let read = |cause| ConfigError::Read {
             origin: origin.clone(),
-            source,
+            cause,
         };
         let len = std::fs::metadata(path).map_err(read)?.len();
         if len > MAX_CONFIG_SIZE {

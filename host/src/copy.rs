@@ -36,19 +36,19 @@ pub struct CopyStats {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("copying {path}: {source}")]
+#[error("copying {path}: {cause}")]
 pub struct CopyError {
     pub path: PathBuf,
-    pub source: SysError,
+    pub cause: SysError,
 }
 
 impl CopyError {
     pub fn kind(&self) -> ErrorKind {
-        self.source.kind
+        self.cause.kind
     }
 
     pub fn errno(&self) -> i32 {
-        self.source.errno
+        self.cause.errno
     }
 }
 
@@ -83,9 +83,9 @@ pub fn copy_file(
 }
 
 fn split(dir: &Dir, rel: &str) -> Result<(Dir, std::ffi::OsString), CopyError> {
-    let err = |source| CopyError {
+    let err = |cause| CopyError {
         path: rel.into(),
-        source,
+        cause,
     };
     let p = check_relative(rel).map_err(err)?;
     let name = p
@@ -110,12 +110,12 @@ fn copy_entry(
     let (dp, dname) = split(dst, dst_rel)?;
     let st = stat_at(sp.as_fd(), &sname).map_err(|e| CopyError {
         path: src_rel.into(),
-        source: e.at(src_rel),
+        cause: e.at(src_rel),
     })?;
     if st.kind == FileKind::Directory && !tree {
         return Err(CopyError {
             path: src_rel.into(),
-            source: SysError::invalid("copy-file", src_rel, "is a directory; use copy-tree"),
+            cause: SysError::invalid("copy-file", src_rel, "is a directory; use copy-tree"),
         });
     }
     let mut c = Copier {
@@ -149,9 +149,9 @@ impl Copier {
         shown: &Path,
         depth: usize,
     ) -> Result<(), CopyError> {
-        let err = |source: SysError| CopyError {
+        let err = |cause: SysError| CopyError {
             path: shown.to_path_buf(),
-            source,
+            cause,
         };
         if depth > MAX_TREE_DEPTH {
             return Err(err(SysError::invalid(

@@ -37,21 +37,18 @@ pub enum LayerError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Locate(#[from] LocateError),
-    #[error("unmounting layer {id}: {source}")]
-    Unmount { id: String, source: Box<SysError> },
+    #[error("unmounting layer {id}: {cause}")]
+    Unmount { id: String, cause: Box<SysError> },
     #[error("layer {0} is not mounted")]
     NotMounted(String),
-    #[error("layer {id}: {what}: {source}")]
+    #[error("layer {id}: {what}: {cause}")]
     Archive {
         id: String,
         what: &'static str,
-        source: Box<archive::ArchiveError>,
+        cause: Box<archive::ArchiveError>,
     },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
     #[error("driver grant `{0}` is not a capability this host provides")]
     UnknownGrant(String),
     #[error("applying onto layer {id} failed, so the layer was removed: {cause}")]
@@ -145,7 +142,7 @@ impl Strata {
         let spec = options.driver.unwrap_or_else(|| config.driver.clone());
         let location = locate_driver(&spec, &config)?;
         let settings = config.driver_settings(&location.name);
-        let io = |what: String| move |source| LayerError::Io { what, source };
+        let io = |what: String| move |cause| LayerError::Io { what, cause };
         std::fs::create_dir_all(&config.root)
             .map_err(io(format!("creating root {}", config.root.display())))?;
         let store = LayerStore::open(&config.root)?;
@@ -276,7 +273,7 @@ impl Strata {
         let compressed_tally = compressed.tally();
         let tar = archive::decompressed(Box::new(compressed)).map_err(|e| LayerError::Io {
             what: format!("reading the tar for layer {}", layer.id),
-            source: e,
+            cause: e,
         })?;
         let uncompressed = HashingReader::new(tar);
         let uncompressed_tally = uncompressed.tally();
@@ -353,9 +350,9 @@ impl Strata {
         if layer.mount_count > 1 && !force {
             return Ok(self.store.decrement_mount(&layer.id, false)?);
         }
-        mount::unmount(Path::new(&mount_point), force).map_err(|source| LayerError::Unmount {
+        mount::unmount(Path::new(&mount_point), force).map_err(|cause| LayerError::Unmount {
             id: layer.id.clone(),
-            source: Box::new(source),
+            cause: Box::new(cause),
         })?;
         let left = self.store.decrement_mount(&layer.id, true)?;
         self.driver.unmounted(&layer.id)?;
@@ -383,10 +380,10 @@ impl Strata {
         let layer = self.store.get(id)?;
         let parent = self.compare_parent(&layer, parent)?;
         let diff = self.driver.diff(&layer.id, parent.as_deref())?;
-        diff.write_tar(out).map_err(|source| LayerError::Archive {
+        diff.write_tar(out).map_err(|cause| LayerError::Archive {
             id: layer.id,
             what: "writing its diff",
-            source: Box::new(source),
+            cause: Box::new(cause),
         })
     }
 

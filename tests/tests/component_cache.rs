@@ -50,3 +50,26 @@ fn a_warm_start_loads_from_the_cache_and_a_damaged_entry_is_rebuilt() {
     assert_eq!(again.sha256, sha);
     assert_eq!(again.wit_version, "0.1.0");
 }
+
+#[test]
+fn a_cache_that_cannot_be_written_warns_and_still_loads() {
+    let t = TempStore::new();
+    let engine = SandboxEngine::new().unwrap();
+    // A regular file where the cache directory should be: no user (root included) can create
+    // entries beneath it.
+    let blocked = t.dir.path().join("not-a-dir");
+    std::fs::write(&blocked, b"").unwrap();
+    let cache = ComponentCache::new(blocked.join("components"));
+    let loaded = DriverComponent::load(&engine, &cache, "vfs", &vfs_wasm()).unwrap();
+    assert!(!loaded.from_cache);
+    let warning = loaded
+        .cache_warning
+        .as_ref()
+        .expect("a failed cache write is reported")
+        .to_string();
+    assert!(
+        warning.contains("component cache") && warning.contains("not-a-dir"),
+        "the warning names the cache path: {warning}"
+    );
+    assert_eq!(loaded.wit_version, "0.1.0", "and the component is usable");
+}

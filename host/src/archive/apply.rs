@@ -98,9 +98,9 @@ pub fn apply_layer_tar(
             reason,
         })?;
         a.entry(&mut entry, &rel).map_err(|e| match e {
-            ArchiveError::Sys(source) => ArchiveError::Entry {
+            ArchiveError::Sys(cause) => ArchiveError::Entry {
                 entry: shown.clone(),
-                source,
+                cause,
             },
             ArchiveError::Invalid(reason) => ArchiveError::BadEntry {
                 entry: shown.clone(),

@@ -39,8 +39,8 @@ pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    #[error("tar entry {entry}: {source}")]
-    Entry { entry: String, source: SysError },
+    #[error("tar entry {entry}: {cause}")]
+    Entry { entry: String, cause: SysError },
     #[error("tar entry {entry}: {reason}")]
     BadEntry { entry: String, reason: String },
     #[error("reading the tar: {0}")]
@@ -60,7 +60,7 @@ impl ArchiveError {
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ArchiveError::Entry { source, .. } | ArchiveError::Sys(source) => source.kind,
+            ArchiveError::Entry { cause, .. } | ArchiveError::Sys(cause) => cause.kind,
             ArchiveError::BadEntry { .. } | ArchiveError::Invalid(_) => ErrorKind::InvalidArgument,
             ArchiveError::Read(_) => ErrorKind::InvalidArgument,
             ArchiveError::Write(_) => ErrorKind::Other,
@@ -69,7 +69,7 @@ impl ArchiveError {
 
     pub fn errno(&self) -> i32 {
         match self {
-            ArchiveError::Entry { source, .. } | ArchiveError::Sys(source) => source.errno,
+            ArchiveError::Entry { cause, .. } | ArchiveError::Sys(cause) => cause.errno,
             ArchiveError::Read(e) | ArchiveError::Write(e) => e.raw_os_error().unwrap_or(0),
             _ => 0,
         }

@@ -187,13 +187,24 @@ fn load_config(cli: &Cli) -> Result<Config> {
 fn open(cli: &Cli, config: Config) -> Result<Strata> {
     let driver = cli.driver.clone();
     let name = driver.clone().unwrap_or_else(|| config.driver.clone());
-    Strata::open(StoreOptions {
+    let strata = Strata::open(StoreOptions {
         config,
         driver,
         driver_options: cli.driver_opts.clone(),
         cache_dir: std::env::var_os("STRATA_COMPONENT_CACHE").map(PathBuf::from),
     })
-    .with_context(|| format!("opening the store with driver {name}"))
+    .with_context(|| format!("opening the store with driver {name}"))?;
+    warn_uncached(strata.component());
+    Ok(strata)
+}
+
+/// A cache that cannot be written costs start-up time, not correctness: say so and go on.
+fn warn_uncached(component: &crate::sandbox::DriverComponent) {
+    if let Some(w) = &component.cache_warning {
+        eprintln!(
+            "strata: warning: {w} (the driver was compiled and runs; it is compiled again next start)"
+        );
+    }
 }
 
 fn print_json(value: serde_json::Value) -> Result<()> {
@@ -247,6 +258,7 @@ fn run(cli: Cli) -> Result<()> {
                 .unwrap_or_else(|| config.root.join("cache").join("components"));
             let c = load_driver_component(&engine, driver, &config, &cache)
                 .with_context(|| format!("inspecting driver {driver}"))?;
+            warn_uncached(&c);
             let caps: Vec<&str> = c.capabilities.iter().map(|c| c.name()).collect();
             let granted = config.driver_settings(&c.name).grants;
             if json {

@@ -44,11 +44,11 @@ pub enum PlanError {
     },
     #[error("mount plan of driver {driver}: {reason}")]
     Invalid { driver: String, reason: String },
-    #[error("mounting layer {id} on {target}: {source}")]
+    #[error("mounting layer {id} on {target}: {cause}")]
     Mount {
         id: String,
         target: PathBuf,
-        source: SysError,
+        cause: SysError,
     },
 }
 
@@ -118,10 +118,10 @@ impl CheckedPlan {
                 sys::mount::overlay(&spec, &self.target, &self.target_path)
             }
         };
-        r.map_err(|source| PlanError::Mount {
+        r.map_err(|cause| PlanError::Mount {
             id: id.into(),
             target: self.target_path.clone(),
-            source,
+            cause,
         })
     }
 }

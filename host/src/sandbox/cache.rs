@@ -31,6 +31,9 @@ pub struct LoadedComponent {
     pub component: Component,
     pub sha256: String,
     pub from_cache: bool,
+    /// Why the freshly compiled component could not be cached (a read-only or full disk). The
+    /// component is still usable; the next start compiles again.
+    pub cache_warning: Option<SandboxError>,
 }
 
 impl ComponentCache {
@@ -51,10 +54,10 @@ impl ComponentCache {
         driver: &str,
         path: &Path,
     ) -> Result<LoadedComponent, SandboxError> {
-        let read_err = |source| SandboxError::Read {
+        let read_err = |cause| SandboxError::Read {
             driver: driver.to_string(),
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         let size = fs::metadata(path).map_err(read_err)?.len();
         if size > MAX_COMPONENT_SIZE {
@@ -80,6 +83,7 @@ impl ComponentCache {
                         component,
                         sha256,
                         from_cache: true,
+                        cache_warning: None,
                     });
                 }
                 // A truncated or foreign entry: recompile and replace it.
@@ -97,16 +101,19 @@ impl ComponentCache {
             driver: driver.into(),
             reason: format!("serializing compiled component: {e:#}"),
         })?;
-        self.store(&entry, &serialized)
-            .map_err(|source| SandboxError::Cache {
-                driver: driver.into(),
-                path: entry.clone(),
-                source,
-            })?;
+        let cache_warning =
+            self.store(&entry, &serialized)
+                .err()
+                .map(|cause| SandboxError::Cache {
+                    driver: driver.into(),
+                    path: entry.clone(),
+                    cause,
+                });
         Ok(LoadedComponent {
             component,
             sha256,
             from_cache: false,
+            cache_warning,
         })
     }
 
@@ -124,14 +131,20 @@ impl ComponentCache {
         static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = entry.with_extension(format!("tmp.{}.{n}", std::process::id()));
-        let mut f = fs::OpenOptions::new()
+        let written = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, entry)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(bytes)?;
+                f.sync_all()
+            })
+            .and_then(|()| fs::rename(&tmp, entry));
+        if written.is_err() {
+            // A full disk must not leave half an entry behind.
+            let _ = fs::remove_file(&tmp);
+        }
+        written
     }
 }

@@ -91,11 +91,11 @@ impl Capability {
 /// failures are [`DriverError`]s, not these.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("driver {driver}: cannot read {path}: {source}")]
+    #[error("driver {driver}: cannot read {path}: {cause}")]
     Read {
         driver: String,
         path: std::path::PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "driver {driver}: {path} is precompiled native code; Strata loads only WebAssembly \
@@ -132,11 +132,11 @@ pub enum SandboxError {
          interface (it exports: {exports})"
     )]
     NoDriverExport { driver: String, exports: String },
-    #[error("driver {driver}: component cache {path}: {source}")]
+    #[error("driver {driver}: component cache {path}: {cause}")]
     Cache {
         driver: String,
         path: std::path::PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("driver {driver}: cannot open its home {path}: {reason}")]
     Home {

@@ -88,6 +88,9 @@ pub struct DriverComponent {
     pub path: PathBuf,
     pub sha256: String,
     pub from_cache: bool,
+    /// Set when the compiled component could not be written to the cache (see
+    /// [`super::cache::LoadedComponent::cache_warning`]).
+    pub cache_warning: Option<SandboxError>,
     pub component: Component,
     /// The WIT version of the driver interface it exports, e.g. `0.1.0`.
     pub wit_version: String,
@@ -148,6 +151,7 @@ impl DriverComponent {
             path: path.into(),
             sha256: loaded.sha256,
             from_cache: loaded.from_cache,
+            cache_warning: loaded.cache_warning,
             component: loaded.component,
             wit_version,
             capabilities,

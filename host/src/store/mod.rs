@@ -42,17 +42,17 @@ pub enum StoreError {
     Busy(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("layer store {path}: {context}: {source}")]
+    #[error("layer store {path}: {context}: {cause}")]
     Db {
         path: PathBuf,
         context: &'static str,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
-    #[error("layer store {path}: {context}: {source}")]
+    #[error("layer store {path}: {context}: {cause}")]
     Io {
         path: PathBuf,
         context: &'static str,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -169,10 +169,10 @@ impl LayerStore {
     /// As [`open`](Self::open), with the boot id given (tests simulate reboots with it).
     pub fn open_with_boot_id(root: &Path, boot_id: &str) -> Result<LayerStore, StoreError> {
         let io = |context| {
-            move |source| StoreError::Io {
+            move |cause| StoreError::Io {
                 path: root.to_path_buf(),
                 context,
-                source,
+                cause,
             }
         };
         std::fs::create_dir_all(root).map_err(io("creating the root"))?;
@@ -185,10 +185,10 @@ impl LayerStore {
             .open(root.join("store.lock"))
             .map_err(io("opening store.lock"))?;
         let db_path = root.join("layers.db");
-        let conn = Connection::open(&db_path).map_err(|source| StoreError::Db {
+        let conn = Connection::open(&db_path).map_err(|cause| StoreError::Db {
             path: db_path.clone(),
             context: "opening",
-            source,
+            cause,
         })?;
         let store = LayerStore {
             root: root.to_path_buf(),
@@ -201,10 +201,10 @@ impl LayerStore {
     }
 
     fn db(&self, context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
-        move |source| StoreError::Db {
+        move |cause| StoreError::Db {
             path: self.db_path.clone(),
             context,
-            source,
+            cause,
         }
     }
 
@@ -296,7 +296,7 @@ impl LayerStore {
             |e| StoreError::Io {
                 path: self.root.join("store.lock"),
                 context: "locking",
-                source: e.into(),
+                cause: e.into(),
             },
         )?;
         Ok(StoreLock {
@@ -317,7 +317,7 @@ impl LayerStore {
             Err(e) => Err(StoreError::Io {
                 path: self.root.join("store.lock"),
                 context: "locking",
-                source: e.into(),
+                cause: e.into(),
             }),
         }
     }
@@ -342,10 +342,10 @@ impl LayerStore {
                 validate_id("layer id", &id)?;
                 id
             }
-            None => random_id().map_err(|source| StoreError::Io {
+            None => random_id().map_err(|cause| StoreError::Io {
                 path: "/dev/urandom".into(),
                 context: "generating a layer id",
-                source,
+                cause,
             })?,
         };
         for n in &new.names {
