@@ -77,6 +77,9 @@ pub struct CreateLayer {
     pub names: Vec<String>,
     pub read_write: bool,
     pub options: Vec<(String, String)>,
+    /// Create the layer as a copy of this one: the new layer gets the template's parent and
+    /// the template's content (containers/storage's `CreateFromTemplate`).
+    pub template: Option<String>,
 }
 
 /// What applying a layer tar did.
@@ -233,16 +236,37 @@ impl Strata {
             Some(p) => Some(self.store.get(p)?.id),
             None => None,
         };
+        let template = match &req.template {
+            Some(t) => Some(self.store.get(t)?),
+            None => None,
+        };
+        // The driver builds the new layer on what it starts from: the template's data when
+        // there is one, else the parent's. The record names the template's parent.
+        let (parent, base) = match &template {
+            Some(t) => {
+                if parent.is_some() && parent != t.parent {
+                    return Err(StoreError::Invalid(format!(
+                        "a layer created from template {} gets the template's parent ({}); do not give another",
+                        t.id,
+                        t.parent.as_deref().unwrap_or("none")
+                    ))
+                    .into());
+                }
+                (t.parent.clone(), Some(t.id.clone()))
+            }
+            None => (parent.clone(), parent),
+        };
         let layer = self.store.begin_create(NewLayer {
             id: req.id,
-            parent: parent.clone(),
+            parent,
             names: req.names,
             driver: self.driver.name().to_string(),
             read_write: req.read_write,
+            template: template.map(|t| t.id),
         })?;
-        if let Err(e) =
-            self.driver
-                .create(&layer.id, parent.as_deref(), req.read_write, &req.options)
+        if let Err(e) = self
+            .driver
+            .create(&layer.id, base.as_deref(), req.read_write, &req.options)
         {
             let _ = self.driver.remove(&layer.id);
             self.store.delete_record(&layer.id)?;

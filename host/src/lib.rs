@@ -14,6 +14,7 @@
 
 pub mod archive;
 pub mod config;
+pub mod conformance;
 pub mod copy;
 pub mod frontend;
 pub mod layers;

@@ -105,7 +105,7 @@ pub use bindings::strata::driver::types::{
 };
 
 mod options;
-pub use options::{Options, parse_size};
+pub use options::{GENERIC_OPTIONS, Options, parse_size};
 
 pub mod error;
 pub mod log;

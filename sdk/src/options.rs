@@ -2,6 +2,10 @@
 
 use crate::{Error, error};
 
+/// Options with one meaning across drivers (`size`: a layer's quota, as in
+/// containers/storage). The conformance suite holds drivers to it.
+pub const GENERIC_OPTIONS: &[&str] = &["size"];
+
 /// Options given to `init`, `create` or `mount-plan`, in the order the operator gave them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Options(pub Vec<(String, String)>);
@@ -17,9 +21,14 @@ impl Options {
     }
 
     /// Fails with `invalid-argument` naming the first key not in `known`, so a typo never
-    /// passes silently.
+    /// passes silently. A key every Strata driver is expected to understand (such as `size`,
+    /// see [`GENERIC_OPTIONS`]) that this driver does not take is `unsupported` instead: the
+    /// operator asked for a real feature this driver lacks.
     pub fn reject_unknown(&self, known: &[&str]) -> Result<(), Error> {
         match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            Some((k, _)) if GENERIC_OPTIONS.contains(&k.as_str()) => Err(error::unsupported(
+                format!("this driver does not support option `{k}`"),
+            )),
             Some((k, _)) if known.is_empty() => Err(error::invalid_argument(format!(
                 "unknown option `{k}`: this driver takes no options here"
             ))),
@@ -95,5 +104,14 @@ mod tests {
         assert!(m.contains("`sise`"), "{m}");
         assert_eq!(o.size("size").unwrap(), Some(1 << 30));
         assert_eq!(o.get("nope"), None);
+    }
+
+    #[test]
+    fn a_generic_option_a_driver_lacks_is_unsupported() {
+        let o = Options(vec![("size".into(), "1G".into())]);
+        let Err(Error::Unsupported(m)) = o.reject_unknown(&[]) else {
+            panic!("expected unsupported")
+        };
+        assert!(m.contains("`size`"), "{m}");
     }
 }

@@ -11,7 +11,6 @@ use strata_host::config::Config;
 use strata_host::layers::{StoreOptions, Strata};
 
 pub mod targen;
-pub mod tree;
 
 /// Where `cargo xtask` put the driver components.
 pub fn wasm_dir() -> PathBuf {
@@ -143,17 +142,6 @@ impl Drop for TempStore {
     fn drop(&mut self) {
         // Unmount anything a failed test left mounted beneath the store, deepest first, so
         // that removing the temporary directory never walks into a mounted layer.
-        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let base = self.dir.path().to_string_lossy().into_owned();
-            let mut points: Vec<&str> = info
-                .lines()
-                .filter_map(|l| l.split(' ').nth(4))
-                .filter(|mp| mp.starts_with(&base))
-                .collect();
-            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-            for mp in points {
-                let _ = rustix::mount::unmount(mp, rustix::mount::UnmountFlags::DETACH);
-            }
-        }
+        strata_host::sys::mount::detach_all_beneath(self.dir.path());
     }
 }

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 /// Drivers that ship with Strata (crate `strata-driver-NAME`, installed as `NAME.wasm`).
 pub const DRIVERS: &[&str] = &["vfs"];
 /// Drivers only the tests use.
-pub const TEST_DRIVERS: &[&str] = &["strata-test-driver-hostile"];
+pub const TEST_DRIVERS: &[&str] = &["strata-test-driver-hostile", "strata-test-driver-forgetful"];
 /// The cargo profile drivers are built with (small, optimised components).
 pub const WASM_PROFILE: &str = "wasm";
 pub const WASM_TARGET: &str = "wasm32-wasip2";
@@ -221,6 +221,8 @@ fn test(args: &[String]) -> Result<()> {
         "strata-driver-vfs",
         "-p",
         "strata-test-driver-hostile",
+        "-p",
+        "strata-test-driver-forgetful",
         "--",
         "-D",
         "warnings",

@@ -12,8 +12,8 @@ use tar::EntryType;
 use super::{ArchiveError, OPAQUE_MARKER, WHITEOUT_PREFIX, WhiteoutFormat};
 use crate::sys::fs::{
     Confinement, Dir, FileKind, MAX_PATH_LEN, MAX_XATTR_VALUE, chmod_at, chown_at, create_file_at,
-    link_at, mkdir_at, mknod_at, read_dir_names, remove_tree_at, set_times_at, set_xattr_at,
-    stat_at, symlink_at,
+    link_at, mkdir_at, mknod_at, read_dir_names, remove_tree_at, remove_xattr_at, set_times_at,
+    set_xattr_at, stat_at, symlink_at, xattrs_at,
 };
 use crate::sys::{ErrorKind, SysError};
 
@@ -179,6 +179,14 @@ fn parse_pax_time(text: &str) -> Option<(i64, u32)> {
     Some((secs, nanos))
 }
 
+/// xattrs a tar never describes: overlay's own markers (set from whiteouts) and the security
+/// label the filesystem assigns.
+fn host_managed_xattr(key: &str) -> bool {
+    key.starts_with("trusted.overlay.")
+        || key.starts_with("user.overlay.")
+        || key == "security.selinux"
+}
+
 fn sys(e: SysError) -> ArchiveError {
     ArchiveError::Sys(e)
 }
@@ -276,6 +284,15 @@ impl Applier<'_> {
             EntryType::Directory => {
                 if existing.is_none_or(|s| s.kind != FileKind::Directory) {
                     mkdir_at(pfd, &fname, 0o700, 0, 0).map_err(at)?;
+                } else {
+                    // A directory entry describes the directory whole: xattrs it does not
+                    // carry are gone from it (removed in the layer, or the directory was
+                    // deleted and made anew).
+                    for (key, _) in xattrs_at(pfd, &fname).map_err(at)? {
+                        if !pax.xattrs.iter().any(|(k, _)| *k == key) && !host_managed_xattr(&key) {
+                            remove_xattr_at(pfd, &fname, &key).map_err(at)?;
+                        }
+                    }
                 }
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {

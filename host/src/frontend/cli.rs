@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::conformance;
 use crate::layers::{ChangeKind, CreateLayer, StoreOptions, Strata, load_driver_component};
 use crate::registry;
 use crate::sandbox::{SandboxEngine, WIT_PACKAGE};
@@ -119,6 +120,9 @@ struct CreateArgs {
     /// A read-write (container) layer.
     #[arg(long)]
     rw: bool,
+    /// Create the layer as a copy of this layer (id or name), on the template's parent.
+    #[arg(long, conflicts_with = "parent")]
+    template: Option<String>,
     /// A name for the layer, repeatable.
     #[arg(long = "name")]
     names: Vec<String>,
@@ -136,6 +140,26 @@ enum DriverCommand {
         /// A driver name or a path to a `.wasm`.
         driver: String,
     },
+    /// Run the conformance suite on a driver (needs root); exits non-zero when a case fails.
+    Test(TestArgs),
+}
+
+#[derive(Args, Debug)]
+struct TestArgs {
+    /// A driver name or a path to a `.wasm`; the configured driver when absent.
+    driver: Option<String>,
+    /// Run only cases whose name contains this, repeatable.
+    #[arg(long = "case", value_name = "NAME")]
+    cases: Vec<String>,
+    /// Layers in the deep-chain case.
+    #[arg(long = "deep-chain", value_name = "N", default_value_t = conformance::DEFAULT_DEEP_CHAIN)]
+    deep_chain: usize,
+    /// Where the cases' temporary stores go; put it on the filesystem the driver is for.
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp")]
+    scratch: PathBuf,
+    /// Print the case names and exit.
+    #[arg(long)]
+    list: bool,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -285,6 +309,7 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         }
+        Command::Driver(DriverCommand::Test(args)) => driver_test(&cli, config, args),
         Command::Status => {
             let strata = open(&cli, config)?;
             let status = strata.status()?;
@@ -316,6 +341,89 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+fn driver_test(cli: &Cli, config: Config, args: &TestArgs) -> Result<()> {
+    let json = cli.json;
+    if args.list {
+        let names = conformance::case_names(args.deep_chain);
+        if json {
+            return print_json(json!(names));
+        }
+        for n in names {
+            println!("{n}");
+        }
+        return Ok(());
+    }
+    let driver = args
+        .driver
+        .clone()
+        .or_else(|| cli.driver.clone())
+        .unwrap_or_else(|| config.driver.clone());
+    let cache_dir = std::env::var_os("STRATA_COMPONENT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| args.scratch.join("strata-conformance-cache"));
+    let options = conformance::SuiteOptions {
+        driver: driver.clone(),
+        config,
+        driver_options: cli.driver_opts.clone(),
+        scratch: args.scratch.clone(),
+        cache_dir,
+        deep_chain: args.deep_chain,
+        only: args.cases.clone(),
+    };
+    if !json {
+        println!("conformance suite for driver {driver}");
+    }
+    let report = conformance::run(&options, |r| {
+        if json {
+            return;
+        }
+        match &r.outcome {
+            conformance::Outcome::Passed => {
+                let note = r
+                    .note
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default();
+                println!("ok    {} [{} ms]{note}", r.name, r.millis);
+            }
+            conformance::Outcome::Failed { message } => {
+                println!("FAIL  {} [{} ms]", r.name, r.millis);
+                for line in message.lines() {
+                    println!("      {line}");
+                }
+            }
+        }
+    })
+    .with_context(|| format!("testing driver {driver}"))?;
+    let (passed, failed) = (report.passed(), report.failed());
+    if json {
+        let mut v = serde_json::to_value(&report)?;
+        v["passed"] = json!(passed);
+        v["failed"] = json!(failed);
+        print_json(v)?;
+    } else {
+        println!(
+            "{passed} passed, {failed} failed: {} (sha256 {})",
+            report.path.display(),
+            report.sha256
+        );
+    }
+    if failed > 0 {
+        let names: Vec<&str> = report
+            .cases
+            .iter()
+            .filter(|c| matches!(c.outcome, conformance::Outcome::Failed { .. }))
+            .map(|c| c.name.as_str())
+            .collect();
+        anyhow::bail!(
+            "driver {driver} failed {failed} of {} conformance cases: {}",
+            report.cases.len(),
+            names.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn layer_command(strata: &Strata, cmd: &LayerCommand, json: bool) -> Result<()> {
     match cmd {
         LayerCommand::Create(a) => {
@@ -326,6 +434,7 @@ fn layer_command(strata: &Strata, cmd: &LayerCommand, json: bool) -> Result<()> 
                     names: a.names.clone(),
                     read_write: a.rw,
                     options: a.opts.clone(),
+                    template: a.template.clone(),
                 })
                 .context("creating a layer")?;
             if json {

@@ -22,7 +22,7 @@ pub const MAX_CHAIN_DEPTH: usize = 1024;
 /// How long a writer waits for another process's transaction.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -73,6 +73,9 @@ pub struct Layer {
     pub incomplete: bool,
     pub mount_count: u32,
     pub mount_point: Option<String>,
+    /// The layer this one was created from as a copy (`layer create --template`). The driver
+    /// may build on the template's data, so the template cannot be removed before this layer.
+    pub template: Option<String>,
 }
 
 /// What `begin_create` needs.
@@ -83,6 +86,7 @@ pub struct NewLayer {
     pub names: Vec<String>,
     pub driver: String,
     pub read_write: bool,
+    pub template: Option<String>,
 }
 
 pub struct LayerStore {
@@ -139,7 +143,7 @@ fn current_boot_id() -> String {
 }
 
 const COLUMNS: &str = "id, parent, names, created, driver, read_write, compressed_digest, \
-     compressed_size, uncompressed_digest, uncompressed_size, incomplete, mount_count, mount_point";
+     compressed_size, uncompressed_digest, uncompressed_size, incomplete, mount_count, mount_point, template";
 
 fn row_to_layer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Layer> {
     let names: String = row.get(2)?;
@@ -157,6 +161,7 @@ fn row_to_layer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Layer> {
         incomplete: row.get(10)?,
         mount_count: row.get(11)?,
         mount_point: row.get(12)?,
+        template: row.get(13)?,
     })
 }
 
@@ -261,6 +266,16 @@ impl LayerStore {
                 )
                 .map_err(self.db("creating the schema"))?;
         }
+        if version < 2 {
+            self.conn
+                .execute_batch(
+                    "BEGIN IMMEDIATE;
+                     ALTER TABLE layers ADD COLUMN template TEXT REFERENCES layers(id);
+                     PRAGMA user_version = 2;
+                     COMMIT;",
+                )
+                .map_err(self.db("adding layer templates to the schema"))?;
+        }
         let stored: Option<String> = self
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| {
@@ -358,7 +373,7 @@ impl LayerStore {
         if self.exists(&id)? {
             return Err(StoreError::AlreadyExists(id));
         }
-        if let Some(p) = &new.parent {
+        for p in new.parent.iter().chain(&new.template) {
             let parent = self
                 .get_exact(p)?
                 .ok_or_else(|| StoreError::ParentNotFound(p.clone()))?;
@@ -378,15 +393,16 @@ impl LayerStore {
             }
         }
         tx.execute(
-            "INSERT INTO layers(id, parent, names, created, driver, read_write, incomplete)
-             VALUES(?1, ?2, ?3, ?4, ?5, ?6, 1)",
+            "INSERT INTO layers(id, parent, names, created, driver, read_write, incomplete, template)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)",
             params![
                 id,
                 new.parent,
                 serde_json::to_string(&new.names).unwrap_or_else(|_| "[]".into()),
                 now(),
                 new.driver,
-                new.read_write
+                new.read_write,
+                new.template
             ],
         )
         .map_err(self.db("inserting a layer"))?;
@@ -535,9 +551,10 @@ impl LayerStore {
         )
     }
 
+    /// Layers that depend on `id`: its children, and layers created from it as a template.
     pub fn children(&self, id: &str) -> Result<Vec<Layer>, StoreError> {
         self.query(
-            &format!("SELECT {COLUMNS} FROM layers WHERE parent = ?1 ORDER BY created, rowid"),
+            &format!("SELECT {COLUMNS} FROM layers WHERE parent = ?1 OR template = ?1 ORDER BY created, rowid"),
             Some(id),
         )
     }
@@ -650,7 +667,56 @@ mod tests {
             names: vec![],
             driver: "vfs".into(),
             read_write: false,
+            template: None,
         }
+    }
+
+    #[test]
+    fn a_template_cannot_be_removed_while_a_copy_of_it_exists() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        s.begin_create(new("base", None)).unwrap();
+        s.finish_create("base").unwrap();
+        s.begin_create(new("tpl", Some("base"))).unwrap();
+        s.finish_create("tpl").unwrap();
+        let copy = s
+            .begin_create(NewLayer {
+                template: Some("tpl".into()),
+                ..new("copy", Some("base"))
+            })
+            .unwrap();
+        s.finish_create("copy").unwrap();
+        assert_eq!(copy.template.as_deref(), Some("tpl"));
+        assert_eq!(copy.parent.as_deref(), Some("base"));
+        let err = s.check_removable("tpl").unwrap_err();
+        assert!(
+            matches!(err, StoreError::HasChildren { ref children, .. } if children == &["copy"])
+        );
+        s.delete_record("copy").unwrap();
+        s.check_removable("tpl").unwrap();
+    }
+
+    #[test]
+    fn a_version_1_store_is_upgraded_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = store(d.path());
+            s.begin_create(new("old", None)).unwrap();
+            s.finish_create("old").unwrap();
+        }
+        // Turn it back into what the first schema wrote.
+        let conn = Connection::open(d.path().join("layers.db")).unwrap();
+        conn.execute_batch("ALTER TABLE layers DROP COLUMN template; PRAGMA user_version = 1;")
+            .unwrap();
+        drop(conn);
+        let s = store(d.path());
+        let old = s.get("old").unwrap();
+        assert_eq!(old.template, None);
+        let v: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
     }
 
     fn store(dir: &Path) -> LayerStore {

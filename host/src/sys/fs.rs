@@ -749,6 +749,12 @@ pub fn set_xattr_at(dir: BorrowedFd<'_>, name: &OsStr, key: &str, value: &[u8]) 
     set_xattr_path(&proc_path(dir, name), key, value, true).map_err(|e| e.at(name))
 }
 
+/// Removes xattr `key` of `name` in `dir`, not following a final symlink.
+pub fn remove_xattr_at(dir: BorrowedFd<'_>, name: &OsStr, key: &str) -> SysResult<()> {
+    rustix::fs::lremovexattr(proc_path(dir, name), key)
+        .map_err(|e| SysError::from_errno("removexattr", Path::new(name), e))
+}
+
 // ---- file content ---------------------------------------------------------------------------
 
 /// Clones `src`'s content into `dst` with `FICLONE`.

@@ -8,7 +8,7 @@
 //! never applies.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, OpenTreeFlags,
@@ -136,6 +136,31 @@ pub fn is_mount_point(path: &Path) -> bool {
             .nth(4)
             .is_some_and(|mp| unescape_mountinfo(mp) == wanted)
     })
+}
+
+/// Mount points at or beneath `dir`, deepest first (from `/proc/self/mountinfo`).
+pub fn mount_points_beneath(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|mp| PathBuf::from(unescape_mountinfo(mp)))
+        .filter(|mp| mp.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    points.dedup();
+    points
+}
+
+/// Lazily unmounts everything at or beneath `dir`, deepest first: what a test or a
+/// conformance run does before deleting its scratch directory, so that the deletion never
+/// walks into a mounted layer.
+pub fn detach_all_beneath(dir: &Path) {
+    for mp in mount_points_beneath(dir) {
+        let _ = sys_unmount(&mp, UnmountFlags::DETACH);
+    }
 }
 
 fn unescape_mountinfo(field: &str) -> String {
