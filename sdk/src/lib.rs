@@ -50,8 +50,27 @@
 //! ```
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`), then
-//! run the host's conformance checks and use it by path:
-//! `strata --driver target/wasm32-wasip2/release/plain.wasm layer create`.
+//! use it by path: `strata --driver target/wasm32-wasip2/release/plain.wasm layer create`.
+//!
+//! ## Hold it to the conformance suite
+//!
+//! Before you ship the `.wasm`, run the same suite every first-party driver passes in
+//! Strata's CI (as root: it mounts layers, makes device nodes and changes owners):
+//!
+//! ```text
+//! sudo strata driver test target/wasm32-wasip2/release/plain.wasm
+//! sudo strata driver test plain.wasm --case diff-apply --case echo/   # some cases
+//! sudo strata --json driver test plain.wasm > report.json             # for CI
+//! strata driver test --list                                           # the case names
+//! ```
+//!
+//! Each case runs in a fresh store under `--scratch DIR` (default `/var/tmp`; put it on the
+//! filesystem your driver is for), prints `ok` or `FAIL` with the path, what was expected
+//! and what was found, and the command exits non-zero when any case fails. Grants and
+//! limits come from your config's `[drivers.NAME]` section, driver options from
+//! `--driver-opt`. The cases are listed in `docs/conformance.md`. Two rules the suite holds
+//! every driver to: an option the driver does not know is `invalid-argument`, and `size=`
+//! on a driver without quotas is `unsupported` ([`Options::reject_unknown`] does both).
 //!
 //! ## The sandbox, from the driver's side
 //! - Every call runs in a fresh instance: keep state in your home directory, not in statics.
