@@ -248,3 +248,50 @@ fn a_corrupt_tar_fails_naming_the_layer_and_leaves_nothing() {
         "the half-applied layer is removed"
     );
 }
+
+#[test]
+fn a_layer_from_a_template_copies_it_onto_its_parent() {
+    if !root_or_skip(
+        "a_layer_from_a_template_copies_it_onto_its_parent",
+        "layers are created owned 0:0",
+    ) {
+        return;
+    }
+    let t = TempStore::new();
+    ok(&t, &["layer", "create", "--id", "base"]);
+    ok(&t, &["layer", "create", "--id", "tpl", "--parent", "base"]);
+    let tar = t.dir.path().join("l.tar");
+    std::fs::write(
+        &tar,
+        tar_of(&[Entry::file("f", 0o644, b"from the template")]),
+    )
+    .unwrap();
+    ok(&t, &["layer", "apply", "tpl", &tar.to_string_lossy()]);
+    let copy: serde_json::Value = serde_json::from_str(&ok(
+        &t,
+        &[
+            "--json",
+            "layer",
+            "create",
+            "--id",
+            "copy",
+            "--template",
+            "tpl",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(copy["parent"], "base", "{copy}");
+    assert_eq!(copy["template"], "tpl", "{copy}");
+    assert_eq!(ok(&t, &["layer", "changes", "copy"]), "Add /f\n");
+    assert_eq!(ok(&t, &["layer", "changes", "copy", "--parent", "tpl"]), "");
+    let (removed, _, err) = t.cli(&["layer", "rm", "tpl"]);
+    assert!(!removed, "a template outlives its copies");
+    assert!(
+        err.contains("copy"),
+        "the error names the dependent layer: {err}"
+    );
+    let (both, _, err) = t.cli(&["layer", "create", "--template", "tpl", "--parent", "base"]);
+    assert!(!both && err.contains("--parent"), "{err}");
+    ok(&t, &["layer", "rm", "copy"]);
+    ok(&t, &["layer", "rm", "tpl"]);
+}
