@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// Grants a config may name: the host interfaces of `wit/strata-driver.wit` (and those later
 /// drivers bring).
-pub const KNOWN_GRANTS: &[&str] = &["files", "copy", "archive", "log", "btrfs", "zfs"];
+pub const KNOWN_GRANTS: &[&str] = &["files", "copy", "archive", "overlay", "log", "btrfs", "zfs"];
 /// Bounds of `memory`.
 pub const MIN_MEMORY: u64 = 16 << 20;
 pub const MAX_MEMORY: u64 = 16 << 30;
@@ -54,7 +54,7 @@ impl Default for Sandbox {
         Sandbox {
             memory: 256 << 20,
             deadline: Duration::from_secs(10),
-            grants: ["files", "copy", "archive", "log"]
+            grants: ["files", "copy", "archive", "overlay", "log"]
                 .map(String::from)
                 .to_vec(),
         }
@@ -360,7 +360,7 @@ mod tests {
         let s = c.driver_settings("vfs");
         assert_eq!(s.memory, 256 << 20);
         assert_eq!(s.deadline, Duration::from_secs(10));
-        assert_eq!(s.grants, vec!["files", "copy", "archive", "log"]);
+        assert_eq!(s.grants, vec!["files", "copy", "archive", "overlay", "log"]);
     }
 
     #[test]

@@ -25,3 +25,19 @@ pub fn busy(what: impl Into<String>) -> Error {
 pub fn denied(what: impl Into<String>) -> Error {
     Error::Denied(what.into())
 }
+
+/// An error from the guest's own file access (WASI, beneath the home) as a WIT error:
+/// not-found, already-exists and permission keep their meaning; the rest is `io`.
+pub fn from_io(what: impl std::fmt::Display, e: std::io::Error) -> Error {
+    use std::io::ErrorKind as K;
+    let message = format!("{what}: {e}");
+    match e.kind() {
+        K::NotFound => Error::NotFound(message),
+        K::AlreadyExists => Error::AlreadyExists(message),
+        K::PermissionDenied => Error::Denied(message),
+        _ => Error::Io(crate::IoError {
+            errno: e.raw_os_error().unwrap_or(0),
+            message,
+        }),
+    }
+}

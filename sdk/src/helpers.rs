@@ -48,6 +48,39 @@ pub fn remove_if_exists(path: &str) -> Result<(), Error> {
     }
 }
 
+/// Largest file [`read_small_file`] reads: drivers keep bookkeeping, not data, in files.
+pub const MAX_SMALL_FILE: u64 = 1 << 20;
+
+/// Reads a small bookkeeping file of the home (`None` when it does not exist). The guest
+/// reads it itself, through the home it was given; no capability is needed.
+pub fn read_small_file(path: &str) -> Result<Option<String>, Error> {
+    use std::io::Read;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(error::from_io(format!("reading {path}"), e)),
+    };
+    let mut text = String::new();
+    f.take(MAX_SMALL_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| error::from_io(format!("reading {path}"), e))?;
+    if text.len() as u64 > MAX_SMALL_FILE {
+        return Err(error::invalid_argument(format!(
+            "{path} is larger than {MAX_SMALL_FILE} bytes"
+        )));
+    }
+    Ok(Some(text))
+}
+
+/// Writes a small bookkeeping file of the home, replacing it whole: written to a temporary
+/// name, then renamed, so a crash leaves the old content or the new, never half.
+pub fn write_small_file(path: &str, contents: &str) -> Result<(), Error> {
+    let tmp = format!("{path}.tmp");
+    std::fs::write(&tmp, contents)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| error::from_io(format!("writing {path}"), e))
+}
+
 /// A bind-mount plan for a layer kept as one directory: `source` appears at `mnt/ID`, a
 /// mount point this creates.
 pub fn bind_plan(source: &str, id: &str, read_only: bool) -> Result<MountPlan, Error> {

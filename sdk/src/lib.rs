@@ -114,6 +114,7 @@ pub mod host {
     pub use crate::bindings::strata::driver::copy;
     pub use crate::bindings::strata::driver::files;
     pub use crate::bindings::strata::driver::log;
+    pub use crate::bindings::strata::driver::overlay;
 }
 
 pub use bindings::exports::strata::driver::driver::{
@@ -133,4 +134,7 @@ mod driver;
 pub use driver::Driver;
 
 mod helpers;
-pub use helpers::{MAX_ID_LEN, bind_plan, ensure_dir, exists, remove_if_exists, validate_id};
+pub use helpers::{
+    MAX_ID_LEN, MAX_SMALL_FILE, bind_plan, ensure_dir, exists, read_small_file, remove_if_exists,
+    validate_id, write_small_file,
+};

@@ -78,6 +78,23 @@ fn vfs_passes_the_conformance_suite() {
 }
 
 #[test]
+fn overlay_passes_the_conformance_suite_with_a_500_layer_chain() {
+    if !root_or_skip(
+        "overlay_passes_the_conformance_suite_with_a_500_layer_chain",
+        "the suite mounts, chowns and makes device nodes",
+    ) {
+        return;
+    }
+    let t = TempStore::new();
+    let report = run_suite(&t, &driver_wasm("strata_driver_overlay"), &[], 500);
+    assert_all_pass(&report);
+    assert!(
+        report.cases.iter().any(|c| c.name == "deep-chain-500"),
+        "the deep chain ran at overlayfs's limit"
+    );
+}
+
+#[test]
 fn the_cli_runs_the_suite_and_fails_a_driver_that_forgets_whiteouts() {
     if !root_or_skip(
         "the_cli_runs_the_suite_and_fails_a_driver_that_forgets_whiteouts",

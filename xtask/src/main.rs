@@ -19,7 +19,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Drivers that ship with Strata (crate `strata-driver-NAME`, installed as `NAME.wasm`).
-pub const DRIVERS: &[&str] = &["vfs"];
+pub const DRIVERS: &[&str] = &["overlay", "vfs"];
 /// Drivers only the tests use.
 pub const TEST_DRIVERS: &[&str] = &["strata-test-driver-hostile", "strata-test-driver-forgetful"];
 /// The cargo profile drivers are built with (small, optimised components).
@@ -219,6 +219,8 @@ fn test(args: &[String]) -> Result<()> {
         "strata-driver-sdk",
         "-p",
         "strata-driver-vfs",
+        "-p",
+        "strata-driver-overlay",
         "-p",
         "strata-test-driver-hostile",
         "-p",

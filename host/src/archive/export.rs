@@ -1,6 +1,6 @@
 //! Writing a layer's changes as a layer tar with `.wh.` whiteouts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use tar::{Builder, EntryType, Header};
 
-use super::compare::{ChangeKind, compare};
-use super::{ArchiveError, WHITEOUT_PREFIX};
+use super::compare::{ChangeKind, Changed, compare};
+use super::{ArchiveError, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::sys::fs::{Dir, FileKind, open_file_at, readlink_at, stat_at, xattrs_at};
 
 struct Counting<W> {
@@ -37,6 +37,35 @@ pub fn write_diff_tar(
     out: &mut dyn Write,
 ) -> Result<u64, ArchiveError> {
     let changes = compare(layer, parent)?;
+    write_changes_tar(layer, &changes, &BTreeSet::new(), out)
+}
+
+/// xattrs that describe how overlayfs stores a layer, never what the layer holds: they are
+/// not exported (the tar says the same with `.wh.` entries).
+fn is_overlay_xattr(key: &str) -> bool {
+    key.starts_with("trusted.overlay.") || key.starts_with("user.overlay.")
+}
+
+fn whiteout_header(mode: u32, uid: u32, gid: u32) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(EntryType::Regular);
+    h.set_mode(mode);
+    h.set_uid(uid as u64);
+    h.set_gid(gid as u64);
+    h.set_size(0);
+    h.set_mtime(0);
+    h
+}
+
+/// Writes `changes` (sorted by path; Add and Modify entries read from `layer`, Delete as
+/// `.wh.NAME`) as a tar to `out`, with an `.wh..wh..opq` entry after each directory in
+/// `opaque_dirs`; returns the bytes written.
+pub(super) fn write_changes_tar(
+    layer: &Dir,
+    changes: &[Changed],
+    opaque_dirs: &BTreeSet<String>,
+    out: &mut dyn Write,
+) -> Result<u64, ArchiveError> {
     let mut builder = Builder::new(Counting {
         inner: out,
         bytes: 0,
@@ -44,18 +73,14 @@ pub fn write_diff_tar(
     builder.mode(tar::HeaderMode::Complete);
     let mut first_link: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let w = ArchiveError::Write;
-    for c in &changes {
+    for c in changes {
         let rel = PathBuf::from(c.path.trim_start_matches('/'));
         if c.kind == ChangeKind::Delete {
             let name = rel.file_name().unwrap_or_default();
             let mut wh = std::ffi::OsString::from(WHITEOUT_PREFIX);
             wh.push(name);
             let path = rel.parent().unwrap_or(Path::new("")).join(wh);
-            let mut h = Header::new_gnu();
-            h.set_entry_type(EntryType::Regular);
-            h.set_mode(0o644);
-            h.set_size(0);
-            h.set_mtime(0);
+            let mut h = whiteout_header(0o644, 0, 0);
             builder
                 .append_data(&mut h, &path, std::io::empty())
                 .map_err(w)?;
@@ -64,7 +89,8 @@ pub fn write_diff_tar(
         let (pfd, name) = layer.parent(&rel).map_err(ArchiveError::Sys)?;
         let pfd = pfd.as_fd();
         let st = stat_at(pfd, &name).map_err(|e| ArchiveError::Sys(e.at(&rel)))?;
-        let xattrs = xattrs_at(pfd, &name).map_err(|e| ArchiveError::Sys(e.at(&rel)))?;
+        let mut xattrs = xattrs_at(pfd, &name).map_err(|e| ArchiveError::Sys(e.at(&rel)))?;
+        xattrs.retain(|(k, _)| !is_overlay_xattr(k));
         if !xattrs.is_empty() {
             let records: Vec<(String, &[u8])> = xattrs
                 .iter()
@@ -94,6 +120,12 @@ pub fn write_diff_tar(
                 builder
                     .append_data(&mut h, &rel, std::io::empty())
                     .map_err(w)?;
+                if opaque_dirs.contains(&c.path) {
+                    let mut m = whiteout_header(st.mode & 0o777, st.uid, st.gid);
+                    builder
+                        .append_data(&mut m, rel.join(OPAQUE_MARKER), std::io::empty())
+                        .map_err(w)?;
+                }
             }
             FileKind::Regular => {
                 h.set_entry_type(EntryType::Regular);

@@ -5,17 +5,21 @@
 //!   planted earlier in the same tar, hardlinks to outside paths — can write outside the layer.
 //! - [`changes`] and [`diff_size`]: what changed from a parent tree to a layer tree.
 //! - [`write_diff_tar`]: those changes as a layer tar with `.wh.` whiteouts.
+//! - [`upper_changes`], [`write_upper_tar`], [`merged_view`]: the same for overlay layers,
+//!   from an upper directory alone or from merged views of two layer stacks.
 //! - [`decompressed`]: gzip and zstd detected by their magic bytes, on a plain stream.
 
 mod apply;
 mod compare;
 mod export;
+mod overlay;
 
 pub use apply::{
     ApplyStats, MAX_ENTRIES, MAX_PAX_EXTENSION_SIZE, MAX_XATTRS_PER_ENTRY, apply_layer_tar,
 };
 pub use compare::{Change, ChangeKind, changes, diff_size};
 pub use export::write_diff_tar;
+pub use overlay::{merged_view, opaque_xattr, upper_changes, write_upper_tar};
 
 use std::io::{BufRead, BufReader, Read};
 

@@ -1,4 +1,4 @@
-//! The host interfaces drivers import (`files`, `copy`, `archive`, `log`), and the per-call
+//! The host interfaces drivers import (`files`, `copy`, `archive`, `overlay`, `log`), and the per-call
 //! store state behind them.
 //!
 //! Every path a driver passes is untrusted: it is checked lexically and then resolved beneath
@@ -20,6 +20,8 @@ use super::bindings::strata::driver::{
 };
 use crate::sys::{self, ErrorKind, SysError};
 use crate::{archive, copy};
+
+mod overlay;
 
 /// Changes one call may return to a driver (each crosses into guest memory).
 pub const MAX_CHANGES_TO_GUEST: usize = 1_000_000;
@@ -112,11 +114,19 @@ pub struct LayerDiff {
 enum DiffSource {
     /// A tar stream coming in (`apply-diff`); taken by the first `archive.apply`.
     Input(Option<Box<dyn Read + Send>>),
-    /// A diff between two trees of the driver home (`archive.diff-trees`), streamed out by
-    /// the host after the driver returned it.
+    /// A diff between two trees of the driver home (`archive.diff-trees`), or two merged
+    /// overlay views (`overlay.diff-stacks`), streamed out by the host after the driver
+    /// returned it.
     Trees {
         layer: sys::Dir,
         parent: Option<sys::Dir>,
+    },
+    /// The native diff of an overlay upper directory over the merged view of the layers
+    /// below it (`overlay.diff-upper`).
+    Upper {
+        upper: sys::Dir,
+        lower: Option<sys::Dir>,
+        format: archive::WhiteoutFormat,
     },
 }
 
@@ -134,6 +144,11 @@ impl LayerDiff {
             DiffSource::Trees { layer, parent } => {
                 archive::write_diff_tar(layer, parent.as_ref(), out)
             }
+            DiffSource::Upper {
+                upper,
+                lower,
+                format,
+            } => archive::write_upper_tar(upper, lower.as_ref(), *format, out),
             DiffSource::Input(_) => Err(archive::ArchiveError::invalid(
                 "a driver returned an incoming diff as its own diff",
             )),
@@ -261,6 +276,10 @@ impl files::Host for HostState {
         Ok(self.timed(|s| s.home.make_whiteout(&path).map_err(|e| to_wit(&path, e))))
     }
 
+    fn symlink(&mut self, target: String, path: String) -> HostResult<()> {
+        Ok(self.timed(|s| s.home.symlink(&target, &path).map_err(|e| to_wit(&path, e))))
+    }
+
     fn set_times(&mut self, path: String, atime: i64, mtime: i64) -> HostResult<()> {
         Ok(self.timed(|s| {
             s.home
@@ -346,6 +365,30 @@ fn copy_stats(s: copy::CopyStats) -> wit_copy::CopyStats {
     }
 }
 
+/// Changes as the guest receives them, at most [`MAX_CHANGES_TO_GUEST`].
+fn changes_to_wit(
+    what: &str,
+    changes: Vec<archive::Change>,
+) -> Result<Vec<types::Change>, types::Error> {
+    if changes.len() > MAX_CHANGES_TO_GUEST {
+        return Err(types::Error::Unsupported(format!(
+            "{what}: {} changes is more than the {MAX_CHANGES_TO_GUEST} a driver call may return",
+            changes.len()
+        )));
+    }
+    Ok(changes
+        .into_iter()
+        .map(|c| types::Change {
+            path: c.path,
+            kind: match c.kind {
+                archive::ChangeKind::Add => types::ChangeKind::Add,
+                archive::ChangeKind::Modify => types::ChangeKind::Modify,
+                archive::ChangeKind::Delete => types::ChangeKind::Delete,
+            },
+        })
+        .collect())
+}
+
 fn whiteout_format(w: types::WhiteoutFormat) -> archive::WhiteoutFormat {
     match w {
         types::WhiteoutFormat::Delete => archive::WhiteoutFormat::Delete,
@@ -375,7 +418,7 @@ impl wit_archive::Host for HostState {
     ) -> HostResult<wit_archive::ApplyStats> {
         let reader = match &mut self.table.get_mut(&diff)?.source {
             DiffSource::Input(reader) => reader.take(),
-            DiffSource::Trees { .. } => None,
+            DiffSource::Trees { .. } | DiffSource::Upper { .. } => None,
         };
         let Some(reader) = reader else {
             return Ok(Err(types::Error::InvalidArgument(
@@ -412,23 +455,7 @@ impl wit_archive::Host for HostState {
             let (l, p) = s.open_pair(&layer, parent.as_deref())?;
             let changes = archive::changes(&l, p.as_ref())
                 .map_err(|e| archive_to_wit(&format!("comparing {layer}"), e))?;
-            if changes.len() > MAX_CHANGES_TO_GUEST {
-                return Err(types::Error::Unsupported(format!(
-                    "{layer}: {} changes is more than the {MAX_CHANGES_TO_GUEST} a driver call may return",
-                    changes.len()
-                )));
-            }
-            Ok(changes
-                .into_iter()
-                .map(|c| types::Change {
-                    path: c.path,
-                    kind: match c.kind {
-                        archive::ChangeKind::Add => types::ChangeKind::Add,
-                        archive::ChangeKind::Modify => types::ChangeKind::Modify,
-                        archive::ChangeKind::Delete => types::ChangeKind::Delete,
-                    },
-                })
-                .collect())
+            changes_to_wit(&layer, changes)
         }))
     }
 

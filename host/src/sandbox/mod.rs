@@ -61,14 +61,16 @@ pub enum Capability {
     Files,
     Copy,
     Archive,
+    Overlay,
     Log,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 4] = [
+    pub const ALL: [Capability; 5] = [
         Capability::Files,
         Capability::Copy,
         Capability::Archive,
+        Capability::Overlay,
         Capability::Log,
     ];
 
@@ -78,6 +80,7 @@ impl Capability {
             Capability::Files => "files",
             Capability::Copy => "copy",
             Capability::Archive => "archive",
+            Capability::Overlay => "overlay",
             Capability::Log => "log",
         }
     }

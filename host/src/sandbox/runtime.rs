@@ -219,6 +219,9 @@ impl DriverRuntime {
                 Capability::Archive => {
                     wit::archive::add_to_linker::<HostState, Data>(&mut linker, |s| s)
                 }
+                Capability::Overlay => {
+                    wit::overlay::add_to_linker::<HostState, Data>(&mut linker, |s| s)
+                }
                 Capability::Log => wit::log::add_to_linker::<HostState, Data>(&mut linker, |s| s),
             }
             .map_err(setup)?;

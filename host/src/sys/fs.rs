@@ -107,6 +107,9 @@ impl Stat {
     }
 }
 
+/// How often a lookup that raced a rename or mount is retried before EAGAIN is returned.
+const OPENAT2_RETRIES: u32 = 64;
+
 /// How paths beneath a [`Dir`] are resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Confinement {
@@ -196,6 +199,15 @@ impl Dir {
         })
     }
 
+    /// The root of a mount the host created (a detached mount from `fsmount`).
+    pub fn from_mount(fd: OwnedFd, path: PathBuf) -> Dir {
+        Dir {
+            fd,
+            path,
+            confinement: Confinement::Beneath,
+        }
+    }
+
     /// The same directory, resolving paths with `confinement`.
     pub fn with_confinement(&self, confinement: Confinement) -> SysResult<Dir> {
         let fd = self.fd.try_clone().map_err(|e| {
@@ -240,14 +252,22 @@ impl Dir {
         } else {
             rel
         };
-        rustix::fs::openat2(
-            &self.fd,
-            target,
-            flags | OFlags::CLOEXEC,
-            Mode::empty(),
-            self.resolve_flags(),
-        )
-        .map_err(|e| {
+        // With `..` in a path (a relative symlink such as overlay's `l/<LID>`), the kernel
+        // answers EAGAIN when any rename or mount raced the lookup; it asks to be retried.
+        let mut tries = 0;
+        let opened = loop {
+            match rustix::fs::openat2(
+                &self.fd,
+                target,
+                flags | OFlags::CLOEXEC,
+                Mode::empty(),
+                self.resolve_flags(),
+            ) {
+                Err(rustix::io::Errno::AGAIN) if tries < OPENAT2_RETRIES => tries += 1,
+                other => break other,
+            }
+        };
+        opened.map_err(|e| {
             let mut err = SysError::from_errno("openat2", self.display(rel), e);
             if e == rustix::io::Errno::XDEV {
                 err.kind = ErrorKind::Denied;
@@ -391,6 +411,21 @@ impl Dir {
         mknod_at(parent.as_fd(), &name, FileKind::CharDevice, 0, 0)
             .and_then(|_| chown_at(parent.as_fd(), &name, 0, 0))
             .map_err(|e| e.at(self.display(&rel)))
+    }
+
+    /// Creates a symlink at `path` to the relative `target` (an absolute target is refused:
+    /// it would mean something else to every process that looks).
+    pub fn symlink(&self, target: &str, path: &str) -> SysResult<()> {
+        let rel = self.checked(path)?;
+        if target.is_empty() || target.starts_with('/') || target.len() > MAX_PATH_LEN {
+            return Err(SysError::invalid(
+                "symlink",
+                self.display(&rel),
+                "the target must be a relative path",
+            ));
+        }
+        let (parent, name) = self.parent(&rel)?;
+        symlink_at(OsStr::new(target), parent.as_fd(), &name).map_err(|e| e.at(self.display(&rel)))
     }
 
     /// Sets access and modification times (seconds, nanoseconds), not following a final
@@ -747,6 +782,11 @@ pub fn xattrs_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Vec<(String, Ve
 
 pub fn set_xattr_at(dir: BorrowedFd<'_>, name: &OsStr, key: &str, value: &[u8]) -> SysResult<()> {
     set_xattr_path(&proc_path(dir, name), key, value, true).map_err(|e| e.at(name))
+}
+
+/// xattr `key` of `name` in `dir` (`None` when absent), not following a final symlink.
+pub fn get_xattr_at(dir: BorrowedFd<'_>, name: &OsStr, key: &str) -> SysResult<Option<Vec<u8>>> {
+    get_xattr_path(&proc_path(dir, name), key, true).map_err(|e| e.at(name))
 }
 
 /// Removes xattr `key` of `name` in `dir`, not following a final symlink.

@@ -72,22 +72,79 @@ pub struct OverlaySpec<'a> {
     pub read_only: bool,
 }
 
-/// Whether the running kernel's overlayfs accepts `lowerdir+`.
+/// Whether the running kernel's overlayfs accepts `lowerdir+` (asked once per process).
 pub fn overlay_supports_lowerdir_plus() -> bool {
-    let Ok(fs) = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) else {
-        return false;
-    };
-    fsconfig_set_string(fs.as_fd(), "lowerdir+", "/").is_ok()
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let Ok(fs) = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) else {
+            return false;
+        };
+        fsconfig_set_string(fs.as_fd(), "lowerdir+", "/").is_ok()
+    })
 }
 
-/// Mounts an overlay on `target`.
-pub fn overlay(spec: &OverlaySpec<'_>, target: &Dir, target_path: &Path) -> SysResult<()> {
-    let err = |op: &'static str| move |e| SysError::from_errno(op, target_path, e);
+/// Longest classic `lowerdir=` option the fallback passes (the kernel's limit is a page,
+/// with room left for the other options).
+pub const MAX_LEGACY_LOWERDIR_LEN: usize = 3500;
+
+/// How lower directories are handed to the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LowerdirStyle {
+    /// One `lowerdir+` call per layer (kernel ≥ 6.8): no length limit.
+    Append,
+    /// One `lowerdir=` string of `/proc/self/fd/N` paths joined by `:`, for older kernels;
+    /// about 190 layers fit.
+    Legacy,
+}
+
+impl LowerdirStyle {
+    pub fn detect() -> LowerdirStyle {
+        if overlay_supports_lowerdir_plus() {
+            LowerdirStyle::Append
+        } else {
+            LowerdirStyle::Legacy
+        }
+    }
+}
+
+/// Creates (but does not attach) an overlay superblock from `spec`; returns the detached
+/// mount.
+fn overlay_mount_fd(
+    spec: &OverlaySpec<'_>,
+    style: LowerdirStyle,
+    what: &Path,
+) -> SysResult<OwnedFd> {
+    let err = |op: &'static str| move |e| SysError::from_errno(op, what, e);
     let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err("fsopen(overlay)"))?;
     fsconfig_set_string(fs.as_fd(), "source", "strata").map_err(err("fsconfig(source)"))?;
-    for lower in &spec.lower {
-        fsconfig_set_string(fs.as_fd(), "lowerdir+", fd_path(&lower.as_fd()))
-            .map_err(|e| SysError::from_errno("fsconfig(lowerdir+)", lower.path(), e))?;
+    match style {
+        LowerdirStyle::Append => {
+            for lower in &spec.lower {
+                fsconfig_set_string(fs.as_fd(), "lowerdir+", fd_path(&lower.as_fd()))
+                    .map_err(|e| SysError::from_errno("fsconfig(lowerdir+)", lower.path(), e))?;
+            }
+        }
+        LowerdirStyle::Legacy => {
+            let joined = spec
+                .lower
+                .iter()
+                .map(|l| fd_path(&l.as_fd()))
+                .collect::<Vec<_>>()
+                .join(":");
+            if joined.len() > MAX_LEGACY_LOWERDIR_LEN {
+                return Err(SysError::invalid(
+                    "fsconfig(lowerdir)",
+                    what,
+                    format!(
+                        "{} lower layers do not fit one lowerdir= option on a kernel without \
+                         lowerdir+ (6.8 or later stacks up to 500)",
+                        spec.lower.len()
+                    ),
+                ));
+            }
+            fsconfig_set_string(fs.as_fd(), "lowerdir", joined.as_str())
+                .map_err(err("fsconfig(lowerdir)"))?;
+        }
     }
     if let Some(upper) = spec.upper {
         fsconfig_set_string(fs.as_fd(), "upperdir", fd_path(&upper.as_fd()))
@@ -110,8 +167,38 @@ pub fn overlay(spec: &OverlaySpec<'_>, target: &Dir, target_path: &Path) -> SysR
     } else {
         MountAttrFlags::empty()
     };
-    let mnt = fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err("fsmount"))?;
+    fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err("fsmount"))
+}
+
+/// Mounts an overlay on `target`.
+pub fn overlay(spec: &OverlaySpec<'_>, target: &Dir, target_path: &Path) -> SysResult<()> {
+    overlay_with(spec, LowerdirStyle::detect(), target, target_path)
+}
+
+/// [`overlay`] with the lowerdir style chosen (tests exercise the fallback with it).
+pub fn overlay_with(
+    spec: &OverlaySpec<'_>,
+    style: LowerdirStyle,
+    target: &Dir,
+    target_path: &Path,
+) -> SysResult<()> {
+    let mnt = overlay_mount_fd(spec, style, target_path)?;
     attach(&mnt, target, target_path)
+}
+
+/// A read-only merged view of `lower` (topmost first, at least two) that is never attached
+/// anywhere: the returned directory is the root of a detached mount, gone when dropped. The
+/// host compares layer stacks through such views without a mount point to clean up.
+pub fn overlay_view(lower: &[&Dir], options: &[String], name: &Path) -> SysResult<Dir> {
+    let spec = OverlaySpec {
+        lower: lower.to_vec(),
+        upper: None,
+        work: None,
+        options,
+        read_only: true,
+    };
+    let fd = overlay_mount_fd(&spec, LowerdirStyle::detect(), name)?;
+    Ok(Dir::from_mount(fd, name.to_path_buf()))
 }
 
 /// Unmounts `target`; `detach` makes it lazy (`MNT_DETACH`) for a forced unmount.
@@ -180,4 +267,97 @@ fn unescape_mountinfo(field: &str) -> String {
         i += 1;
     }
     out
+}
+
+/// What the kernel's overlayfs can do on one backing filesystem.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverlayFeatures {
+    /// Two lower layers with a whiteout merge as they should.
+    pub supported: bool,
+    /// The backing filesystem reports file types in directory entries (overlay requires it).
+    pub d_type: bool,
+    /// `lowerdir+` (kernel ≥ 6.8): 500-layer stacks mount.
+    pub lowerdir_append: bool,
+    /// `metacopy=on` copies up metadata only.
+    pub metacopy: bool,
+    /// `redirect_dir=on` is accepted.
+    pub redirect_dir: bool,
+    /// `volatile` is accepted.
+    pub volatile: bool,
+}
+
+/// Probes overlayfs on the filesystem of `scratch`, an empty directory the caller owns
+/// (and removes afterwards): makes a few directories in it and mounts them, detached only.
+pub fn probe_overlay(scratch: &Dir) -> SysResult<OverlayFeatures> {
+    use super::fs::create_file_at;
+    for d in [
+        "lower1",
+        "lower2",
+        "lower2/subdir",
+        "up1",
+        "wk1",
+        "up2",
+        "wk2",
+        "up3",
+        "wk3",
+    ] {
+        scratch.mkdir(d, 0o755, 0, 0)?;
+    }
+    for f in ["lower2/subdir/file", "lower2/gone"] {
+        let rel = Path::new(f);
+        let (parent, name) = scratch.parent(rel)?;
+        create_file_at(parent.as_fd(), &name, 0o644)?;
+    }
+    scratch.make_whiteout("lower1/gone")?;
+    let lower1 = scratch.open_dir("lower1")?;
+    let lower2 = scratch.open_dir("lower2")?;
+    let mut features = OverlayFeatures {
+        lowerdir_append: overlay_supports_lowerdir_plus(),
+        ..Default::default()
+    };
+    {
+        let mut dir = rustix::fs::Dir::read_from(lower2.open_raw(
+            Path::new(""),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        )?)
+        .map_err(|e| SysError::from_errno("readdir", scratch.path(), e))?;
+        let mut known = true;
+        while let Some(Ok(entry)) = dir.read() {
+            if entry.file_name().to_bytes() != b"." && entry.file_name().to_bytes() != b".." {
+                known &= entry.file_type() != rustix::fs::FileType::Unknown;
+            }
+        }
+        features.d_type = known;
+    }
+    if let Ok(view) = overlay_view(&[&lower1, &lower2], &[], scratch.path()) {
+        features.supported = view.lstat("subdir/file").is_ok()
+            && view
+                .lstat("gone")
+                .is_err_and(|e| e.kind == super::ErrorKind::NotFound);
+    }
+    if !features.supported {
+        return Ok(features);
+    }
+    let rw = |n: u32, options: &[String]| -> SysResult<Dir> {
+        let upper = scratch.open_dir(&format!("up{n}"))?;
+        let work = scratch.open_dir(&format!("wk{n}"))?;
+        let spec = OverlaySpec {
+            lower: vec![&lower2],
+            upper: Some(&upper),
+            work: Some(&work),
+            options,
+            read_only: false,
+        };
+        let fd = overlay_mount_fd(&spec, LowerdirStyle::detect(), scratch.path())?;
+        Ok(Dir::from_mount(fd, scratch.path().to_path_buf()))
+    };
+    if let Ok(m) = rw(1, &["metacopy=on".to_string()]) {
+        features.metacopy = m.chmod("subdir/file", 0o600).is_ok()
+            && scratch
+                .get_xattr("up1/subdir/file", "trusted.overlay.metacopy")
+                .is_ok_and(|v| v.is_some());
+    }
+    features.redirect_dir = rw(2, &["redirect_dir=on".to_string()]).is_ok();
+    features.volatile = rw(3, &["volatile".to_string()]).is_ok();
+    Ok(features)
 }

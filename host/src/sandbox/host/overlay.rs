@@ -1,0 +1,176 @@
+//! The `overlay` interface: probing overlayfs, and diffs of overlay layers.
+//!
+//! Every directory a stack names is resolved beneath the driver home like any other driver
+//! path. Merged views are read-only overlay mounts the host creates detached (never attached
+//! to a path), so nothing is left mounted whatever the driver does.
+
+use std::path::PathBuf;
+
+use super::{
+    DiffSource, HostResult, HostState, LayerDiff, archive_to_wit, changes_to_wit, to_wit,
+    whiteout_format,
+};
+use crate::archive;
+use crate::mount::MAX_OVERLAY_LOWERS;
+use crate::sandbox::bindings::strata::driver::{overlay as wit_overlay, types};
+use crate::sys;
+
+impl HostState {
+    /// Opens the directories of a stack (topmost first).
+    fn open_stack(&self, dirs: &[String]) -> Result<Vec<sys::Dir>, types::Error> {
+        if dirs.len() > MAX_OVERLAY_LOWERS {
+            return Err(types::Error::InvalidArgument(format!(
+                "a stack of {} directories is more than overlayfs's {MAX_OVERLAY_LOWERS}",
+                dirs.len()
+            )));
+        }
+        dirs.iter().map(|d| self.open_dir(d)).collect()
+    }
+
+    /// The merged read-only view of a stack (`None` for an empty one).
+    fn view(
+        &self,
+        dirs: &[String],
+        format: archive::WhiteoutFormat,
+    ) -> Result<Option<sys::Dir>, types::Error> {
+        let opened = self.open_stack(dirs)?;
+        let name = PathBuf::from(format!(
+            "overlay view of {}",
+            dirs.first().map(String::as_str).unwrap_or("nothing")
+        ));
+        archive::merged_view(opened, format, &name)
+            .map_err(|e| archive_to_wit(&format!("merging {}", dirs.join(":")), e))
+    }
+
+    fn upper_and_lower(
+        &self,
+        upper: &str,
+        lower: &[String],
+        format: archive::WhiteoutFormat,
+    ) -> Result<(sys::Dir, Option<sys::Dir>), types::Error> {
+        Ok((self.open_dir(upper)?, self.view(lower, format)?))
+    }
+
+    fn views(
+        &self,
+        layer: &[String],
+        parent: &[String],
+        format: archive::WhiteoutFormat,
+    ) -> Result<(sys::Dir, Option<sys::Dir>), types::Error> {
+        let Some(l) = self.view(layer, format)? else {
+            return Err(types::Error::InvalidArgument(
+                "the layer's stack names no directory".into(),
+            ));
+        };
+        Ok((l, self.view(parent, format)?))
+    }
+}
+
+impl wit_overlay::Host for HostState {
+    fn probe(&mut self, scratch: String) -> HostResult<wit_overlay::Features> {
+        Ok(self.timed(|s| {
+            s.home
+                .mkdir(&scratch, 0o700, 0, 0)
+                .map_err(|e| to_wit(&scratch, e))?;
+            let dir = s.open_dir(&scratch)?;
+            let probed = sys::mount::probe_overlay(&dir).map_err(|e| to_wit(&scratch, e));
+            let removed = s
+                .home
+                .remove_tree(&scratch)
+                .map_err(|e| to_wit(&scratch, e));
+            let f = probed?;
+            removed?;
+            Ok(wit_overlay::Features {
+                supported: f.supported,
+                d_type: f.d_type,
+                lowerdir_append: f.lowerdir_append,
+                metacopy: f.metacopy,
+                redirect_dir: f.redirect_dir,
+                volatile: f.volatile,
+            })
+        }))
+    }
+
+    fn diff_upper(
+        &mut self,
+        upper: String,
+        lower: Vec<String>,
+        whiteouts: types::WhiteoutFormat,
+    ) -> HostResult<wasmtime::component::Resource<LayerDiff>> {
+        let format = whiteout_format(whiteouts);
+        match self.timed(|s| s.upper_and_lower(&upper, &lower, format)) {
+            Ok((upper, lower)) => Ok(Ok(self.push_diff(LayerDiff {
+                source: DiffSource::Upper {
+                    upper,
+                    lower,
+                    format,
+                },
+            })?)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    fn changes_upper(
+        &mut self,
+        upper: String,
+        lower: Vec<String>,
+        whiteouts: types::WhiteoutFormat,
+    ) -> HostResult<Vec<types::Change>> {
+        let format = whiteout_format(whiteouts);
+        Ok(self.timed(|s| {
+            let (u, l) = s.upper_and_lower(&upper, &lower, format)?;
+            let changes = archive::upper_changes(&u, l.as_ref(), format)
+                .map_err(|e| archive_to_wit(&format!("comparing {upper}"), e))?;
+            changes_to_wit(&upper, changes)
+        }))
+    }
+
+    fn diff_stacks(
+        &mut self,
+        layer: Vec<String>,
+        parent: Vec<String>,
+        whiteouts: types::WhiteoutFormat,
+    ) -> HostResult<wasmtime::component::Resource<LayerDiff>> {
+        let format = whiteout_format(whiteouts);
+        match self.timed(|s| s.views(&layer, &parent, format)) {
+            Ok((layer, parent)) => Ok(Ok(self.push_diff(LayerDiff {
+                source: DiffSource::Trees { layer, parent },
+            })?)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    fn changes_stacks(
+        &mut self,
+        layer: Vec<String>,
+        parent: Vec<String>,
+        whiteouts: types::WhiteoutFormat,
+    ) -> HostResult<Vec<types::Change>> {
+        let format = whiteout_format(whiteouts);
+        Ok(self.timed(|s| {
+            let (l, p) = s.views(&layer, &parent, format)?;
+            let what = layer.first().cloned().unwrap_or_default();
+            let changes = archive::changes(&l, p.as_ref())
+                .map_err(|e| archive_to_wit(&format!("comparing {what}"), e))?;
+            changes_to_wit(&what, changes)
+        }))
+    }
+
+    fn diff_size_stacks(
+        &mut self,
+        layer: Vec<String>,
+        parent: Vec<String>,
+        whiteouts: types::WhiteoutFormat,
+    ) -> HostResult<u64> {
+        let format = whiteout_format(whiteouts);
+        Ok(self.timed(|s| {
+            let (l, p) = s.views(&layer, &parent, format)?;
+            archive::diff_size(&l, p.as_ref()).map_err(|e| {
+                archive_to_wit(
+                    &format!("sizing {}", layer.first().cloned().unwrap_or_default()),
+                    e,
+                )
+            })
+        }))
+    }
+}
