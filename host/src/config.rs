@@ -94,7 +94,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            driver: "vfs".into(),
+            driver: "overlay".into(),
             root: PathBuf::from("/var/lib/strata"),
             run_root: PathBuf::from("/run/strata"),
             sandbox: Sandbox::default(),

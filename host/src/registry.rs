@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 /// Drivers that ship with Strata.
-pub const FIRST_PARTY: &[&str] = &["vfs"];
+pub const FIRST_PARTY: &[&str] = &["overlay", "vfs"];
 
 /// Directories searched for first-party drivers, in order.
 pub fn search_dirs() -> Vec<PathBuf> {

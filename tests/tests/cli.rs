@@ -92,8 +92,9 @@ fn layer_lifecycle_with_plain_and_json_output() {
     ok(&t, &["layer", "rm", &id]);
     assert_eq!(ok(&t, &["layer", "ls"]), "");
     let status: serde_json::Value = serde_json::from_str(&ok(&t, &["--json", "status"])).unwrap();
-    assert_eq!(status["driver"], "vfs");
+    assert_eq!(status["driver"], "overlay", "overlay is the default driver");
     assert_eq!(status["layers"], 0);
+    assert_eq!(status["status"]["Native Overlay Diff"], "true", "{status}");
 }
 
 #[test]

@@ -62,6 +62,11 @@ fn demo(bin: &Path, tmp: &Path) -> Result<()> {
     std::fs::write(&child_tar, tars::child_layer()?)?;
     let s = |args: &[&str]| strata(bin, tmp, args);
 
+    if is_root() {
+        println!("$ strata status   (the default driver)");
+        println!("{}", s(&["status"])?);
+    }
+
     println!("$ strata layer create --id base");
     let base = s(&["layer", "create", "--id", "base"])?;
     println!("{base}");

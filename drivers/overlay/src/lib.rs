@@ -454,4 +454,3 @@ impl Driver for Overlay {
 }
 
 strata_driver_sdk::export_driver!(Overlay);
-

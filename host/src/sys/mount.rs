@@ -329,11 +329,16 @@ pub fn probe_overlay(scratch: &Dir) -> SysResult<OverlayFeatures> {
         }
         features.d_type = known;
     }
-    if let Ok(view) = overlay_view(&[&lower1, &lower2], &[], scratch.path()) {
-        features.supported = view.lstat("subdir/file").is_ok()
-            && view
-                .lstat("gone")
-                .is_err_and(|e| e.kind == super::ErrorKind::NotFound);
+    match overlay_view(&[&lower1, &lower2], &[], scratch.path()) {
+        Ok(view) => {
+            features.supported = view.lstat("subdir/file").is_ok()
+                && view
+                    .lstat("gone")
+                    .is_err_and(|e| e.kind == super::ErrorKind::NotFound);
+        }
+        // Not allowed to mount at all (no CAP_SYS_ADMIN): say that, not "unsupported".
+        Err(e) if e.kind == super::ErrorKind::Denied => return Err(e),
+        Err(_) => {}
     }
     if !features.supported {
         return Ok(features);
