@@ -5,11 +5,15 @@
 //!   `lstat` made natively by the host.
 //! - `lifecycle`: create + mount + unmount + remove of a vfs layer through the layer service,
 //!   against `mkdir` + bind mount + unmount + `rmdir` made natively (needs root).
+//! - `overlay`: create + mount + unmount + remove of a read-write layer on top of a 10-deep
+//!   and a 499-deep overlay chain (a 500-layer stack, the kernel's limit), against the same overlay mounted by `mount -t overlay`
+//!   and by the same syscalls made natively in-process (needs root).
 
 use std::time::{Duration, Instant};
 
 use strata_host::layers::{CreateLayer, Strata};
-use strata_tests::{TempStore, hostile_wasm};
+use strata_tests::targen::{Entry, tar_of};
+use strata_tests::{TempStore, driver_wasm, hostile_wasm};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -113,6 +117,130 @@ fn lifecycle() {
     );
 }
 
+/// One overlay mount of `lowers` (topmost first) with a fresh upper, made without Strata:
+/// by `mount -t overlay` when `with_command`, else by the same syscalls in-process.
+fn native_overlay(base: &std::path::Path, lowers: &[std::path::PathBuf], with_command: bool) {
+    use strata_host::sys::Dir;
+    let (u, w, m) = (base.join("u"), base.join("w"), base.join("m"));
+    for d in [&u, &w, &m] {
+        std::fs::create_dir(d).unwrap();
+    }
+    if with_command {
+        let lowerdir: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},index=off,redirect_dir=off,metacopy=off",
+            lowerdir.join(":"),
+            u.display(),
+            w.display()
+        );
+        let st = std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&m)
+            .status()
+            .expect("running mount");
+        assert!(st.success(), "mount -t overlay failed");
+    } else {
+        let dirs: Vec<Dir> = lowers
+            .iter()
+            .map(|l| Dir::open_ambient(l).unwrap())
+            .collect();
+        let (ud, wd, md) = (
+            Dir::open_ambient(&u).unwrap(),
+            Dir::open_ambient(&w).unwrap(),
+            Dir::open_ambient(&m).unwrap(),
+        );
+        let options: Vec<String> = ["index=off", "redirect_dir=off", "metacopy=off"]
+            .map(String::from)
+            .to_vec();
+        let spec = strata_host::sys::mount::OverlaySpec {
+            lower: dirs.iter().collect(),
+            upper: Some(&ud),
+            work: Some(&wd),
+            options: &options,
+            read_only: false,
+        };
+        strata_host::sys::mount::overlay(&spec, &md, &m).expect("overlay mount");
+    }
+    rustix::mount::unmount(&m, rustix::mount::UnmountFlags::empty()).expect("unmount");
+    std::fs::remove_dir_all(&u).unwrap();
+    std::fs::remove_dir_all(&w).unwrap();
+    std::fs::remove_dir(&m).unwrap();
+}
+
+fn overlay_chains() {
+    if !rustix::process::geteuid().is_root() {
+        println!("overlay: skipped (mounting needs root)");
+        return;
+    }
+    let t = TempStore::new();
+    let s = t
+        .open_with(&driver_wasm("strata_driver_overlay"), t.config())
+        .expect("opening an overlay store");
+    let mut chain: Vec<String> = Vec::new();
+    for i in 0..499 {
+        let id = format!("c{i:03}");
+        s.create_layer(CreateLayer {
+            id: Some(id.clone()),
+            parent: chain.last().cloned(),
+            ..Default::default()
+        })
+        .expect("create");
+        let tar = tar_of(&[Entry::file(&format!("file-{i}"), 0o644, b"layer content\n")]);
+        s.apply(&id, Box::new(std::io::Cursor::new(tar)))
+            .expect("apply");
+        chain.push(id);
+    }
+    let home = t.root().join("overlay");
+    let native_dir = t.dir.path().join("native");
+    std::fs::create_dir(&native_dir).unwrap();
+    // The new layer's upper over 10 lowers, and over 499: a 500-layer stack, overlayfs's limit.
+    for depth in [10usize, 499] {
+        let top = chain[depth - 1].clone();
+        let mut i = 0;
+        let strata = time(15, || {
+            i += 1;
+            let id = format!("x{depth}-{i}");
+            s.create_layer(CreateLayer {
+                id: Some(id.clone()),
+                parent: Some(top.clone()),
+                read_write: true,
+                ..Default::default()
+            })
+            .expect("create");
+            s.mount(&id, &[]).expect("mount");
+            s.unmount(&id, false).expect("unmount");
+            s.remove(&id).expect("remove");
+        });
+        let lowers: Vec<std::path::PathBuf> = chain[..depth]
+            .iter()
+            .rev()
+            .map(|id| home.join(id).join("diff"))
+            .collect();
+        let syscalls = time(15, || native_overlay(&native_dir, &lowers, false));
+        let page = rustix::param::page_size();
+        let option_len: usize = lowers.iter().map(|l| l.as_os_str().len() + 1).sum();
+        let command = if option_len < page - 512 {
+            let c = time(15, || native_overlay(&native_dir, &lowers, true));
+            format!(
+                "`mount -t overlay` {:.2} ms (ratio {:.1}x)",
+                c.as_secs_f64() * 1e3,
+                strata.as_secs_f64() / c.as_secs_f64()
+            )
+        } else {
+            format!(
+                "`mount -t overlay` cannot: its lowerdir= option is {option_len} bytes, over the {page}-byte page"
+            )
+        };
+        println!(
+            "overlay: {} layers ({depth} lowers + upper): strata create+mount+unmount+remove {:.2} ms; same mount by native syscalls {:.2} ms (ratio {:.1}x); {command}",
+            depth + 1,
+            strata.as_secs_f64() * 1e3,
+            syscalls.as_secs_f64() * 1e3,
+            strata.as_secs_f64() / syscalls.as_secs_f64(),
+        );
+    }
+}
+
 fn main() {
     let which: Vec<String> = std::env::args().skip(1).collect();
     let all = which.is_empty();
@@ -121,5 +249,8 @@ fn main() {
     }
     if all || which.iter().any(|w| w == "lifecycle") {
         lifecycle();
+    }
+    if all || which.iter().any(|w| w == "overlay") {
+        overlay_chains();
     }
 }
