@@ -171,7 +171,8 @@ impl Strata {
             &grants(&settings.grants)?,
             &home,
             limits,
-        )?;
+        )?
+        .with_run_dir(config.run_root.join(&location.name));
         let mut init_options = settings.options.clone();
         init_options.extend(options.driver_options);
         let info = driver.init(&init_options)?;

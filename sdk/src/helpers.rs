@@ -73,8 +73,12 @@ pub fn read_small_file(path: &str) -> Result<Option<String>, Error> {
 }
 
 /// Writes a small bookkeeping file of the home, replacing it whole: written to a temporary
-/// name, then renamed, so a crash leaves the old content or the new, never half.
+/// name, then renamed, so a crash leaves the old content or the new, never half. A file that
+/// already holds `contents` is left alone.
 pub fn write_small_file(path: &str, contents: &str) -> Result<(), Error> {
+    if std::fs::read(path).is_ok_and(|old| old == contents.as_bytes()) {
+        return Ok(());
+    }
     let tmp = format!("{path}.tmp");
     std::fs::write(&tmp, contents)
         .and_then(|()| std::fs::rename(&tmp, path))

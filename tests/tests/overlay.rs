@@ -327,3 +327,29 @@ fn the_legacy_lowerdir_fallback_mounts_and_names_its_limit() {
     drop(view);
     assert!(strata_host::sys::mount::mount_points_beneath(p).is_empty());
 }
+
+#[test]
+fn probe_results_are_cached_by_the_host_per_boot() {
+    if !root_or_skip(
+        "probe_results_are_cached_by_the_host_per_boot",
+        "the overlay probe mounts",
+    ) {
+        return;
+    }
+    let t = TempStore::new();
+    ok(&t, &["status"]);
+    let cache = t.dir.path().join("run/overlay/overlay-features");
+    let text = std::fs::read_to_string(&cache).expect("the host cached the probe");
+    let (key, flags) = text.split_once('\n').unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert!(key.contains(boot.trim()), "keyed by the boot: {key}");
+    assert_eq!(flags.trim().split(' ').next(), Some("1"), "{text}");
+    // The cached answer is what the driver gets (here: overlayfs unusable)...
+    std::fs::write(&cache, format!("{key}\n0 1 1 0 0 0\n")).unwrap();
+    let (okay, _, err) = t.cli(&["status"]);
+    assert!(!okay && err.contains("overlayfs does not work"), "{err}");
+    // ...until the key no longer matches (another boot): then the host probes again.
+    std::fs::write(&cache, "boot another dev 1 ino 2\n0 0 0 0 0 0\n").unwrap();
+    ok(&t, &["status"]);
+    assert!(std::fs::read_to_string(&cache).unwrap().starts_with(key));
+}

@@ -53,6 +53,8 @@ pub struct HostState {
     pub(super) started: Instant,
     /// Time spent inside host calls, which the deadline does not count.
     pub(super) host_time: Duration,
+    /// Host-private runtime directory for this driver (probe caches), if any.
+    run_dir: Option<Arc<std::path::PathBuf>>,
 }
 
 impl HostState {
@@ -73,7 +75,13 @@ impl HostState {
             limits,
             started: Instant::now(),
             host_time: Duration::ZERO,
+            run_dir: None,
         }
+    }
+
+    pub(super) fn with_run_dir(mut self, dir: Option<Arc<std::path::PathBuf>>) -> Self {
+        self.run_dir = dir;
+        self
     }
 
     pub(super) fn push_diff(&mut self, diff: LayerDiff) -> wasmtime::Result<Resource<LayerDiff>> {

@@ -174,6 +174,9 @@ pub struct DriverRuntime {
     home_path: PathBuf,
     home: Arc<sys::Dir>,
     limits: SandboxLimits,
+    /// Host-private runtime state of this driver (under the store's `run_root`): where the
+    /// host caches what it probed for the driver, e.g. overlayfs features, until reboot.
+    run_dir: Option<Arc<PathBuf>>,
 }
 
 impl DriverRuntime {
@@ -247,7 +250,15 @@ impl DriverRuntime {
             home_path: home.into(),
             home: Arc::new(home_dir),
             limits,
+            run_dir: None,
         })
+    }
+
+    /// Sets the directory where the host keeps this driver's runtime state (probe results);
+    /// without one, nothing is cached.
+    pub fn with_run_dir(mut self, dir: PathBuf) -> Self {
+        self.run_dir = Some(Arc::new(dir));
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -293,7 +304,8 @@ impl DriverRuntime {
             wasi.build(),
             limits,
             MAX_HOST_RESOURCES,
-        );
+        )
+        .with_run_dir(self.run_dir.clone());
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limits);
         store.set_hostcall_fuel(MAX_HOSTCALL_BYTES);

@@ -15,7 +15,70 @@ use crate::mount::MAX_OVERLAY_LOWERS;
 use crate::sandbox::bindings::strata::driver::{overlay as wit_overlay, types};
 use crate::sys;
 
+fn features_to_wit(f: &sys::mount::OverlayFeatures) -> wit_overlay::Features {
+    wit_overlay::Features {
+        supported: f.supported,
+        d_type: f.d_type,
+        lowerdir_append: f.lowerdir_append,
+        metacopy: f.metacopy,
+        redirect_dir: f.redirect_dir,
+        volatile: f.volatile,
+    }
+}
+
+/// Probe results are cached by the host (never by the driver) in its run directory, keyed by
+/// the boot and the home's device and inode: a reboot (a new kernel) or a new filesystem
+/// probes again, as containers/storage caches its probes in its run root.
+fn read_probe_cache(path: &std::path::Path, key: &str) -> Option<wit_overlay::Features> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (k, flags) = text.split_once('\n')?;
+    let b: Vec<bool> = flags.trim().split(' ').map(|f| f == "1").collect();
+    (k == key && b.len() == 6).then(|| {
+        features_to_wit(&sys::mount::OverlayFeatures {
+            supported: b[0],
+            d_type: b[1],
+            lowerdir_append: b[2],
+            metacopy: b[3],
+            redirect_dir: b[4],
+            volatile: b[5],
+        })
+    })
+}
+
+fn write_probe_cache(path: &std::path::Path, key: &str, f: &sys::mount::OverlayFeatures) {
+    let bit = |b: bool| if b { "1" } else { "0" };
+    let text = format!(
+        "{key}\n{} {} {} {} {} {}\n",
+        bit(f.supported),
+        bit(f.d_type),
+        bit(f.lowerdir_append),
+        bit(f.metacopy),
+        bit(f.redirect_dir),
+        bit(f.volatile)
+    );
+    let Some(dir) = path.parent() else { return };
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    // A cache that cannot be written only costs the next start a probe.
+    let _ = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&tmp, text))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+}
+
 impl HostState {
+    /// Where the probe result for this home is cached, and the key it must carry.
+    fn probe_cache_key(&self) -> Option<(PathBuf, String)> {
+        let dir = self.run_dir.as_ref()?;
+        let st = self.home.lstat(".").ok()?;
+        let key = format!(
+            "boot {} dev {} ino {}",
+            crate::store::current_boot_id(),
+            st.dev,
+            st.ino
+        );
+        Some((dir.join("overlay-features"), key))
+    }
+
     /// Opens the directories of a stack (topmost first).
     fn open_stack(&self, dirs: &[String]) -> Result<Vec<sys::Dir>, types::Error> {
         if dirs.len() > MAX_OVERLAY_LOWERS {
@@ -69,6 +132,13 @@ impl HostState {
 impl wit_overlay::Host for HostState {
     fn probe(&mut self, scratch: String) -> HostResult<wit_overlay::Features> {
         Ok(self.timed(|s| {
+            let key = s.probe_cache_key();
+            if let Some(cached) = key
+                .as_ref()
+                .and_then(|(path, key)| read_probe_cache(path, key))
+            {
+                return Ok(cached);
+            }
             s.home
                 .mkdir(&scratch, 0o700, 0, 0)
                 .map_err(|e| to_wit(&scratch, e))?;
@@ -80,14 +150,10 @@ impl wit_overlay::Host for HostState {
                 .map_err(|e| to_wit(&scratch, e));
             let f = probed?;
             removed?;
-            Ok(wit_overlay::Features {
-                supported: f.supported,
-                d_type: f.d_type,
-                lowerdir_append: f.lowerdir_append,
-                metacopy: f.metacopy,
-                redirect_dir: f.redirect_dir,
-                volatile: f.volatile,
-            })
+            if let Some((path, key)) = key {
+                write_probe_cache(&path, &key, &f);
+            }
+            Ok(features_to_wit(&f))
         }))
     }
 
