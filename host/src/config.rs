@@ -76,7 +76,6 @@ pub struct DriverConfig {
 pub struct DriverSettings {
     pub path: Option<PathBuf>,
     pub options: Vec<(String, String)>,
-    pub grants: Vec<String>,
     pub memory: u64,
     pub deadline: Duration,
 }
@@ -290,13 +289,30 @@ impl Config {
         Ok(c)
     }
 
+    /// The grants of driver `name`: its section's `grants` if it has them, else `[sandbox]
+    /// grants` plus, for a first-party driver loaded by name (`first_party`), the interfaces
+    /// of its own filesystem ([`crate::registry::builtin_grants`]).
+    pub fn driver_grants(&self, name: &str, first_party: bool) -> Vec<String> {
+        if let Some(explicit) = self.drivers.get(name).and_then(|d| d.grants.clone()) {
+            return explicit;
+        }
+        let mut grants = self.sandbox.grants.clone();
+        if first_party {
+            for g in crate::registry::builtin_grants(name) {
+                if !grants.iter().any(|x| x == g) {
+                    grants.push((*g).to_string());
+                }
+            }
+        }
+        grants
+    }
+
     /// The effective settings of driver `name`: its section over `[sandbox]`.
     pub fn driver_settings(&self, name: &str) -> DriverSettings {
         let d = self.drivers.get(name).cloned().unwrap_or_default();
         DriverSettings {
             path: d.path,
             options: d.options,
-            grants: d.grants.unwrap_or_else(|| self.sandbox.grants.clone()),
             memory: d.memory.unwrap_or(self.sandbox.memory),
             deadline: d.deadline.unwrap_or(self.sandbox.deadline),
         }
@@ -360,7 +376,19 @@ mod tests {
         let s = c.driver_settings("vfs");
         assert_eq!(s.memory, 256 << 20);
         assert_eq!(s.deadline, Duration::from_secs(10));
-        assert_eq!(s.grants, vec!["files", "copy", "archive", "overlay", "log"]);
+        assert_eq!(
+            c.driver_grants("vfs", true),
+            vec!["files", "copy", "archive", "overlay", "log"]
+        );
+        assert_eq!(
+            c.driver_grants("btrfs", true),
+            vec!["files", "copy", "archive", "overlay", "log", "btrfs"]
+        );
+        // A file called btrfs.wasm given by path is not the first-party driver.
+        assert_eq!(
+            c.driver_grants("btrfs", false),
+            vec!["files", "copy", "archive", "overlay", "log"]
+        );
     }
 
     #[test]
@@ -394,9 +422,9 @@ grants = ["log"]
         );
         assert_eq!(v.memory, 32 << 20);
         assert_eq!(v.deadline, Duration::from_secs(120));
-        assert_eq!(v.grants, vec!["files", "log"]);
+        assert_eq!(c.driver_grants("vfs", true), vec!["files", "log"]);
         let o = c.driver_settings("other");
-        assert_eq!(o.grants, vec!["log"]);
+        assert_eq!(c.driver_grants("other", false), vec!["log"]);
         assert_eq!(o.memory, 512 << 20);
         assert_eq!(o.deadline, Duration::from_millis(500));
     }

@@ -121,6 +121,12 @@ pub fn load_driver_component(
     )?)
 }
 
+/// The grants the driver `spec` would be linked with.
+pub fn driver_grants(spec: &str, config: &Config) -> Result<Vec<String>> {
+    let location = locate_driver(spec, config)?;
+    Ok(config.driver_grants(&location.name, location.first_party))
+}
+
 fn locate_driver(spec: &str, config: &Config) -> Result<DriverLocation> {
     let configured = if registry::is_path(spec) {
         None
@@ -168,7 +174,7 @@ impl Strata {
         let driver = DriverRuntime::new(
             &engine,
             &component,
-            &grants(&settings.grants)?,
+            &grants(&config.driver_grants(&location.name, location.first_party))?,
             &home,
             limits,
         )?

@@ -9,7 +9,17 @@
 use std::path::{Path, PathBuf};
 
 /// Drivers that ship with Strata.
-pub const FIRST_PARTY: &[&str] = &["overlay", "vfs"];
+pub const FIRST_PARTY: &[&str] = &["overlay", "vfs", "btrfs"];
+
+/// Grants a first-party driver gets on top of `[sandbox] grants` when it is loaded by name
+/// from the install directories and its config section names no `grants` of its own: the
+/// interfaces of its filesystem, which no other driver gets unless an operator says so.
+pub fn builtin_grants(name: &str) -> &'static [&'static str] {
+    match name {
+        "btrfs" => &["btrfs"],
+        _ => &[],
+    }
+}
 
 /// Directories searched for first-party drivers, in order.
 pub fn search_dirs() -> Vec<PathBuf> {
@@ -34,6 +44,9 @@ pub fn search_dirs() -> Vec<PathBuf> {
 pub struct DriverLocation {
     pub name: String,
     pub path: PathBuf,
+    /// Found by a first-party name in the install directories (not given by path, not a
+    /// `[drivers.NAME] path`): only then do [`builtin_grants`] apply.
+    pub first_party: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +90,7 @@ pub fn locate(spec: &str, configured: Option<&Path>) -> Result<DriverLocation, L
         return Ok(DriverLocation {
             name: name_of_path(&path),
             path,
+            first_party: false,
         });
     }
     if spec.is_empty()
@@ -93,6 +107,7 @@ pub fn locate(spec: &str, configured: Option<&Path>) -> Result<DriverLocation, L
         return Ok(DriverLocation {
             name: spec.into(),
             path: p.into(),
+            first_party: false,
         });
     }
     let file = format!("{spec}.wasm");
@@ -104,6 +119,7 @@ pub fn locate(spec: &str, configured: Option<&Path>) -> Result<DriverLocation, L
                 return Ok(DriverLocation {
                     name: spec.into(),
                     path: candidate,
+                    first_party: FIRST_PARTY.contains(&spec),
                 });
             }
         }
@@ -134,7 +150,12 @@ pub fn installed() -> Vec<DriverLocation> {
         for path in paths {
             let name = name_of_path(&path);
             if !found.iter().any(|d| d.name == name) {
-                found.push(DriverLocation { name, path });
+                let first_party = FIRST_PARTY.contains(&name.as_str());
+                found.push(DriverLocation {
+                    name,
+                    path,
+                    first_party,
+                });
             }
         }
     }
@@ -154,6 +175,8 @@ mod tests {
         assert_eq!(name_of_path(Path::new("/a/my.driver.wasm")), "my_driver");
         assert!(matches!(locate("../x", None), Err(LocateError::Missing(_))));
         assert!(matches!(locate("a b", None), Err(LocateError::BadName(_))));
+        assert_eq!(builtin_grants("btrfs"), ["btrfs"]);
+        assert!(builtin_grants("vfs").is_empty());
         let err = locate("surely-not-installed", None)
             .unwrap_err()
             .to_string();

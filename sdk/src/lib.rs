@@ -111,6 +111,7 @@ pub const WIT_PACKAGE: &str = "strata:driver@0.1.0";
 /// The host interfaces a driver may import. Each is a capability the operator grants.
 pub mod host {
     pub use crate::bindings::strata::driver::archive;
+    pub use crate::bindings::strata::driver::btrfs;
     pub use crate::bindings::strata::driver::copy;
     pub use crate::bindings::strata::driver::files;
     pub use crate::bindings::strata::driver::log;

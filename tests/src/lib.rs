@@ -145,3 +145,89 @@ impl Drop for TempStore {
         strata_host::sys::mount::detach_all_beneath(self.dir.path());
     }
 }
+
+/// Whether the tools and the kernel can make a loop-mounted btrfs here; prints why `test`
+/// is skipped when not.
+pub fn btrfs_or_skip(test: &str) -> bool {
+    if !root_or_skip(test, "it loop-mounts a btrfs filesystem") {
+        return false;
+    }
+    let has_tool = std::process::Command::new("sh")
+        .args(["-c", "command -v mkfs.btrfs && command -v btrfs"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_tool {
+        eprintln!("skipped: {test}: mkfs.btrfs is not installed (Debian: btrfs-progs)");
+        return false;
+    }
+    true
+}
+
+/// A btrfs filesystem on a sparse file, loop-mounted in a temporary directory; unmounted and
+/// removed on drop (anything mounted beneath it first).
+pub struct LoopBtrfs {
+    pub dir: tempfile::TempDir,
+    mounted: bool,
+}
+
+impl LoopBtrfs {
+    /// Makes and mounts a btrfs of `size` bytes (at least 256 MiB: smaller btrfs
+    /// filesystems run out of metadata space) in a new temporary directory under `/var/tmp`
+    /// (on disk, not tmpfs).
+    pub fn new(size: u64) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("strata-btrfs-")
+            .tempdir_in("/var/tmp")
+            .expect("creating a temporary directory for a loop btrfs");
+        let image = dir.path().join("image");
+        let f = std::fs::File::create(&image).expect("creating the btrfs image");
+        f.set_len(size).expect("sizing the btrfs image");
+        drop(f);
+        run_tool(
+            std::process::Command::new("mkfs.btrfs")
+                .arg("-q")
+                .arg(&image),
+        );
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        run_tool(
+            std::process::Command::new("mount")
+                .args(["-t", "btrfs", "-o", "loop"])
+                .arg(&image)
+                .arg(&mnt),
+        );
+        LoopBtrfs { dir, mounted: true }
+    }
+
+    /// Where the filesystem is mounted.
+    pub fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for LoopBtrfs {
+    fn drop(&mut self) {
+        if self.mounted {
+            strata_host::sys::mount::detach_all_beneath(&self.mnt());
+            // The loop device goes with the last unmount (mount -o loop sets autoclear).
+            let _ = std::process::Command::new("umount")
+                .arg(self.mnt())
+                .status();
+            self.mounted = false;
+        }
+    }
+}
+
+/// Runs a tool a test needs, failing the test with its output when it fails.
+pub fn run_tool(cmd: &mut std::process::Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

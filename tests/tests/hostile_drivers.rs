@@ -10,9 +10,20 @@ use strata_tests::{TempStore, hostile_wasm, root_or_skip};
 
 const NAME: &str = "strata_test_driver_hostile";
 
+/// Every interface the hostile driver imports; a section naming its own `grants` replaces
+/// these.
+const ALL_GRANTS: &str = r#"grants = ["files", "copy", "archive", "btrfs", "log"]"#;
+
+/// The config of a store running the hostile driver with `driver_section` (all its imports
+/// granted unless the section names `grants`).
 fn config(t: &TempStore, driver_section: &str) -> Config {
+    let grants = if driver_section.contains("grants") {
+        ""
+    } else {
+        ALL_GRANTS
+    };
     let text = format!(
-        "root = {:?}\nrun_root = {:?}\n[drivers.{NAME}]\n{driver_section}\n",
+        "root = {:?}\nrun_root = {:?}\n[drivers.{NAME}]\n{grants}\n{driver_section}\n",
         t.root(),
         t.dir.path().join("run")
     );
@@ -79,6 +90,13 @@ fn escaping_paths_are_denied() {
         ("steal", "evil/secret"),
         ("steal", "slash/etc/passwd"),
         ("steal", "/etc"),
+        ("snapshot", "../root"),
+        ("snapshot", "slash"),
+        ("snapshot", "evil/"),
+        ("qgroup", "/"),
+        ("qgroup", "slash/"),
+        ("unsubvolume", "../root"),
+        ("unsubvolume", "evil-rel/x"),
     ];
     for (i, (op, path)) in attempts.iter().enumerate() {
         let err = create_with(&s, &format!("x{i}"), &[(op, path)])

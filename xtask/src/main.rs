@@ -19,7 +19,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Drivers that ship with Strata (crate `strata-driver-NAME`, installed as `NAME.wasm`).
-pub const DRIVERS: &[&str] = &["overlay", "vfs"];
+pub const DRIVERS: &[&str] = &["overlay", "vfs", "btrfs"];
 /// Drivers only the tests use.
 pub const TEST_DRIVERS: &[&str] = &["strata-test-driver-hostile", "strata-test-driver-forgetful"];
 /// The cargo profile drivers are built with (small, optimised components).
@@ -27,8 +27,9 @@ pub const WASM_PROFILE: &str = "wasm";
 pub const WASM_TARGET: &str = "wasm32-wasip2";
 /// Debian packages the tests need, with a command each provides; installed (as root) when the
 /// command is missing. The vfs tests need none: mounts, device nodes and ownership go through
-/// syscalls. Drivers that drive tools (btrfs-progs, zfs-fuse) add theirs here.
-const TEST_PACKAGES: &[(&str, &str)] = &[];
+/// syscalls, and so do the btrfs driver's; its tests make their own loop-mounted btrfs with
+/// `mkfs.btrfs` and check reflinks with `filefrag`.
+const TEST_PACKAGES: &[(&str, &str)] = &[("btrfs-progs", "mkfs.btrfs"), ("e2fsprogs", "filefrag")];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -221,6 +222,8 @@ fn test(args: &[String]) -> Result<()> {
         "strata-driver-vfs",
         "-p",
         "strata-driver-overlay",
+        "-p",
+        "strata-driver-btrfs",
         "-p",
         "strata-test-driver-hostile",
         "-p",

@@ -14,7 +14,9 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::conformance;
-use crate::layers::{ChangeKind, CreateLayer, StoreOptions, Strata, load_driver_component};
+use crate::layers::{
+    ChangeKind, CreateLayer, StoreOptions, Strata, driver_grants, load_driver_component,
+};
 use crate::registry;
 use crate::sandbox::{SandboxEngine, WIT_PACKAGE};
 
@@ -284,7 +286,7 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("inspecting driver {driver}"))?;
             warn_uncached(&c);
             let caps: Vec<&str> = c.capabilities.iter().map(|c| c.name()).collect();
-            let granted = config.driver_settings(&c.name).grants;
+            let granted = driver_grants(driver, &config)?;
             if json {
                 print_json(json!({
                     "name": c.name,

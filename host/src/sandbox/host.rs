@@ -1,4 +1,4 @@
-//! The host interfaces drivers import (`files`, `copy`, `archive`, `overlay`, `log`), and the per-call
+//! The host interfaces drivers import (`files`, `copy`, `archive`, `overlay`, `btrfs`, `log`), and the per-call
 //! store state behind them.
 //!
 //! Every path a driver passes is untrusted: it is checked lexically and then resolved beneath
@@ -21,6 +21,7 @@ use super::bindings::strata::driver::{
 use crate::sys::{self, ErrorKind, SysError};
 use crate::{archive, copy};
 
+mod btrfs;
 mod overlay;
 
 /// Changes one call may return to a driver (each crosses into guest memory).

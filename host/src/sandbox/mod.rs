@@ -62,15 +62,17 @@ pub enum Capability {
     Copy,
     Archive,
     Overlay,
+    Btrfs,
     Log,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 5] = [
+    pub const ALL: [Capability; 6] = [
         Capability::Files,
         Capability::Copy,
         Capability::Archive,
         Capability::Overlay,
+        Capability::Btrfs,
         Capability::Log,
     ];
 
@@ -81,6 +83,7 @@ impl Capability {
             Capability::Copy => "copy",
             Capability::Archive => "archive",
             Capability::Overlay => "overlay",
+            Capability::Btrfs => "btrfs",
             Capability::Log => "log",
         }
     }

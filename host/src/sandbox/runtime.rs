@@ -225,6 +225,9 @@ impl DriverRuntime {
                 Capability::Overlay => {
                     wit::overlay::add_to_linker::<HostState, Data>(&mut linker, |s| s)
                 }
+                Capability::Btrfs => {
+                    wit::btrfs::add_to_linker::<HostState, Data>(&mut linker, |s| s)
+                }
                 Capability::Log => wit::log::add_to_linker::<HostState, Data>(&mut linker, |s| s),
             }
             .map_err(setup)?;

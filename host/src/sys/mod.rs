@@ -2,6 +2,7 @@
 //! confined wrappers here. Errno values are mapped to meaning once, in [`error`].
 #![allow(unsafe_code)]
 
+pub mod btrfs;
 pub mod component;
 pub mod error;
 pub mod fs;

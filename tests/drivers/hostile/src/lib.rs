@@ -8,6 +8,10 @@
 //! | `escape=PATH`          | `files.mkdir(PATH)` — e.g. `../x`, `/etc/x`, `evil/x`        |
 //! | `chown=PATH`           | `files.chown(PATH, 0, 0)`                                   |
 //! | `steal=PATH`           | `copy.copy-tree(PATH, dir/ID)` — copy host files in         |
+//! | `snapshot=PATH`        | `btrfs.snapshot(PATH, dir/ID)` — e.g. a plain directory, so  |
+//! |                        | the kernel would snapshot the subvolume holding the home     |
+//! | `qgroup=PATH`          | `btrfs.set-qgroup-limit(PATH, 1 MiB)`                        |
+//! | `unsubvolume=PATH`     | `btrfs.delete-subvolume(PATH)`                               |
 //! | `loop=1`               | spins forever                                               |
 //! | `alloc=1`              | allocates without bound                                     |
 //! | `panic=1`              | panics                                                      |
@@ -22,7 +26,7 @@
 //! | `writable=1`           | a read-write plan whatever the host asked                   |
 #![forbid(unsafe_code)]
 
-use strata_driver_sdk::host::{copy, files};
+use strata_driver_sdk::host::{btrfs, copy, files};
 use strata_driver_sdk::{
     BindMount, Driver, DriverInfo, Error, MountKind, MountPlan, MountRequest, Options,
     OverlayMount, ensure_dir, error, remove_if_exists,
@@ -61,6 +65,15 @@ impl Driver for Hostile {
         }
         if let Some(path) = options.get("steal") {
             return copy::copy_tree(path, &Self::layer_dir(id), copy::CopyMode::Copy).map(|_| ());
+        }
+        if let Some(path) = options.get("snapshot") {
+            return btrfs::snapshot(path, &Self::layer_dir(id), false);
+        }
+        if let Some(path) = options.get("qgroup") {
+            return btrfs::set_qgroup_limit(path, Some(1 << 20));
+        }
+        if let Some(path) = options.get("unsubvolume") {
+            return btrfs::delete_subvolume(path);
         }
         if options.get("loop").is_some() {
             let mut n: u64 = 0;
