@@ -212,6 +212,7 @@ impl Drop for LoopBtrfs {
             // The loop device goes with the last unmount (mount -o loop sets autoclear).
             let _ = std::process::Command::new("umount")
                 .arg(self.mnt())
+                .stderr(std::process::Stdio::null())
                 .status();
             self.mounted = false;
         }

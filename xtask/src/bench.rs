@@ -2,7 +2,8 @@
 //!
 //! - `ls`: warm `strata layer ls` wall time (component cached, 10 layers in the store) against
 //!   spawning `/bin/true` — the floor of any command. Target: ≤ 20 ms.
-//! - `host-call`, `lifecycle`, `overlay`: from the `strata-bench` binary (see tests/src/bin).
+//! - `host-call`, `lifecycle`, `overlay`, `btrfs`: from the `strata-bench` binary (see
+//!   tests/src/bin).
 
 use std::path::Path;
 use std::process::Command;
@@ -71,7 +72,7 @@ pub fn run(args: &[String]) -> Result<()> {
     if which("ls") {
         bench_ls(&bin)?;
     }
-    let rest: Vec<&str> = ["host-call", "lifecycle", "overlay"]
+    let rest: Vec<&str> = ["host-call", "lifecycle", "overlay", "btrfs"]
         .into_iter()
         .filter(|n| which(n))
         .collect();

@@ -8,12 +8,16 @@
 //! - `overlay`: create + mount + unmount + remove of a read-write layer on top of a 10-deep
 //!   and a 499-deep overlay chain (a 500-layer stack, the kernel's limit), against the same overlay mounted by `mount -t overlay`
 //!   and by the same syscalls made natively in-process (needs root).
+//! - `btrfs`: creating a child of a layer holding 10,000 files and 200 MiB, on one loop
+//!   btrfs: the btrfs driver (a snapshot) next to `btrfs subvolume snapshot`, vfs with
+//!   reflinks next to `cp -a --reflink=always`, and vfs on ext4 (byte copies) next to
+//!   `cp -a` on ext4 (needs root and btrfs-progs).
 
 use std::time::{Duration, Instant};
 
 use strata_host::layers::{CreateLayer, Strata};
 use strata_tests::targen::{Entry, tar_of};
-use strata_tests::{TempStore, driver_wasm, hostile_wasm};
+use strata_tests::{LoopBtrfs, TempStore, driver_wasm, hostile_wasm};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -45,8 +49,11 @@ fn create(s: &Strata, id: &str, opts: Vec<(String, String)>) {
 fn host_call() {
     const CALLS: u64 = 200_000;
     let t = TempStore::new();
+    // The hostile test driver imports every interface, btrfs included.
+    let mut config = t.config();
+    config.sandbox.grants.push("btrfs".to_string());
     let s = t
-        .open_with(&hostile_wasm(), t.config())
+        .open_with(&hostile_wasm(), config)
         .expect("opening the test driver");
     let n = CALLS.to_string();
     let mut i = 0;
@@ -241,6 +248,200 @@ fn overlay_chains() {
     }
 }
 
+/// Files and bytes of the layer the btrfs bench copies.
+const BTRFS_BENCH_FILES: usize = 10_000;
+const BTRFS_BENCH_BYTES: usize = 200 << 20;
+const BTRFS_BENCH_RUNS: usize = 5;
+
+/// Writes the bench's layer content into `dir`: 100 directories of 100 files, 200 MiB in all,
+/// of bytes that neither compress nor dedupe.
+fn populate(dir: &std::path::Path) {
+    let per_file = BTRFS_BENCH_BYTES / BTRFS_BENCH_FILES;
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut buf = vec![0u8; per_file];
+    for d in 0..BTRFS_BENCH_FILES / 100 {
+        let sub = dir.join(format!("d{d:03}"));
+        std::fs::create_dir(&sub).unwrap();
+        for f in 0..100 {
+            for chunk in buf.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+            }
+            std::fs::write(sub.join(format!("f{f:03}")), &buf).unwrap();
+        }
+    }
+}
+
+fn sync() {
+    rustix::fs::sync();
+}
+
+/// A store on `fs` with a populated base layer `base`.
+fn populated_store(t: &TempStore, wasm: &str, fs: &std::path::Path) -> Strata {
+    let config = strata_host::config::Config::from_str(
+        &format!(
+            "root = {:?}\nrun_root = {:?}\n[drivers.btrfs]\ngrants = [\"files\", \"archive\", \"btrfs\", \"log\"]\n",
+            fs.join(format!("root-{wasm}")),
+            t.dir.path().join(format!("run-{wasm}")),
+        ),
+        "bench.toml",
+    )
+    .unwrap();
+    let s = t
+        .open_with(&driver_wasm(wasm), config)
+        .expect("opening a store");
+    s.create_layer(CreateLayer {
+        id: Some("base".into()),
+        read_write: true,
+        ..Default::default()
+    })
+    .expect("create base");
+    let m = s.mount("base", &[]).expect("mount base");
+    populate(&m);
+    s.unmount("base", false).expect("unmount base");
+    s
+}
+
+/// Median time to create (and, untimed, remove) a child of `base`.
+fn time_child(s: &Strata) -> Duration {
+    let mut runs = Vec::new();
+    for i in 0..BTRFS_BENCH_RUNS {
+        sync();
+        let id = format!("child{i}");
+        let t = Instant::now();
+        s.create_layer(CreateLayer {
+            id: Some(id.clone()),
+            parent: Some("base".into()),
+            read_write: true,
+            ..Default::default()
+        })
+        .expect("create child");
+        runs.push(t.elapsed());
+        s.remove(&id).expect("remove child");
+    }
+    median(runs)
+}
+
+/// Median time of `cmd SRC DST` (DST removed, untimed, after each run).
+fn time_tool(args: &[&str], src: &std::path::Path, dst: &std::path::Path) -> Duration {
+    let mut runs = Vec::new();
+    for _ in 0..BTRFS_BENCH_RUNS {
+        sync();
+        let t = Instant::now();
+        let st = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .arg(src)
+            .arg(dst)
+            .status()
+            .expect("running a baseline tool");
+        runs.push(t.elapsed());
+        assert!(st.success(), "{args:?} failed");
+        if args[0] == "btrfs" {
+            strata_tests::run_tool(
+                std::process::Command::new("btrfs")
+                    .args(["subvolume", "delete"])
+                    .arg(dst),
+            );
+        } else {
+            std::fs::remove_dir_all(dst).unwrap();
+        }
+    }
+    median(runs)
+}
+
+fn btrfs_copies() {
+    if !rustix::process::geteuid().is_root() {
+        println!("btrfs: skipped (loop-mounting btrfs needs root)");
+        return;
+    }
+    if !std::process::Command::new("sh")
+        .args(["-c", "command -v mkfs.btrfs"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        println!("btrfs: skipped (mkfs.btrfs missing; Debian package btrfs-progs)");
+        return;
+    }
+    let fs = LoopBtrfs::new(4 << 30);
+    let t = TempStore::new();
+    let ext4 = t.dir.path().to_path_buf();
+    let fs_type = |p: &std::path::Path| {
+        strata_host::sys::Dir::open_ambient(p)
+            .and_then(|d| d.filesystem_type("."))
+            .unwrap_or("unknown")
+    };
+    let btrfs_store = populated_store(&t, "strata_driver_btrfs", &fs.mnt());
+    let vfs_btrfs = populated_store(&t, "strata_driver_vfs", &fs.mnt());
+    let vfs_ext4 = populated_store(&t, "strata_driver_vfs", &ext4);
+    let snapshot = time_child(&btrfs_store);
+    let reflink = time_child(&vfs_btrfs);
+    let copy = time_child(&vfs_ext4);
+    let btrfs_base = fs
+        .mnt()
+        .join("root-strata_driver_btrfs/btrfs/subvolumes/base");
+    let vfs_btrfs_base = fs.mnt().join("root-strata_driver_vfs/vfs/dir/base");
+    let vfs_ext4_base = ext4.join("root-strata_driver_vfs/vfs/dir/base");
+    let tool_snapshot = time_tool(
+        &["btrfs", "-q", "subvolume", "snapshot"],
+        &btrfs_base,
+        &fs.mnt().join("tool-snapshot"),
+    );
+    let cp_reflink = time_tool(
+        &["cp", "-a", "--reflink=always"],
+        &vfs_btrfs_base,
+        &fs.mnt().join("tool-reflink"),
+    );
+    let cp = time_tool(&["cp", "-a"], &vfs_ext4_base, &ext4.join("tool-copy"));
+    let cp_never = time_tool(
+        &["cp", "-a", "--reflink=never"],
+        &vfs_ext4_base,
+        &ext4.join("tool-copy-never"),
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "btrfs: child of a layer with {BTRFS_BENCH_FILES} files and {} MiB, median of {BTRFS_BENCH_RUNS} (vfs copy on {}):",
+        BTRFS_BENCH_BYTES >> 20,
+        fs_type(&ext4)
+    );
+    let rows = [
+        (
+            "strata btrfs (snapshot)",
+            snapshot,
+            "`btrfs subvolume snapshot`",
+            tool_snapshot,
+        ),
+        (
+            "strata vfs on btrfs (reflinks)",
+            reflink,
+            "`cp -a --reflink=always`",
+            cp_reflink,
+        ),
+        (
+            "strata vfs on ext4 (byte copies)",
+            copy,
+            "`cp -a` on ext4",
+            cp,
+        ),
+        (
+            "strata vfs on ext4 (byte copies)",
+            copy,
+            "`cp -a --reflink=never`",
+            cp_never,
+        ),
+    ];
+    for (name, d, base_name, base) in rows {
+        println!(
+            "  {name:<34} {:>9.2} ms   {base_name:<28} {:>9.2} ms   ratio {:>5.2}x   vs strata vfs copy {:>7.4}x",
+            ms(d),
+            ms(base),
+            d.as_secs_f64() / base.as_secs_f64(),
+            d.as_secs_f64() / copy.as_secs_f64(),
+        );
+    }
+}
+
 fn main() {
     let which: Vec<String> = std::env::args().skip(1).collect();
     let all = which.is_empty();
@@ -252,5 +453,8 @@ fn main() {
     }
     if all || which.iter().any(|w| w == "overlay") {
         overlay_chains();
+    }
+    if all || which.iter().any(|w| w == "btrfs") {
+        btrfs_copies();
     }
 }
