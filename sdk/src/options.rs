@@ -54,6 +54,37 @@ impl Options {
     }
 }
 
+impl Options {
+    /// Reads options kept with [`Options::save`]; a missing file holds none. `init` runs
+    /// once per host start and every later call is a fresh instance, so a driver that needs
+    /// its operator options later keeps them in a file of its home.
+    pub fn load(path: &str) -> Result<Options, Error> {
+        let text = crate::read_small_file(path)?.unwrap_or_default();
+        Ok(Options(
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ))
+    }
+
+    /// Keeps these options in `path` (one `KEY=VALUE` a line, replaced whole, left alone
+    /// when unchanged). A key or value with a line break, or a key with `=`, is refused.
+    pub fn save(&self, path: &str) -> Result<(), Error> {
+        let mut text = String::new();
+        for (k, v) in &self.0 {
+            if k.contains(['\n', '\r', '=']) || v.contains(['\n', '\r']) {
+                return Err(error::invalid_argument(format!(
+                    "option `{}` cannot be kept: line breaks (and `=` in keys) are not allowed",
+                    k.escape_debug()
+                )));
+            }
+            text.push_str(&format!("{k}={v}\n"));
+        }
+        crate::write_small_file(path, &text)
+    }
+}
+
 impl From<Vec<(String, String)>> for Options {
     fn from(pairs: Vec<(String, String)>) -> Self {
         Options(pairs)

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use strata_host::config::Config;
+use strata_host::conformance::{self, Outcome, Report, SuiteOptions};
 use strata_host::layers::{StoreOptions, Strata};
 
 pub mod targen;
@@ -231,4 +232,38 @@ pub fn run_tool(cmd: &mut std::process::Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the conformance suite, printing each case as it ends.
+pub fn run_conformance(options: &SuiteOptions) -> Report {
+    conformance::run(options, |r| match &r.outcome {
+        Outcome::Passed => eprintln!("ok    {} [{} ms]", r.name, r.millis),
+        Outcome::Failed { message } => eprintln!("FAIL  {}: {message}", r.name),
+    })
+    .expect("running the conformance suite")
+}
+
+/// Fails the test listing every failed case, and unless every case ran (with the deep chain
+/// `deep_chain` long).
+pub fn assert_all_pass(report: &Report, deep_chain: usize) {
+    let failures: Vec<String> = report
+        .cases
+        .iter()
+        .filter_map(|c| match &c.outcome {
+            Outcome::Failed { message } => Some(format!("{}: {message}", c.name)),
+            Outcome::Passed => None,
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} conformance cases failed:\n{}",
+        failures.len(),
+        report.cases.len(),
+        failures.join("\n")
+    );
+    assert_eq!(
+        report.cases.len(),
+        conformance::case_names(deep_chain).len(),
+        "every case ran"
+    );
 }

@@ -6,13 +6,13 @@
 use std::path::Path;
 
 use strata_host::config::Config;
-use strata_host::conformance::{self, Outcome, SuiteOptions};
+use strata_host::conformance::{self, SuiteOptions};
 use strata_host::layers::{CreateLayer, LayerError, StoreOptions, Strata};
 use strata_host::sandbox::{CallError, DriverError, SandboxError};
 use strata_host::sys;
 use strata_tests::{
-    LoopBtrfs, TempStore, btrfs_or_skip, cache_dir, driver_wasm, run_tool, strata_bin, vfs_wasm,
-    wasm_dir,
+    LoopBtrfs, TempStore, assert_all_pass, btrfs_or_skip, cache_dir, driver_wasm, run_conformance,
+    run_tool, strata_bin, vfs_wasm, wasm_dir,
 };
 
 fn btrfs_wasm() -> std::path::PathBuf {
@@ -85,24 +85,8 @@ fn btrfs_passes_the_conformance_suite_with_quota() {
         deep_chain: conformance::DEFAULT_DEEP_CHAIN,
         only: vec![],
     };
-    let report = conformance::run(&options, |r| match &r.outcome {
-        Outcome::Passed => eprintln!("ok    {} [{} ms]", r.name, r.millis),
-        Outcome::Failed { message } => eprintln!("FAIL  {}: {message}", r.name),
-    })
-    .expect("running the conformance suite");
-    let failures: Vec<String> = report
-        .cases
-        .iter()
-        .filter_map(|c| match &c.outcome {
-            Outcome::Failed { message } => Some(format!("{}: {message}", c.name)),
-            Outcome::Passed => None,
-        })
-        .collect();
-    assert!(failures.is_empty(), "failed:\n{}", failures.join("\n"));
-    assert_eq!(
-        report.cases.len(),
-        conformance::case_names(conformance::DEFAULT_DEEP_CHAIN).len()
-    );
+    let report = run_conformance(&options);
+    assert_all_pass(&report, conformance::DEFAULT_DEEP_CHAIN);
     let quota = report
         .cases
         .iter()
@@ -412,4 +396,71 @@ fn vfs_on_a_btrfs_home_reflinks_instead_of_copying() {
         extents.iter().all(|l| l.contains("shared")),
         "every extent of the child's copy is shared with the parent:\n{frag}"
     );
+}
+
+#[test]
+fn the_operator_default_size_limits_every_layer_and_children_inherit_limits() {
+    if !btrfs_or_skip("the_operator_default_size_limits_every_layer_and_children_inherit_limits") {
+        return;
+    }
+    let fs = LoopBtrfs::new(512 << 20);
+    let open = |size: &str| {
+        Strata::open(StoreOptions {
+            config: config_on(&fs.mnt()),
+            driver: Some(btrfs_wasm().to_string_lossy().into_owned()),
+            driver_options: vec![("size".into(), size.into())],
+            cache_dir: Some(cache_dir()),
+        })
+    };
+    let err = open("lots").err().expect("a bad size is refused");
+    assert!(err.to_string().contains("option `size`"), "{err}");
+    let s = open("64M").expect("btrfs with a default size");
+    assert!(
+        s.driver_info()
+            .status
+            .contains(&("Default Layer Size".into(), (64u64 << 20).to_string())),
+        "{:?}",
+        s.driver_info().status
+    );
+    create(&s, "base", None, &[]).unwrap();
+    create(&s, "own", Some("base"), &[("size", "32M")]).unwrap();
+    create(&s, "inherits", Some("own"), &[]).unwrap();
+    let limit_of = |id: &str| {
+        let meta = s.driver().metadata(id).unwrap();
+        meta.iter()
+            .find(|(k, _)| k == "size")
+            .map(|(_, v)| v.parse::<u64>().unwrap())
+    };
+    assert_eq!(limit_of("base"), Some(64 << 20));
+    assert_eq!(limit_of("own"), Some(32 << 20));
+    assert_eq!(
+        limit_of("inherits"),
+        Some(32 << 20),
+        "a child keeps its parent's limit"
+    );
+    // The kernel holds the same limits.
+    let show = run_tool(
+        std::process::Command::new("btrfs")
+            .args(["qgroup", "show", "-r", "--raw"])
+            .arg(fs.mnt()),
+    );
+    let limits: Vec<&str> = show
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter(|v| v.parse::<u64>().is_ok())
+        .collect();
+    let expected = [(64u64 << 20).to_string(), (32u64 << 20).to_string()];
+    assert_eq!(
+        limits.iter().filter(|v| **v == expected[0]).count(),
+        1,
+        "{show}"
+    );
+    assert_eq!(
+        limits.iter().filter(|v| **v == expected[1]).count(),
+        2,
+        "{show}"
+    );
+    for id in ["inherits", "own", "base"] {
+        s.remove(id).unwrap();
+    }
 }

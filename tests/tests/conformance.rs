@@ -4,11 +4,13 @@
 
 use std::path::Path;
 
-use strata_host::conformance::{self, Outcome, Report, SuiteOptions};
-use strata_tests::{TempStore, cache_dir, driver_wasm, root_or_skip};
+use strata_host::conformance::{self, Report, SuiteOptions};
+use strata_tests::{
+    TempStore, assert_all_pass, cache_dir, driver_wasm, root_or_skip, run_conformance,
+};
 
 fn run_suite(t: &TempStore, wasm: &Path, only: &[&str], deep_chain: usize) -> Report {
-    let options = SuiteOptions {
+    run_conformance(&SuiteOptions {
         driver: wasm.to_string_lossy().into_owned(),
         config: t.config(),
         driver_options: vec![],
@@ -16,35 +18,7 @@ fn run_suite(t: &TempStore, wasm: &Path, only: &[&str], deep_chain: usize) -> Re
         cache_dir: cache_dir(),
         deep_chain,
         only: only.iter().map(|s| s.to_string()).collect(),
-    };
-    conformance::run(&options, |r| match &r.outcome {
-        Outcome::Passed => eprintln!("ok    {} [{} ms]", r.name, r.millis),
-        Outcome::Failed { message } => eprintln!("FAIL  {}: {message}", r.name),
     })
-    .expect("running the conformance suite")
-}
-
-fn assert_all_pass(report: &Report) {
-    let failures: Vec<String> = report
-        .cases
-        .iter()
-        .filter_map(|c| match &c.outcome {
-            Outcome::Failed { message } => Some(format!("{}: {message}", c.name)),
-            Outcome::Passed => None,
-        })
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} conformance cases failed:\n{}",
-        failures.len(),
-        report.cases.len(),
-        failures.join("\n")
-    );
-    assert_eq!(
-        report.cases.len(),
-        conformance::case_names(conformance::DEFAULT_DEEP_CHAIN).len(),
-        "every case ran"
-    );
 }
 
 #[test]
@@ -62,7 +36,7 @@ fn vfs_passes_the_conformance_suite() {
         &[],
         conformance::DEFAULT_DEEP_CHAIN,
     );
-    assert_all_pass(&report);
+    assert_all_pass(&report, conformance::DEFAULT_DEEP_CHAIN);
     let quota = report
         .cases
         .iter()
@@ -87,7 +61,7 @@ fn overlay_passes_the_conformance_suite_with_a_500_layer_chain() {
     }
     let t = TempStore::new();
     let report = run_suite(&t, &driver_wasm("strata_driver_overlay"), &[], 500);
-    assert_all_pass(&report);
+    assert_all_pass(&report, 500);
     assert!(
         report.cases.iter().any(|c| c.name == "deep-chain-500"),
         "the deep chain ran at overlayfs's limit"

@@ -62,21 +62,16 @@ impl Settings {
     }
 
     fn save(&self) -> Result<(), Error> {
-        let text = match self.default_size {
-            Some(s) => format!("size={s}\n"),
-            None => String::new(),
-        };
-        write_small_file(OPTIONS_FILE, &text)
+        let pairs = self
+            .default_size
+            .map(|s| ("size".to_string(), s.to_string()))
+            .into_iter()
+            .collect();
+        Options(pairs).save(OPTIONS_FILE)
     }
 
     fn load() -> Result<Settings, Error> {
-        let text = read_small_file(OPTIONS_FILE)?.unwrap_or_default();
-        let pairs = text
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::parse(&Options(pairs))
+        Settings::parse(&Options::load(OPTIONS_FILE)?)
     }
 }
 

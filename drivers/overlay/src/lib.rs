@@ -81,24 +81,15 @@ impl Settings {
     }
 
     fn save(&self) -> Result<(), Error> {
-        write_small_file(
-            OPTIONS_FILE,
-            &format!(
-                "mountopt={}\nuserxattr={}\n",
-                self.mountopt.join(","),
-                self.userxattr
-            ),
-        )
+        Options(vec![
+            ("mountopt".into(), self.mountopt.join(",")),
+            ("userxattr".into(), self.userxattr.to_string()),
+        ])
+        .save(OPTIONS_FILE)
     }
 
     fn load() -> Result<Settings, Error> {
-        let text = read_small_file(OPTIONS_FILE)?.unwrap_or_default();
-        let pairs = text
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::parse(&Options(pairs))
+        Settings::parse(&Options::load(OPTIONS_FILE)?)
     }
 
     fn whiteouts(&self) -> WhiteoutFormat {
