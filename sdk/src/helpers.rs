@@ -85,12 +85,24 @@ pub fn write_small_file(path: &str, contents: &str) -> Result<(), Error> {
         .map_err(|e| error::from_io(format!("writing {path}"), e))
 }
 
+/// Where [`bind_plan`] mounts layer `id`: `mnt/ID`.
+pub fn bind_target(id: &str) -> String {
+    format!("mnt/{id}")
+}
+
+/// Removes the mount point [`bind_plan`] made for layer `id` (after its last unmount, or when
+/// the layer goes); a missing one is not an error.
+pub fn remove_bind_target(id: &str) -> Result<(), Error> {
+    validate_id(id)?;
+    remove_if_exists(&bind_target(id))
+}
+
 /// A bind-mount plan for a layer kept as one directory: `source` appears at `mnt/ID`, a
 /// mount point this creates.
 pub fn bind_plan(source: &str, id: &str, read_only: bool) -> Result<MountPlan, Error> {
     validate_id(id)?;
     ensure_dir("mnt", 0o700)?;
-    let target = format!("mnt/{id}");
+    let target = bind_target(id);
     ensure_dir(&target, 0o755)?;
     Ok(MountPlan {
         target,

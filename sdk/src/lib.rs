@@ -136,6 +136,6 @@ pub use driver::Driver;
 
 mod helpers;
 pub use helpers::{
-    MAX_ID_LEN, MAX_SMALL_FILE, bind_plan, ensure_dir, exists, read_small_file, remove_if_exists,
-    validate_id, write_small_file,
+    MAX_ID_LEN, MAX_SMALL_FILE, bind_plan, bind_target, ensure_dir, exists, read_small_file,
+    remove_bind_target, remove_if_exists, validate_id, write_small_file,
 };

@@ -168,7 +168,6 @@ pub fn btrfs_or_skip(test: &str) -> bool {
 /// removed on drop (anything mounted beneath it first).
 pub struct LoopBtrfs {
     pub dir: tempfile::TempDir,
-    mounted: bool,
 }
 
 impl LoopBtrfs {
@@ -197,7 +196,7 @@ impl LoopBtrfs {
                 .arg(&image)
                 .arg(&mnt),
         );
-        LoopBtrfs { dir, mounted: true }
+        LoopBtrfs { dir }
     }
 
     /// Where the filesystem is mounted.
@@ -208,15 +207,12 @@ impl LoopBtrfs {
 
 impl Drop for LoopBtrfs {
     fn drop(&mut self) {
-        if self.mounted {
-            strata_host::sys::mount::detach_all_beneath(&self.mnt());
-            // The loop device goes with the last unmount (mount -o loop sets autoclear).
-            let _ = std::process::Command::new("umount")
-                .arg(self.mnt())
-                .stderr(std::process::Stdio::null())
-                .status();
-            self.mounted = false;
-        }
+        strata_host::sys::mount::detach_all_beneath(&self.mnt());
+        // The loop device goes with the last unmount (mount -o loop sets autoclear).
+        let _ = std::process::Command::new("umount")
+            .arg(self.mnt())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 

@@ -18,7 +18,7 @@
 use strata_driver_sdk::host::{btrfs, files};
 use strata_driver_sdk::{
     Driver, DriverInfo, Error, MountPlan, MountRequest, Options, bind_plan, ensure_dir, error,
-    read_small_file, remove_if_exists, validate_id, write_small_file,
+    read_small_file, remove_bind_target, remove_if_exists, validate_id, write_small_file,
 };
 
 /// Where layers live: `subvolumes/ID` is the subvolume of layer ID.
@@ -188,7 +188,7 @@ impl Driver for Btrfs {
             Err(e) => return Err(e),
         }
         remove_if_exists(&quota_file(id))?;
-        remove_if_exists(&format!("mnt/{id}"))
+        remove_bind_target(id)
     }
 
     fn plan_mount(id: &str, request: MountRequest) -> Result<MountPlan, Error> {
@@ -202,7 +202,7 @@ impl Driver for Btrfs {
 
     fn unmounted(id: &str) -> Result<(), Error> {
         validate_id(id)?;
-        remove_if_exists(&format!("mnt/{id}"))
+        remove_bind_target(id)
     }
 
     fn status() -> Vec<(String, String)> {

@@ -9,7 +9,7 @@
 use strata_driver_sdk::host::{copy, files};
 use strata_driver_sdk::{
     Driver, DriverInfo, Error, MountPlan, MountRequest, Options, bind_plan, ensure_dir, error,
-    remove_if_exists, validate_id,
+    remove_bind_target, remove_if_exists, validate_id,
 };
 
 /// Where layers live, relative to the driver home: `dir/ID` is layer ID's root.
@@ -66,7 +66,7 @@ impl Driver for Vfs {
     fn remove(id: &str) -> Result<(), Error> {
         validate_id(id)?;
         remove_if_exists(&Self::layer_dir(id))?;
-        remove_if_exists(&format!("mnt/{id}"))
+        remove_bind_target(id)
     }
 
     fn plan_mount(id: &str, request: MountRequest) -> Result<MountPlan, Error> {
@@ -80,7 +80,7 @@ impl Driver for Vfs {
 
     fn unmounted(id: &str) -> Result<(), Error> {
         validate_id(id)?;
-        remove_if_exists(&format!("mnt/{id}"))
+        remove_bind_target(id)
     }
 
     fn status() -> Vec<(String, String)> {

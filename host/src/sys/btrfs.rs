@@ -110,9 +110,11 @@ pub struct SubvolumeInfo {
     pub read_only: bool,
 }
 
+/// `name` NUL-terminated in the name field of an ioctl argument (every one holds at least
+/// [`MAX_SUBVOLUME_NAME`] bytes and the NUL).
 fn name_bytes<const N: usize>(op: &'static str, name: &OsStr) -> SysResult<[u8; N]> {
     let bytes = name.as_bytes();
-    if bytes.len() >= N.min(MAX_SUBVOLUME_NAME + 1) {
+    if bytes.len() > MAX_SUBVOLUME_NAME {
         return Err(SysError::invalid(op, name, "subvolume name too long"));
     }
     let mut out = [0u8; N];
@@ -193,30 +195,31 @@ fn snapshot_at(
 }
 
 /// `BTRFS_IOC_SNAP_DESTROY_V2` (or the v1 call on kernels before 5.7) of subvolume `name` in
-/// `parent`.
-fn destroy_at(parent: BorrowedFd<'_>, name: &OsStr) -> Result<(), rustix::io::Errno> {
+/// `parent`. The outer error is a name too long to pass; the inner one the kernel's answer.
+fn destroy_at(parent: BorrowedFd<'_>, name: &OsStr) -> SysResult<Result<(), rustix::io::Errno>> {
     let args = VolArgsV2 {
         fd: 0,
         transid: 0,
         flags: 0,
         unused: [0; 4],
-        name: name_bytes("subvolume delete", name).map_err(|_| rustix::io::Errno::NAMETOOLONG)?,
+        name: name_bytes("subvolume delete", name)?,
     };
     // SAFETY: SNAP_DESTROY_V2 reads a `struct btrfs_ioctl_vol_args_v2` laid out by
     // `VolArgsV2`; with no flags it deletes by the NUL-terminated name.
-    match unsafe { ioctl(parent, Setter::<SNAP_DESTROY_V2, VolArgsV2>::new(args)) } {
-        Err(rustix::io::Errno::NOTTY) => {
-            let args = VolArgs {
-                fd: 0,
-                name: name_bytes("subvolume delete", name)
-                    .map_err(|_| rustix::io::Errno::NAMETOOLONG)?,
-            };
-            // SAFETY: SNAP_DESTROY reads a `struct btrfs_ioctl_vol_args`, laid out by
-            // `VolArgs` with a NUL-terminated name.
-            unsafe { ioctl(parent, Setter::<SNAP_DESTROY, VolArgs>::new(args)) }
-        }
-        other => other,
-    }
+    Ok(
+        match unsafe { ioctl(parent, Setter::<SNAP_DESTROY_V2, VolArgsV2>::new(args)) } {
+            Err(rustix::io::Errno::NOTTY) => {
+                let args = VolArgs {
+                    fd: 0,
+                    name: name_bytes("subvolume delete", name)?,
+                };
+                // SAFETY: SNAP_DESTROY reads a `struct btrfs_ioctl_vol_args`, laid out by
+                // `VolArgs` with a NUL-terminated name.
+                unsafe { ioctl(parent, Setter::<SNAP_DESTROY, VolArgs>::new(args)) }
+            }
+            other => other,
+        },
+    )
 }
 
 fn subvolume_flags(fd: BorrowedFd<'_>) -> SysResult<u64> {
@@ -237,7 +240,7 @@ fn set_subvolume_flags(fd: BorrowedFd<'_>, flags: u64) -> SysResult<()> {
 fn delete_subvolume_at(parent: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
     let fd = open_dir_at(parent, name)?;
     require_subvolume("subvolume delete", fd.as_fd()).map_err(|e| e.at(name))?;
-    match destroy_at(parent, name) {
+    match destroy_at(parent, name)? {
         Ok(()) => return Ok(()),
         Err(rustix::io::Errno::NOTEMPTY) => {}
         Err(e) => return Err(SysError::from_errno("subvolume delete", name, e)),
@@ -253,7 +256,7 @@ fn delete_subvolume_at(parent: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
         let p = Path::new(name).join(&e.path);
         e.at(p)
     })?;
-    destroy_at(parent, name).map_err(|e| SysError::from_errno("subvolume delete", name, e))
+    destroy_at(parent, name)?.map_err(|e| SysError::from_errno("subvolume delete", name, e))
 }
 
 /// Deletes every subvolume beneath directory `dir` (which belongs to the subvolume being

@@ -46,6 +46,21 @@ fn create(s: &Strata, id: &str, opts: Vec<(String, String)>) {
     s.remove(id).expect("removing a layer");
 }
 
+/// What `lifecycle` and `overlay` time: a read-write layer `id` on `parent` created,
+/// mounted, unmounted and removed.
+fn rw_layer_lifecycle(s: &Strata, id: &str, parent: Option<&str>) {
+    s.create_layer(CreateLayer {
+        id: Some(id.into()),
+        parent: parent.map(str::to_string),
+        read_write: true,
+        ..Default::default()
+    })
+    .expect("create");
+    s.mount(id, &[]).expect("mount");
+    s.unmount(id, false).expect("unmount");
+    s.remove(id).expect("remove");
+}
+
 fn host_call() {
     const CALLS: u64 = 200_000;
     let t = TempStore::new();
@@ -93,16 +108,7 @@ fn lifecycle() {
     let mut i = 0;
     let strata = time(30, || {
         i += 1;
-        let id = format!("l{i}");
-        s.create_layer(CreateLayer {
-            id: Some(id.clone()),
-            read_write: true,
-            ..Default::default()
-        })
-        .expect("create");
-        s.mount(&id, &[]).expect("mount");
-        s.unmount(&id, false).expect("unmount");
-        s.remove(&id).expect("remove");
+        rw_layer_lifecycle(&s, &format!("l{i}"), None);
     });
     let base = t.dir.path().join("native");
     std::fs::create_dir(&base).unwrap();
@@ -206,17 +212,7 @@ fn overlay_chains() {
         let mut i = 0;
         let strata = time(15, || {
             i += 1;
-            let id = format!("x{depth}-{i}");
-            s.create_layer(CreateLayer {
-                id: Some(id.clone()),
-                parent: Some(top.clone()),
-                read_write: true,
-                ..Default::default()
-            })
-            .expect("create");
-            s.mount(&id, &[]).expect("mount");
-            s.unmount(&id, false).expect("unmount");
-            s.remove(&id).expect("remove");
+            rw_layer_lifecycle(&s, &format!("x{depth}-{i}"), Some(&top));
         });
         let lowers: Vec<std::path::PathBuf> = chain[..depth]
             .iter()
@@ -324,8 +320,13 @@ fn time_child(s: &Strata) -> Duration {
     median(runs)
 }
 
-/// Median time of `cmd SRC DST` (DST removed, untimed, after each run).
-fn time_tool(args: &[&str], src: &std::path::Path, dst: &std::path::Path) -> Duration {
+/// Median time of `cmd SRC DST` (DST removed, untimed, by `remove` after each run).
+fn time_tool(
+    args: &[&str],
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    remove: fn(&std::path::Path),
+) -> Duration {
     let mut runs = Vec::new();
     for _ in 0..BTRFS_BENCH_RUNS {
         sync();
@@ -338,17 +339,13 @@ fn time_tool(args: &[&str], src: &std::path::Path, dst: &std::path::Path) -> Dur
             .expect("running a baseline tool");
         runs.push(t.elapsed());
         assert!(st.success(), "{args:?} failed");
-        if args[0] == "btrfs" {
-            strata_tests::run_tool(
-                std::process::Command::new("btrfs")
-                    .args(["subvolume", "delete"])
-                    .arg(dst),
-            );
-        } else {
-            std::fs::remove_dir_all(dst).unwrap();
-        }
+        remove(dst);
     }
     median(runs)
+}
+
+fn remove_tree(dst: &std::path::Path) {
+    std::fs::remove_dir_all(dst).unwrap();
 }
 
 fn btrfs_copies() {
@@ -387,17 +384,31 @@ fn btrfs_copies() {
         &["btrfs", "-q", "subvolume", "snapshot"],
         &btrfs_base,
         &fs.mnt().join("tool-snapshot"),
+        |dst| {
+            strata_tests::run_tool(
+                std::process::Command::new("btrfs")
+                    .args(["subvolume", "delete"])
+                    .arg(dst),
+            );
+        },
     );
     let cp_reflink = time_tool(
         &["cp", "-a", "--reflink=always"],
         &vfs_btrfs_base,
         &fs.mnt().join("tool-reflink"),
+        remove_tree,
     );
-    let cp = time_tool(&["cp", "-a"], &vfs_ext4_base, &ext4.join("tool-copy"));
+    let cp = time_tool(
+        &["cp", "-a"],
+        &vfs_ext4_base,
+        &ext4.join("tool-copy"),
+        remove_tree,
+    );
     let cp_never = time_tool(
         &["cp", "-a", "--reflink=never"],
         &vfs_ext4_base,
         &ext4.join("tool-copy-never"),
+        remove_tree,
     );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(

@@ -7,7 +7,7 @@
 use strata_driver_sdk::host::{archive, copy, files};
 use strata_driver_sdk::{
     Driver, DriverInfo, Error, LayerDiff, MountPlan, MountRequest, Options, WhiteoutFormat,
-    bind_plan, ensure_dir, remove_if_exists, validate_id,
+    bind_plan, ensure_dir, remove_bind_target, remove_if_exists, validate_id,
 };
 
 pub struct Forgetful;
@@ -48,7 +48,7 @@ impl Driver for Forgetful {
     fn remove(id: &str) -> Result<(), Error> {
         validate_id(id)?;
         remove_if_exists(&Self::layer_dir(id))?;
-        remove_if_exists(&format!("mnt/{id}"))
+        remove_bind_target(id)
     }
 
     fn plan_mount(id: &str, request: MountRequest) -> Result<MountPlan, Error> {

@@ -29,7 +29,7 @@
 use strata_driver_sdk::host::{btrfs, copy, files};
 use strata_driver_sdk::{
     BindMount, Driver, DriverInfo, Error, MountKind, MountPlan, MountRequest, Options,
-    OverlayMount, ensure_dir, error, remove_if_exists,
+    OverlayMount, ensure_dir, error, remove_bind_target, remove_if_exists,
 };
 
 pub struct Hostile;
@@ -104,7 +104,7 @@ impl Driver for Hostile {
 
     fn remove(id: &str) -> Result<(), Error> {
         remove_if_exists(&Self::layer_dir(id))?;
-        remove_if_exists(&format!("mnt/{id}"))
+        remove_bind_target(id)
     }
 
     fn plan_mount(id: &str, request: MountRequest) -> Result<MountPlan, Error> {
@@ -112,7 +112,7 @@ impl Driver for Hostile {
         let target = match options.get("target") {
             Some(t) => t.to_string(),
             None => {
-                let t = format!("mnt/{id}");
+                let t = strata_driver_sdk::bind_target(id);
                 ensure_dir(&t, 0o755)?;
                 t
             }
