@@ -69,6 +69,8 @@ pub struct DriverConfig {
     pub grants: Option<Vec<String>>,
     pub memory: Option<u64>,
     pub deadline: Option<Duration>,
+    /// The parent dataset of a driver granted `zfs` (`tank/strata`).
+    pub fsname: Option<String>,
 }
 
 /// The effective settings of one driver.
@@ -78,6 +80,8 @@ pub struct DriverSettings {
     pub options: Vec<(String, String)>,
     pub memory: u64,
     pub deadline: Duration,
+    /// The parent dataset its `zfs` calls are confined to.
+    pub fsname: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -230,6 +234,11 @@ impl Parser<'_> {
                 "grants" => d.grants = Some(self.grants(&key, v)?),
                 "memory" => d.memory = Some(self.memory(&key, v)?),
                 "deadline" => d.deadline = Some(self.deadline(&key, v)?),
+                "fsname" => {
+                    let name = self.string(&key, v)?;
+                    crate::sys::zfs::check_parent_name(&name).map_err(|m| self.bad(&key, m))?;
+                    d.fsname = Some(name);
+                }
                 _ => return Err(self.unknown(&key)),
             }
         }
@@ -315,6 +324,7 @@ impl Config {
             options: d.options,
             memory: d.memory.unwrap_or(self.sandbox.memory),
             deadline: d.deadline.unwrap_or(self.sandbox.deadline),
+            fsname: d.fsname,
         }
     }
 }
@@ -409,6 +419,8 @@ memory = 33554432
 deadline = "2m"
 [drivers.other]
 grants = ["log"]
+[drivers.zfs]
+fsname = "tank/strata"
 "#,
             "t",
         )
@@ -427,6 +439,11 @@ grants = ["log"]
         assert_eq!(c.driver_grants("other", false), vec!["log"]);
         assert_eq!(o.memory, 512 << 20);
         assert_eq!(o.deadline, Duration::from_millis(500));
+        assert_eq!(
+            c.driver_settings("zfs").fsname.as_deref(),
+            Some("tank/strata")
+        );
+        assert_eq!(o.fsname, None);
     }
 
     #[test]
@@ -452,6 +469,18 @@ grants = ["log"]
                 "drivers.vfs.options.a",
             ),
             ("drivers = 1", "drivers: expected a table"),
+            (
+                "[drivers.zfs]\nfsname = \"/tank/strata\"",
+                "drivers.zfs.fsname: `/tank/strata` is not a dataset name",
+            ),
+            (
+                "[drivers.zfs]\nfsname = \"tank@snap\"",
+                "drivers.zfs.fsname",
+            ),
+            (
+                "[drivers.zfs]\nfsname = 3",
+                "drivers.zfs.fsname: expected a string",
+            ),
             ("root = ", "not valid TOML"),
         ] {
             let e = err(text);

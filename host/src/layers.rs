@@ -143,6 +143,9 @@ fn grants(names: &[String]) -> Result<Vec<Capability>> {
         .collect()
 }
 
+/// A driver's metadata of one layer, or why it could not give it.
+pub type MetadataAnswer = std::result::Result<Vec<(String, String)>, String>;
+
 impl Strata {
     /// Opens (creating if needed) the store at `config.root`, loads and initialises the driver,
     /// and removes layers left incomplete by a crash.
@@ -171,14 +174,25 @@ impl Strata {
             memory: usize::try_from(settings.memory).unwrap_or(usize::MAX),
             deadline: settings.deadline,
         };
-        let driver = DriverRuntime::new(
-            &engine,
-            &component,
-            &grants(&config.driver_grants(&location.name, location.first_party))?,
-            &home,
-            limits,
-        )?
-        .with_run_dir(config.run_root.join(&location.name));
+        let granted = grants(&config.driver_grants(&location.name, location.first_party))?;
+        let run_dir = config.run_root.join(&location.name);
+        let mut driver = DriverRuntime::new(&engine, &component, &granted, &home, limits)?
+            .with_run_dir(run_dir.clone());
+        if granted.contains(&Capability::Zfs) {
+            let access = match settings.fsname.as_deref() {
+                None => Err((
+                    crate::sys::ErrorKind::Unsupported,
+                    format!(
+                        "no parent dataset for zfs: set `fsname` in [drivers.{}] of the config \
+                         (e.g. fsname = \"tank/strata\")",
+                        location.name
+                    ),
+                )),
+                Some(parent) => crate::sys::zfs::Zfs::new(parent, &run_dir)
+                    .map_err(|e| (e.kind, format!("{parent}: {}", e.reason()))),
+            };
+            driver = driver.with_zfs(std::sync::Arc::new(access));
+        }
         let mut init_options = settings.options.clone();
         init_options.extend(options.driver_options);
         let info = driver.init(&init_options)?;
@@ -230,6 +244,20 @@ impl Strata {
 
     pub fn list(&self) -> Result<Vec<Layer>> {
         Ok(self.store.list()?)
+    }
+
+    /// Every layer with the driver's metadata for it, asked for in batches (one driver call
+    /// per [`crate::sandbox::MAX_LAYERS_PER_METADATA_CALL`] layers) so that a driver can
+    /// answer from one query.
+    pub fn list_with_metadata(&self) -> Result<Vec<(Layer, MetadataAnswer)>> {
+        let layers = self.store.list()?;
+        let ids: Vec<String> = layers.iter().map(|l| l.id.clone()).collect();
+        let answers = self.driver.layers_metadata(&ids)?;
+        Ok(layers
+            .into_iter()
+            .zip(answers)
+            .map(|(l, a)| (l, a.map_err(|e| e.to_string())))
+            .collect())
     }
 
     pub fn get(&self, id: &str) -> Result<Layer> {

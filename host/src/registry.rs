@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 /// Drivers that ship with Strata.
-pub const FIRST_PARTY: &[&str] = &["overlay", "vfs", "btrfs"];
+pub const FIRST_PARTY: &[&str] = &["overlay", "vfs", "btrfs", "zfs"];
 
 /// Grants a first-party driver gets on top of `[sandbox] grants` when it is loaded by name
 /// from the install directories and its config section names no `grants` of its own: the
@@ -17,6 +17,7 @@ pub const FIRST_PARTY: &[&str] = &["overlay", "vfs", "btrfs"];
 pub fn builtin_grants(name: &str) -> &'static [&'static str] {
     match name {
         "btrfs" => &["btrfs"],
+        "zfs" => &["zfs"],
         _ => &[],
     }
 }
@@ -176,6 +177,7 @@ mod tests {
         assert!(matches!(locate("../x", None), Err(LocateError::Missing(_))));
         assert!(matches!(locate("a b", None), Err(LocateError::BadName(_))));
         assert_eq!(builtin_grants("btrfs"), ["btrfs"]);
+        assert_eq!(builtin_grants("zfs"), ["zfs"]);
         assert!(builtin_grants("vfs").is_empty());
         let err = locate("surely-not-installed", None)
             .unwrap_err()

@@ -23,6 +23,13 @@ pub trait Driver {
     /// The directory, relative to the home, holding layer `id`'s files.
     fn layer_dir(id: &str) -> String;
 
+    /// Makes [`layer_dir`](Driver::layer_dir) of `id` usable before the default
+    /// `apply_diff`, `diff`, `changes` and `diff_size` read or write it (zfs mounts the
+    /// layer's dataset there). Nothing by default.
+    fn open_layer_dir(_id: &str) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Creates layer `id`, empty or as a child of `parent`. `read_write` is true for a
     /// container layer (`create-rw`).
     fn create(
@@ -51,23 +58,27 @@ pub trait Driver {
 
     /// Applies a layer tar onto layer `id`; returns the bytes of file content written.
     fn apply_diff(id: &str, _parent: Option<&str>, diff: &LayerDiff) -> Result<u64, Error> {
+        Self::open_layer_dir(id)?;
         archive::apply(diff, &Self::layer_dir(id), WhiteoutFormat::Delete).map(|s| s.size)
     }
 
     /// Layer `id`'s changes against `parent` as a tar with `.wh.` whiteouts.
     fn diff(id: &str, parent: Option<&str>) -> Result<LayerDiff, Error> {
+        open_pair::<Self>(id, parent)?;
         let parent_dir = parent.map(Self::layer_dir);
         archive::diff_trees(&Self::layer_dir(id), parent_dir.as_deref())
     }
 
     /// Layer `id`'s changes against `parent`.
     fn changes(id: &str, parent: Option<&str>) -> Result<Vec<Change>, Error> {
+        open_pair::<Self>(id, parent)?;
         let parent_dir = parent.map(Self::layer_dir);
         archive::changes(&Self::layer_dir(id), parent_dir.as_deref())
     }
 
     /// Bytes of regular files added or modified against `parent`.
     fn diff_size(id: &str, parent: Option<&str>) -> Result<u64, Error> {
+        open_pair::<Self>(id, parent)?;
         let parent_dir = parent.map(Self::layer_dir);
         archive::diff_size(&Self::layer_dir(id), parent_dir.as_deref())
     }
@@ -82,9 +93,23 @@ pub trait Driver {
         Ok(vec![("dir".to_string(), Self::layer_dir(id))])
     }
 
+    /// `metadata` of many layers (`strata layer ls --json`), one answer per id in order.
+    /// A driver whose metadata comes from one query for all layers overrides this.
+    fn layers_metadata(ids: &[String]) -> Vec<Result<Vec<(String, String)>, Error>> {
+        ids.iter().map(|id| Self::metadata(id)).collect()
+    }
+
     /// Called when the host shuts the store down.
     fn cleanup() -> Result<(), Error> {
         Ok(())
+    }
+}
+
+fn open_pair<D: Driver + ?Sized>(id: &str, parent: Option<&str>) -> Result<(), Error> {
+    D::open_layer_dir(id)?;
+    match parent {
+        Some(p) => D::open_layer_dir(p),
+        None => Ok(()),
     }
 }
 
@@ -171,6 +196,12 @@ macro_rules! export_driver {
                     id: String,
                 ) -> Result<::std::vec::Vec<(String, String)>, $crate::Error> {
                     <$driver as $crate::Driver>::metadata(&id)
+                }
+                fn layers_metadata(
+                    ids: ::std::vec::Vec<String>,
+                ) -> ::std::vec::Vec<Result<::std::vec::Vec<(String, String)>, $crate::Error>>
+                {
+                    <$driver as $crate::Driver>::layers_metadata(&ids)
                 }
                 fn cleanup() -> Result<(), $crate::Error> {
                     <$driver as $crate::Driver>::cleanup()

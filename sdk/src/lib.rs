@@ -116,6 +116,7 @@ pub mod host {
     pub use crate::bindings::strata::driver::files;
     pub use crate::bindings::strata::driver::log;
     pub use crate::bindings::strata::driver::overlay;
+    pub use crate::bindings::strata::driver::zfs;
 }
 
 pub use bindings::exports::strata::driver::driver::{

@@ -19,7 +19,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Drivers that ship with Strata (crate `strata-driver-NAME`, installed as `NAME.wasm`).
-pub const DRIVERS: &[&str] = &["overlay", "vfs", "btrfs"];
+pub const DRIVERS: &[&str] = &["overlay", "vfs", "btrfs", "zfs"];
 /// Drivers only the tests use.
 pub const TEST_DRIVERS: &[&str] = &["strata-test-driver-hostile", "strata-test-driver-forgetful"];
 /// The cargo profile drivers are built with (small, optimised components).
@@ -29,7 +29,11 @@ pub const WASM_TARGET: &str = "wasm32-wasip2";
 /// command is missing. The vfs tests need none: mounts, device nodes and ownership go through
 /// syscalls, and so do the btrfs driver's; its tests make their own loop-mounted btrfs with
 /// `mkfs.btrfs` and check reflinks with `filefrag`.
-const TEST_PACKAGES: &[(&str, &str)] = &[("btrfs-progs", "mkfs.btrfs"), ("e2fsprogs", "filefrag")];
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("btrfs-progs", "mkfs.btrfs"),
+    ("e2fsprogs", "filefrag"),
+    ("zfs-fuse", "zfs-fuse"),
+];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -105,7 +105,7 @@ enum LayerCommand {
     },
     /// Remove a layer (not while it has children or is mounted).
     Rm { id: String },
-    /// List layers.
+    /// List layers; with `--json`, each with the driver's metadata as `inspect` shows it.
     Ls,
     /// Show one layer's record and the driver's metadata.
     Inspect { id: String },
@@ -555,10 +555,22 @@ fn layer_command(strata: &Strata, cmd: &LayerCommand, json: bool) -> Result<()> 
             }
         }
         LayerCommand::Ls => {
-            let layers = strata.list()?;
             if json {
-                print_json(serde_json::to_value(&layers)?)
-            } else {
+                // JSON is the full record: each layer as `layer inspect` shows it, the
+                // driver's metadata asked for in batches.
+                let mut out = Vec::new();
+                for (layer, meta) in strata.list_with_metadata()? {
+                    let mut value = serde_json::to_value(&layer)?;
+                    match meta {
+                        Ok(m) => value["driver_metadata"] = pairs_json(&m),
+                        Err(e) => value["driver_metadata_error"] = json!(e),
+                    }
+                    out.push(value);
+                }
+                return print_json(serde_json::Value::Array(out));
+            }
+            let layers = strata.list()?;
+            {
                 let mut out = std::io::stdout().lock();
                 for l in &layers {
                     writeln!(

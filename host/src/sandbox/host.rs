@@ -1,4 +1,5 @@
-//! The host interfaces drivers import (`files`, `copy`, `archive`, `overlay`, `btrfs`, `log`), and the per-call
+//! The host interfaces drivers import (`files`, `copy`, `archive`, `overlay`, `btrfs`, `zfs`,
+//! `log`), and the per-call
 //! store state behind them.
 //!
 //! Every path a driver passes is untrusted: it is checked lexically and then resolved beneath
@@ -23,6 +24,9 @@ use crate::{archive, copy};
 
 mod btrfs;
 mod overlay;
+mod zfs;
+
+pub use zfs::ZfsAccess;
 
 /// Changes one call may return to a driver (each crosses into guest memory).
 pub const MAX_CHANGES_TO_GUEST: usize = 1_000_000;
@@ -56,6 +60,8 @@ pub struct HostState {
     pub(super) host_time: Duration,
     /// Host-private runtime directory for this driver (probe caches), if any.
     run_dir: Option<Arc<std::path::PathBuf>>,
+    /// The `zfs` capability's confined command, for drivers granted it.
+    zfs: Option<ZfsAccess>,
 }
 
 impl HostState {
@@ -77,7 +83,13 @@ impl HostState {
             started: Instant::now(),
             host_time: Duration::ZERO,
             run_dir: None,
+            zfs: None,
         }
+    }
+
+    pub(super) fn with_zfs(mut self, zfs: Option<ZfsAccess>) -> Self {
+        self.zfs = zfs;
+        self
     }
 
     pub(super) fn with_run_dir(mut self, dir: Option<Arc<std::path::PathBuf>>) -> Self {

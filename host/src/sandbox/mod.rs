@@ -19,8 +19,11 @@ pub mod host;
 mod runtime;
 
 pub use cache::ComponentCache;
+pub use host::ZfsAccess;
 pub use host::{HostState, LayerDiff};
-pub use runtime::{DriverComponent, DriverRuntime, SandboxEngine, SandboxLimits};
+pub use runtime::{
+    DriverComponent, DriverRuntime, MAX_LAYERS_PER_METADATA_CALL, SandboxEngine, SandboxLimits,
+};
 
 use std::time::Duration;
 
@@ -63,16 +66,18 @@ pub enum Capability {
     Archive,
     Overlay,
     Btrfs,
+    Zfs,
     Log,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 6] = [
+    pub const ALL: [Capability; 7] = [
         Capability::Files,
         Capability::Copy,
         Capability::Archive,
         Capability::Overlay,
         Capability::Btrfs,
+        Capability::Zfs,
         Capability::Log,
     ];
 
@@ -84,6 +89,7 @@ impl Capability {
             Capability::Archive => "archive",
             Capability::Overlay => "overlay",
             Capability::Btrfs => "btrfs",
+            Capability::Zfs => "zfs",
             Capability::Log => "log",
         }
     }

@@ -11,12 +11,19 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use super::bindings::{StrataDriver, StrataDriverPre, strata::driver as wit};
 use super::cache::ComponentCache;
-use super::host::{DeadlineExceeded, HostState, LayerDiff};
+use super::host::{DeadlineExceeded, HostState, LayerDiff, ZfsAccess};
 use super::{
     CallError, Capability, DriverInfo, EPOCH_TICK, MAX_DRIVER_STDERR, MAX_HOST_RESOURCES,
     MAX_HOSTCALL_BYTES, MountPlan, MountRequest, SandboxError, WIT_PACKAGE, WIT_VERSION,
 };
 use crate::sys;
+
+/// Layers whose metadata one `layers-metadata` call asks for (the answers cross into and
+/// out of guest memory).
+pub const MAX_LAYERS_PER_METADATA_CALL: usize = 1024;
+
+/// A driver's metadata pairs for one layer, or its error.
+pub type LayerMetadata = Result<Vec<(String, String)>, CallError>;
 
 /// Memory and time limits of one driver call.
 #[derive(Clone, Copy, Debug)]
@@ -177,6 +184,9 @@ pub struct DriverRuntime {
     /// Host-private runtime state of this driver (under the store's `run_root`): where the
     /// host caches what it probed for the driver, e.g. overlayfs features, until reboot.
     run_dir: Option<Arc<PathBuf>>,
+    /// The `zfs` command confined to the operator's parent dataset, for a driver granted
+    /// `zfs` (or why there is none, answered to every zfs call).
+    zfs: Option<ZfsAccess>,
 }
 
 impl DriverRuntime {
@@ -228,6 +238,7 @@ impl DriverRuntime {
                 Capability::Btrfs => {
                     wit::btrfs::add_to_linker::<HostState, Data>(&mut linker, |s| s)
                 }
+                Capability::Zfs => wit::zfs::add_to_linker::<HostState, Data>(&mut linker, |s| s),
                 Capability::Log => wit::log::add_to_linker::<HostState, Data>(&mut linker, |s| s),
             }
             .map_err(setup)?;
@@ -254,6 +265,7 @@ impl DriverRuntime {
             home: Arc::new(home_dir),
             limits,
             run_dir: None,
+            zfs: None,
         })
     }
 
@@ -261,6 +273,12 @@ impl DriverRuntime {
     /// without one, nothing is cached.
     pub fn with_run_dir(mut self, dir: PathBuf) -> Self {
         self.run_dir = Some(Arc::new(dir));
+        self
+    }
+
+    /// Gives the driver's `zfs` calls their confined command.
+    pub fn with_zfs(mut self, zfs: ZfsAccess) -> Self {
+        self.zfs = Some(zfs);
         self
     }
 
@@ -308,7 +326,8 @@ impl DriverRuntime {
             limits,
             MAX_HOST_RESOURCES,
         )
-        .with_run_dir(self.run_dir.clone());
+        .with_run_dir(self.run_dir.clone())
+        .with_zfs(self.zfs.clone());
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limits);
         store.set_hostcall_fuel(MAX_HOSTCALL_BYTES);
@@ -485,6 +504,40 @@ impl DriverRuntime {
         self.op("metadata", |s, d| {
             d.strata_driver_driver().call_metadata(s, id)
         })
+    }
+
+    /// `metadata` of many layers, [`MAX_LAYERS_PER_METADATA_CALL`] per driver call; one
+    /// result per id, in order.
+    pub fn layers_metadata(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<LayerMetadata>, SandboxError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_LAYERS_PER_METADATA_CALL) {
+            let answers = self.call("layers-metadata", |s, d| {
+                d.strata_driver_driver().call_layers_metadata(s, chunk)
+            })?;
+            if answers.len() != chunk.len() {
+                return Err(SandboxError::Crashed {
+                    driver: self.name.clone(),
+                    op: "layers-metadata".into(),
+                    reason: format!(
+                        "returned {} answers for {} layers",
+                        answers.len(),
+                        chunk.len()
+                    ),
+                    stderr: String::new(),
+                });
+            }
+            out.extend(answers.into_iter().map(|r| {
+                r.map_err(|error| CallError::Driver {
+                    driver: self.name.clone(),
+                    op: "layers-metadata".into(),
+                    error,
+                })
+            }));
+        }
+        Ok(out)
     }
 
     pub fn cleanup(&self) -> Result<(), CallError> {

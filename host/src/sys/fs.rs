@@ -113,7 +113,8 @@ const OPENAT2_RETRIES: u32 = 64;
 /// How paths beneath a [`Dir`] are resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Confinement {
-    /// Symlinks may not lead out: leaving is an error (driver paths).
+    /// Symlinks may not lead out: leaving is an error (driver paths). Mounts inside the
+    /// directory may be entered.
     Beneath,
     /// Absolute symlinks and `..` resolve against the directory as if it were `/` (tar
     /// entries of a layer).
@@ -230,10 +231,14 @@ impl Dir {
     }
 
     fn resolve_flags(&self) -> ResolveFlags {
-        let base = ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV;
         match self.confinement {
-            Confinement::Beneath => base | ResolveFlags::BENEATH,
-            Confinement::InRoot => base | ResolveFlags::IN_ROOT,
+            // Driver paths may enter mounts inside the home: every one was made by the host
+            // from a checked plan or dataset (zfs mounts a layer's dataset at `layers/ID`).
+            Confinement::Beneath => ResolveFlags::NO_MAGICLINKS | ResolveFlags::BENEATH,
+            // A tar entry never leaves the layer's own filesystem.
+            Confinement::InRoot => {
+                ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV | ResolveFlags::IN_ROOT
+            }
         }
     }
 
