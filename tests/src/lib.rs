@@ -263,3 +263,194 @@ pub fn assert_all_pass(report: &Report, deep_chain: usize) {
         "every case ran"
     );
 }
+
+/// Whether zfs-fuse can serve a test pool here; prints why `test` is skipped when not.
+pub fn zfs_or_skip(test: &str) -> bool {
+    if !root_or_skip(test, "it runs zfs-fuse and makes a file-backed pool") {
+        return false;
+    }
+    let has_tools = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "command -v zfs-fuse && command -v zpool && command -v zfs",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_tools {
+        eprintln!("skipped: {test}: zfs-fuse is not installed (Debian: zfs-fuse)");
+        return false;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: {test}: /dev/fuse is missing, so zfs-fuse cannot mount");
+        return false;
+    }
+    true
+}
+
+/// Users of the zfs-fuse daemon in this process, and the daemon this process started (if
+/// it found none running): its pid.
+struct DaemonState {
+    users: usize,
+    started: Option<i32>,
+}
+
+static ZFS_DAEMON: std::sync::Mutex<DaemonState> = std::sync::Mutex::new(DaemonState {
+    users: 0,
+    started: None,
+});
+
+/// How long the zfs-fuse daemon gets to start answering, or to exit after SIGTERM.
+const ZFS_DAEMON_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn zfs_daemon_answers() -> bool {
+    std::process::Command::new("zpool")
+        .args(["list", "-H"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A share of the zfs-fuse daemon: started (with `-x`, for xattrs) when none runs; stopped
+/// when the last share this process holds is dropped, and only if this process started it.
+pub struct ZfsDaemon(());
+
+impl ZfsDaemon {
+    pub fn acquire() -> ZfsDaemon {
+        let mut state = ZFS_DAEMON.lock().unwrap_or_else(|e| e.into_inner());
+        if state.users == 0 && !zfs_daemon_answers() {
+            let dir = tempfile::Builder::new()
+                .prefix("strata-zfs-fuse-")
+                .tempdir()
+                .expect("a directory for the zfs-fuse pid file");
+            let pidfile = dir.path().join("pid");
+            run_tool(
+                std::process::Command::new("zfs-fuse")
+                    .arg("-x")
+                    .arg("--pidfile")
+                    .arg(&pidfile),
+            );
+            let start = std::time::Instant::now();
+            while !zfs_daemon_answers() {
+                assert!(
+                    start.elapsed() < ZFS_DAEMON_WAIT,
+                    "zfs-fuse did not answer within {ZFS_DAEMON_WAIT:?}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let pid = std::fs::read_to_string(&pidfile)
+                .expect("reading the zfs-fuse pid file")
+                .trim()
+                .parse()
+                .expect("a pid in the zfs-fuse pid file");
+            eprintln!("started zfs-fuse -x (pid {pid}) for the tests");
+            state.started = Some(pid);
+        }
+        state.users += 1;
+        ZfsDaemon(())
+    }
+}
+
+impl Drop for ZfsDaemon {
+    fn drop(&mut self) {
+        let mut state = ZFS_DAEMON.lock().unwrap_or_else(|e| e.into_inner());
+        state.users -= 1;
+        if state.users > 0 {
+            return;
+        }
+        if let Some(pid) = state.started.take() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+            let start = std::time::Instant::now();
+            while Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < ZFS_DAEMON_WAIT {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// A zfs pool on a sparse file with a unique name, and a parent dataset `<pool>/strata` for a
+/// store (`fsname`); destroyed on drop. Holds a share of the zfs-fuse daemon.
+pub struct ZfsPool {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    _daemon: ZfsDaemon,
+}
+
+impl ZfsPool {
+    /// A pool of `size` bytes (zfs-fuse wants at least 64 MiB) in `/var/tmp` (on disk).
+    pub fn new(size: u64) -> ZfsPool {
+        static SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let daemon = ZfsDaemon::acquire();
+        let dir = tempfile::Builder::new()
+            .prefix("strata-zfs-")
+            .tempdir_in("/var/tmp")
+            .expect("creating a directory for a pool image");
+        let image = dir.path().join("image");
+        let f = std::fs::File::create(&image).expect("creating the pool image");
+        f.set_len(size).expect("sizing the pool image");
+        drop(f);
+        let name = format!(
+            "strata-test-{}-{}",
+            std::process::id(),
+            SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        run_tool(
+            std::process::Command::new("zpool")
+                .args(["create", "-m", "none", &name])
+                .arg(&image),
+        );
+        run_tool(std::process::Command::new("zfs").args([
+            "create",
+            "-o",
+            "mountpoint=none",
+            &format!("{name}/strata"),
+        ]));
+        ZfsPool {
+            name,
+            dir,
+            _daemon: daemon,
+        }
+    }
+
+    /// The parent dataset for a store.
+    pub fn fsname(&self) -> String {
+        format!("{}/strata", self.name)
+    }
+
+    /// Names of every dataset and snapshot in the pool (`zfs list -r -t all`).
+    pub fn datasets(&self) -> Vec<String> {
+        run_tool(std::process::Command::new("zfs").args([
+            "list",
+            "-H",
+            "-o",
+            "name",
+            "-t",
+            "filesystem,snapshot",
+            "-r",
+            &self.name,
+        ]))
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+}
+
+impl Drop for ZfsPool {
+    fn drop(&mut self) {
+        // zfs-fuse may still be settling an unmount; a few tries.
+        for _ in 0..20 {
+            let ok = std::process::Command::new("zpool")
+                .args(["destroy", "-f", &self.name])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        eprintln!("warning: could not destroy test pool {}", self.name);
+    }
+}

@@ -12,7 +12,7 @@ const NAME: &str = "strata_test_driver_hostile";
 
 /// Every interface the hostile driver imports; a section naming its own `grants` replaces
 /// these.
-const ALL_GRANTS: &str = r#"grants = ["files", "copy", "archive", "btrfs", "log"]"#;
+const ALL_GRANTS: &str = r#"grants = ["files", "copy", "archive", "btrfs", "zfs", "log"]"#;
 
 /// The config of a store running the hostile driver with `driver_section` (all its imports
 /// granted unless the section names `grants`).

@@ -508,10 +508,7 @@ impl DriverRuntime {
 
     /// `metadata` of many layers, [`MAX_LAYERS_PER_METADATA_CALL`] per driver call; one
     /// result per id, in order.
-    pub fn layers_metadata(
-        &self,
-        ids: &[String],
-    ) -> Result<Vec<LayerMetadata>, SandboxError> {
+    pub fn layers_metadata(&self, ids: &[String]) -> Result<Vec<LayerMetadata>, SandboxError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_LAYERS_PER_METADATA_CALL) {
             let answers = self.call("layers-metadata", |s, d| {

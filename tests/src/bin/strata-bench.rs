@@ -64,9 +64,10 @@ fn rw_layer_lifecycle(s: &Strata, id: &str, parent: Option<&str>) {
 fn host_call() {
     const CALLS: u64 = 200_000;
     let t = TempStore::new();
-    // The hostile test driver imports every interface, btrfs included.
+    // The hostile test driver imports every interface, btrfs and zfs included.
     let mut config = t.config();
     config.sandbox.grants.push("btrfs".to_string());
+    config.sandbox.grants.push("zfs".to_string());
     let s = t
         .open_with(&hostile_wasm(), config)
         .expect("opening the test driver");

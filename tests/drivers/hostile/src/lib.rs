@@ -12,6 +12,14 @@
 //! |                        | the kernel would snapshot the subvolume holding the home     |
 //! | `qgroup=PATH`          | `btrfs.set-qgroup-limit(PATH, 1 MiB)`                        |
 //! | `unsubvolume=PATH`     | `btrfs.delete-subvolume(PATH)`                               |
+//! | `zfs-create=NAME`      | `zfs.create(NAME)` — e.g. `../x`, `/pool/x`, `a/../../x`     |
+//! | `zfs-property=K=V`     | `zfs.create("h-ID", [(K, V)])` — e.g. `mountpoint=/etc`      |
+//! | `zfs-get=K`            | `zfs.get-properties("h-ID", [K])`                            |
+//! | `zfs-destroy=NAME`     | `zfs.destroy(NAME, recursive)`                               |
+//! | `zfs-snapshot=NAME`    | `zfs.snapshot(NAME)`                                         |
+//! | `zfs-clone=SNAPSHOT`   | `zfs.clone-snapshot(SNAPSHOT, "h-ID")`                       |
+//! | `zfs-mount=PATH`       | `zfs.mount("h-ID", PATH)`                                    |
+//! | `zfs-unmount=PATH`     | `zfs.unmount(PATH)`                                          |
 //! | `loop=1`               | spins forever                                               |
 //! | `alloc=1`              | allocates without bound                                     |
 //! | `panic=1`              | panics                                                      |
@@ -26,13 +34,44 @@
 //! | `writable=1`           | a read-write plan whatever the host asked                   |
 #![forbid(unsafe_code)]
 
-use strata_driver_sdk::host::{btrfs, copy, files};
+use strata_driver_sdk::host::{btrfs, copy, files, zfs};
 use strata_driver_sdk::{
     BindMount, Driver, DriverInfo, Error, MountKind, MountPlan, MountRequest, Options,
     OverlayMount, ensure_dir, error, remove_bind_target, remove_if_exists,
 };
 
 pub struct Hostile;
+
+/// The `zfs-*` options: one zfs call each, with what the option says.
+fn hostile_zfs(id: &str, options: &Options) -> Option<Result<(), Error>> {
+    let own = format!("h-{id}");
+    if let Some(name) = options.get("zfs-create") {
+        return Some(zfs::create(name, &[]));
+    }
+    if let Some(kv) = options.get("zfs-property") {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        return Some(zfs::create(&own, &[(k.to_string(), v.to_string())]));
+    }
+    if let Some(k) = options.get("zfs-get") {
+        return Some(zfs::get_properties(&own, &[k.to_string()]).map(|_| ()));
+    }
+    if let Some(name) = options.get("zfs-destroy") {
+        return Some(zfs::destroy(name, true));
+    }
+    if let Some(name) = options.get("zfs-snapshot") {
+        return Some(zfs::snapshot(name));
+    }
+    if let Some(snapshot) = options.get("zfs-clone") {
+        return Some(zfs::clone_snapshot(snapshot, &own, &[]));
+    }
+    if let Some(path) = options.get("zfs-mount") {
+        return Some(zfs::mount(&own, path));
+    }
+    if let Some(path) = options.get("zfs-unmount") {
+        return Some(zfs::unmount(path));
+    }
+    None
+}
 
 impl Driver for Hostile {
     fn init(_options: Options) -> Result<DriverInfo, Error> {
@@ -74,6 +113,9 @@ impl Driver for Hostile {
         }
         if let Some(path) = options.get("unsubvolume") {
             return btrfs::delete_subvolume(path);
+        }
+        if let Some(r) = hostile_zfs(id, &options) {
+            return r;
         }
         if options.get("loop").is_some() {
             let mut n: u64 = 0;
