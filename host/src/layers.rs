@@ -51,6 +51,16 @@ pub enum LayerError {
     Io { what: String, cause: std::io::Error },
     #[error("driver grant `{0}` is not a capability this host provides")]
     UnknownGrant(String),
+    #[error(
+        "the store at {root} holds layers of driver {} and cannot be opened with driver \
+         {driver}; use --driver {} (or `driver = ...` in the config)",
+        others.join(", "), others[0]
+    )]
+    WrongDriver {
+        root: PathBuf,
+        driver: String,
+        others: Vec<String>,
+    },
     #[error("applying onto layer {id} failed, so the layer was removed: {cause}")]
     ApplyFailed { id: String, cause: Box<LayerError> },
 }
@@ -158,6 +168,15 @@ impl Strata {
         std::fs::create_dir_all(&config.root)
             .map_err(io(format!("creating root {}", config.root.display())))?;
         let store = LayerStore::open(&config.root)?;
+        // One store, one driver: another driver would not find the layers' data.
+        let others = store.other_drivers(&location.name)?;
+        if !others.is_empty() {
+            return Err(LayerError::WrongDriver {
+                root: config.root.clone(),
+                driver: location.name.clone(),
+                others,
+            });
+        }
         let engine = SandboxEngine::new().map_err(|e| SandboxError::Setup {
             driver: location.name.clone(),
             reason: format!("{e:#}"),

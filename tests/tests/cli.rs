@@ -296,3 +296,26 @@ fn a_layer_from_a_template_copies_it_onto_its_parent() {
     ok(&t, &["layer", "rm", "copy"]);
     ok(&t, &["layer", "rm", "tpl"]);
 }
+
+#[test]
+fn a_store_refuses_a_driver_other_than_the_one_its_layers_were_made_with() {
+    if !root_or_skip(
+        "a_store_refuses_a_driver_other_than_the_one_its_layers_were_made_with",
+        "layers are created owned 0:0",
+    ) {
+        return;
+    }
+    let t = TempStore::new();
+    ok(&t, &["--driver", "vfs", "layer", "create", "--id", "base"]);
+    let (success, _, err2) = t.cli(&["--driver", "overlay", "layer", "ls"]);
+    assert!(!success, "opening a vfs store with overlay must fail");
+    assert!(
+        err2.contains("holds layers of driver vfs") && err2.contains("--driver vfs"),
+        "{err2}"
+    );
+    // The right driver still opens it, the layer intact.
+    assert_eq!(
+        ok(&t, &["--driver", "vfs", "layer", "ls"]).lines().count(),
+        1
+    );
+}

@@ -2,7 +2,7 @@
 //!
 //! - `ls`: warm `strata layer ls` wall time (component cached, 10 layers in the store) against
 //!   spawning `/bin/true` — the floor of any command. Target: ≤ 20 ms.
-//! - `host-call`, `lifecycle`, `overlay`, `btrfs`: from the `strata-bench` binary (see
+//! - `host-call`, `lifecycle`, `overlay`, `btrfs`, `zfs`: from the `strata-bench` binary (see
 //!   tests/src/bin).
 
 use std::path::Path;
@@ -72,7 +72,7 @@ pub fn run(args: &[String]) -> Result<()> {
     if which("ls") {
         bench_ls(&bin)?;
     }
-    let rest: Vec<&str> = ["host-call", "lifecycle", "overlay", "btrfs"]
+    let rest: Vec<&str> = ["host-call", "lifecycle", "overlay", "btrfs", "zfs"]
         .into_iter()
         .filter(|n| which(n))
         .collect();
@@ -98,6 +98,7 @@ fn run_bench_binary(which: &[&str]) -> Result<()> {
     crate::run(
         Command::new(target_dir().join("release").join("strata-bench"))
             .args(which)
-            .env("STRATA_TEST_WASM_DIR", wasm_dir()),
+            .env("STRATA_TEST_WASM_DIR", wasm_dir())
+            .env("STRATA_DRIVER_DIR", wasm_dir()),
     )
 }

@@ -135,6 +135,19 @@ fn describe(ds: &str, props: &[(String, String)]) -> Vec<(String, String)> {
     meta
 }
 
+/// The words of a host error, for status lines.
+fn message(e: &Error) -> String {
+    match e {
+        Error::NotFound(m)
+        | Error::AlreadyExists(m)
+        | Error::InvalidArgument(m)
+        | Error::Unsupported(m)
+        | Error::Busy(m)
+        | Error::Denied(m) => m.clone(),
+        Error::Io(io) => io.message.clone(),
+    }
+}
+
 fn metadata_names() -> Vec<String> {
     METADATA_PROPERTIES.iter().map(|s| s.to_string()).collect()
 }
@@ -261,7 +274,7 @@ impl Driver for Zfs {
         }
         // One query for the whole store: this layer's origin, the snapshot taken for it (a
         // crash can leave one without its clone), and which snapshots other layers use.
-        let listed = zfs::list_datasets(Some(&store()?), &["origin".into()])?;
+        let listed = zfs::list_datasets(Some(&store()?), &["origin".into()], None)?;
         let origin_of = |name: &str| -> Option<String> {
             listed
                 .iter()
@@ -319,7 +332,7 @@ impl Driver for Zfs {
                 status.push(("Parent Dataset".into(), info.parent.clone()));
                 status.push(("Store Dataset".into(), format!("{}/{store}", info.parent)));
             }
-            Err(e) => status.push(("Backend".into(), format!("unavailable: {e:?}"))),
+            Err(e) => status.push(("Backend".into(), format!("unavailable: {}", message(&e)))),
         }
         if let Ok(s) = Settings::load()
             && let Some(size) = s.default_size
@@ -335,9 +348,10 @@ impl Driver for Zfs {
         Ok(describe(&ds, &props))
     }
 
-    /// One `zfs get -r` over the store dataset answers for every layer.
+    /// One `zfs get -r -d 1` over the store dataset answers for every layer.
     fn layers_metadata(ids: &[String]) -> Vec<Result<Vec<(String, String)>, Error>> {
-        let listed = store().and_then(|s| zfs::list_datasets(Some(&s), &metadata_names()));
+        // Depth 1: the layer datasets without their snapshots.
+        let listed = store().and_then(|s| zfs::list_datasets(Some(&s), &metadata_names(), Some(1)));
         let listed = match listed {
             Ok(l) => l,
             Err(e) => return ids.iter().map(|_| Err(e.clone())).collect(),
@@ -346,9 +360,16 @@ impl Driver for Zfs {
             .iter()
             .map(|d| (d.name.as_str(), d.properties.as_slice()))
             .collect();
+        let Ok(store) = store() else {
+            return ids
+                .iter()
+                .map(|_| Err(error::not_found(STORE_FILE)))
+                .collect();
+        };
         ids.iter()
             .map(|id| {
-                let ds = dataset(id)?;
+                validate_id(id)?;
+                let ds = format!("{store}/{id}");
                 by_name
                     .get(ds.as_str())
                     .map(|props| describe(&ds, props))

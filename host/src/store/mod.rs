@@ -544,6 +544,19 @@ impl LayerStore {
             .map_err(self.db("listing layers"))
     }
 
+    /// Drivers other than `driver` that layers of this store were made with (a few at most).
+    pub fn other_drivers(&self, driver: &str) -> Result<Vec<String>, StoreError> {
+        let ctx = "listing the drivers of layers";
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT driver FROM layers WHERE driver != ?1 LIMIT 8")
+            .map_err(self.db(ctx))?;
+        let rows = stmt
+            .query_map([driver], |r| r.get::<_, String>(0))
+            .map_err(self.db(ctx))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.db(ctx))
+    }
+
     /// Every layer, oldest first.
     pub fn list(&self) -> Result<Vec<Layer>, StoreError> {
         self.query(

@@ -12,12 +12,19 @@
 //!   btrfs: the btrfs driver (a snapshot) next to `btrfs subvolume snapshot`, vfs with
 //!   reflinks next to `cp -a --reflink=always`, and vfs on ext4 (byte copies) next to
 //!   `cp -a` on ext4 (needs root and btrfs-progs).
+//! - `zfs`: listing 200 zfs layers (a chain, as an image's layers are) with their metadata
+//!   (origin, used, referenced, quota): `strata layer ls --json` and the layer service's
+//!   batched listing (one `zfs get -r` through `layers-metadata`) next to asking the driver
+//!   layer by layer (one `zfs get` each), and the same two queries made with the `zfs`
+//!   command directly (needs root and zfs-fuse; starts the daemon when none runs).
 
 use std::time::{Duration, Instant};
 
 use strata_host::layers::{CreateLayer, Strata};
 use strata_tests::targen::{Entry, tar_of};
-use strata_tests::{LoopBtrfs, TempStore, driver_wasm, hostile_wasm};
+use strata_tests::{
+    LoopBtrfs, TempStore, ZfsPool, cache_dir, driver_wasm, hostile_wasm, target_dir, wasm_dir,
+};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -454,6 +461,169 @@ fn btrfs_copies() {
     }
 }
 
+/// Layers in the zfs listing bench.
+const ZFS_LAYERS: usize = 200;
+/// The properties the zfs driver reports per layer.
+const ZFS_METADATA: &str = "origin,used,referenced,quota";
+
+fn zfs_listing() {
+    if !rustix::process::geteuid().is_root() {
+        println!("zfs: skipped (zfs-fuse and its pool need root)");
+        return;
+    }
+    let has_tools = std::process::Command::new("sh")
+        .args(["-c", "command -v zfs-fuse && command -v zpool"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_tools {
+        println!("zfs: skipped (zfs-fuse missing; Debian package zfs-fuse)");
+        return;
+    }
+    let pool = ZfsPool::new(1 << 30);
+    let t = TempStore::new();
+    let config_path = t.dir.path().join("strata.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "driver = \"zfs\"\nroot = {:?}\nrun_root = {:?}\n[drivers.zfs]\nfsname = {:?}\n",
+            t.root(),
+            t.dir.path().join("run"),
+            pool.fsname()
+        ),
+    )
+    .unwrap();
+    let config = strata_host::config::Config::load(&config_path).unwrap();
+    let s = Strata::open(strata_host::layers::StoreOptions {
+        config,
+        driver: Some("zfs".into()),
+        driver_options: vec![],
+        cache_dir: Some(cache_dir()),
+    })
+    .expect("opening a zfs store (is STRATA_DRIVER_DIR set?)");
+    let started = Instant::now();
+    let mut parent: Option<String> = None;
+    for i in 0..ZFS_LAYERS {
+        let id = format!("layer-{i:03}");
+        s.create_layer(CreateLayer {
+            id: Some(id.clone()),
+            parent: parent.clone(),
+            ..Default::default()
+        })
+        .expect("creating a zfs layer");
+        parent = Some(id);
+    }
+    println!(
+        "zfs: made a chain of {ZFS_LAYERS} layers in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let ids: Vec<String> = s.list().unwrap().into_iter().map(|l| l.id).collect();
+    let batched_answers = s.list_with_metadata().expect("batched metadata");
+    for (layer, answer) in &batched_answers {
+        let one = s.metadata(&layer.id).expect("per-layer metadata");
+        assert_eq!(answer.as_ref().ok(), Some(&one), "layer {}", layer.id);
+    }
+    let bin = target_dir().join("release").join("strata");
+    let cli_ls = time(5, || {
+        let out = std::process::Command::new(&bin)
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--json", "layer", "ls"])
+            .env("STRATA_COMPONENT_CACHE", cache_dir())
+            .env("STRATA_DRIVER_DIR", wasm_dir())
+            .output()
+            .expect("running strata");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed = listed.as_array().expect("a JSON list");
+        assert_eq!(listed.len(), ZFS_LAYERS);
+        assert!(
+            listed
+                .iter()
+                .all(|l| l["driver_metadata"]["used"].is_string()),
+            "every layer listed with its metadata: {:?}",
+            listed
+                .iter()
+                .find(|l| !l["driver_metadata"]["used"].is_string())
+        );
+    });
+    let batched = time(5, || {
+        std::hint::black_box(s.list_with_metadata().unwrap());
+    });
+    let per_layer = time(3, || {
+        for id in &ids {
+            std::hint::black_box(s.metadata(id).unwrap());
+        }
+    });
+    let store = format!(
+        "{}/{}",
+        pool.fsname(),
+        std::fs::read_to_string(t.root().join("zfs/.dataset"))
+            .unwrap()
+            .trim()
+    );
+    let zfs_get = |args: &[&str]| {
+        let out = std::process::Command::new("zfs")
+            .args(args)
+            .output()
+            .expect("running zfs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let native_one = time(5, || {
+        zfs_get(&[
+            "get",
+            "-H",
+            "-p",
+            "-r",
+            "-d",
+            "1",
+            "-o",
+            "name,property,value",
+            ZFS_METADATA,
+            &store,
+        ])
+    });
+    let native_each = time(3, || {
+        for id in &ids {
+            zfs_get(&[
+                "get",
+                "-H",
+                "-p",
+                "-o",
+                "property,value",
+                ZFS_METADATA,
+                &format!("{store}/{id}"),
+            ]);
+        }
+    });
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "zfs: metadata of {ZFS_LAYERS} layers (median; zfs-fuse): `strata layer ls --json` {:.1} ms; \
+         batched listing in-process {:.1} ms; per-layer driver calls {:.1} ms ({:.1}x the batched); \
+         native: one `zfs get -r -d 1` {:.1} ms, one `zfs get` per layer {:.1} ms ({:.1}x). \
+         batched in-process / native one query {:.2}x; ls --json / native one query {:.2}x",
+        ms(cli_ls),
+        ms(batched),
+        ms(per_layer),
+        per_layer.as_secs_f64() / batched.as_secs_f64(),
+        ms(native_one),
+        ms(native_each),
+        native_each.as_secs_f64() / native_one.as_secs_f64(),
+        batched.as_secs_f64() / native_one.as_secs_f64(),
+        cli_ls.as_secs_f64() / native_one.as_secs_f64(),
+    );
+    drop(s);
+    drop(t);
+    drop(pool);
+}
+
 fn main() {
     let which: Vec<String> = std::env::args().skip(1).collect();
     let all = which.is_empty();
@@ -468,5 +638,8 @@ fn main() {
     }
     if all || which.iter().any(|w| w == "btrfs") {
         btrfs_copies();
+    }
+    if all || which.iter().any(|w| w == "zfs") {
+        zfs_listing();
     }
 }

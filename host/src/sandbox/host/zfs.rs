@@ -115,9 +115,10 @@ impl wit_zfs::Host for HostState {
         &mut self,
         dataset: Option<String>,
         names: Vec<String>,
+        depth: Option<u32>,
     ) -> HostResult<Vec<wit_zfs::Dataset>> {
         Ok(self.zfs_call(|zfs, _| {
-            zfs.list(dataset.as_deref(), &names)
+            zfs.list(dataset.as_deref(), &names, depth)
                 .map(|l| l.into_iter().map(listed).collect())
                 .map_err(named)
         }))
