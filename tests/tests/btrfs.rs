@@ -224,7 +224,7 @@ fn the_host_refuses_btrfs_calls_on_anything_but_a_subvolume_beneath_the_home() {
     std::fs::write(fs.mnt().join("host-secret"), b"secret").unwrap();
     let name = "strata_test_driver_hostile";
     let text = format!(
-        "root = {:?}\nrun_root = {:?}\n[drivers.{name}]\ngrants = [\"files\", \"copy\", \"archive\", \"btrfs\", \"log\"]\n",
+        "root = {:?}\nrun_root = {:?}\n[drivers.{name}]\ngrants = [\"files\", \"copy\", \"archive\", \"btrfs\", \"zfs\", \"log\"]\n",
         fs.mnt().join("root"),
         fs.mnt().join("run"),
     );
