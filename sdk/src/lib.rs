@@ -127,7 +127,7 @@ pub use bindings::strata::driver::types::{
 };
 
 mod options;
-pub use options::{GENERIC_OPTIONS, Options, parse_size};
+pub use options::{GENERIC_OPTIONS, Options, SizeOption, parse_size};
 
 pub mod error;
 pub mod log;

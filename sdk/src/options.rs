@@ -85,6 +85,46 @@ impl Options {
     }
 }
 
+/// The `size=` option of a driver that limits a layer's bytes (btrfs qgroups, zfs quotas),
+/// and the operator's default `size` such a driver keeps across calls.
+pub struct SizeOption {
+    /// The smallest limit accepted.
+    pub min: u64,
+    /// What needs that much room, for the error (`a dataset`).
+    pub holder: &'static str,
+}
+
+impl SizeOption {
+    /// `size=` of `options` (the only option accepted), refused below [`SizeOption::min`].
+    pub fn parse(&self, options: &Options) -> Result<Option<u64>, Error> {
+        options.reject_unknown(&["size"])?;
+        let size = options.size("size")?;
+        if let Some(s) = size
+            && s < self.min
+        {
+            return Err(error::invalid_argument(format!(
+                "size: {s} bytes is less than the {} {} needs",
+                self.min, self.holder
+            )));
+        }
+        Ok(size)
+    }
+
+    /// Keeps the operator's default in `path` (see [`Options::save`]).
+    pub fn save_default(&self, path: &str, default: Option<u64>) -> Result<(), Error> {
+        let pairs = default
+            .map(|s| ("size".to_string(), s.to_string()))
+            .into_iter()
+            .collect();
+        Options(pairs).save(path)
+    }
+
+    /// The default kept by [`SizeOption::save_default`], checked again.
+    pub fn load_default(&self, path: &str) -> Result<Option<u64>, Error> {
+        self.parse(&Options::load(path)?)
+    }
+}
+
 impl From<Vec<(String, String)>> for Options {
     fn from(pairs: Vec<(String, String)>) -> Self {
         Options(pairs)
@@ -135,6 +175,29 @@ mod tests {
         assert!(m.contains("`sise`"), "{m}");
         assert_eq!(o.size("size").unwrap(), Some(1 << 30));
         assert_eq!(o.get("nope"), None);
+    }
+
+    #[test]
+    fn size_options_below_the_minimum_are_refused() {
+        let limit = SizeOption {
+            min: 1 << 20,
+            holder: "a dataset",
+        };
+        let o = |v: &str| Options(vec![("size".into(), v.into())]);
+        assert_eq!(limit.parse(&o("2M")).unwrap(), Some(2 << 20));
+        let Err(Error::InvalidArgument(m)) = limit.parse(&o("1K")) else {
+            panic!("expected invalid-argument")
+        };
+        assert_eq!(
+            m,
+            "size: 1024 bytes is less than the 1048576 a dataset needs"
+        );
+        assert!(
+            limit
+                .parse(&Options(vec![("sise".into(), "1".into())]))
+                .is_err()
+        );
+        assert_eq!(limit.parse(&Options(vec![])).unwrap(), None);
     }
 
     #[test]

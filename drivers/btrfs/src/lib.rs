@@ -17,8 +17,8 @@
 
 use strata_driver_sdk::host::{btrfs, files};
 use strata_driver_sdk::{
-    Driver, DriverInfo, Error, MountPlan, MountRequest, Options, bind_plan, ensure_dir, error,
-    read_small_file, remove_bind_target, remove_if_exists, validate_id, write_small_file,
+    Driver, DriverInfo, Error, MountPlan, MountRequest, Options, SizeOption, bind_plan, ensure_dir,
+    error, read_small_file, remove_bind_target, remove_if_exists, validate_id, write_small_file,
 };
 
 /// Where layers live: `subvolumes/ID` is the subvolume of layer ID.
@@ -34,46 +34,11 @@ pub const MIN_SIZE: u64 = 1 << 20;
 
 pub struct Btrfs;
 
-/// The operator's settings, persisted by `init`.
-#[derive(Default)]
-struct Settings {
-    /// `size`: the limit of every layer created without its own `size=`.
-    default_size: Option<u64>,
-}
-
-fn parse_limit(options: &Options) -> Result<Option<u64>, Error> {
-    let size = options.size("size")?;
-    if let Some(s) = size
-        && s < MIN_SIZE
-    {
-        return Err(error::invalid_argument(format!(
-            "size: {s} bytes is less than the {MIN_SIZE} a btrfs subvolume needs"
-        )));
-    }
-    Ok(size)
-}
-
-impl Settings {
-    fn parse(options: &Options) -> Result<Settings, Error> {
-        options.reject_unknown(&["size"])?;
-        Ok(Settings {
-            default_size: parse_limit(options)?,
-        })
-    }
-
-    fn save(&self) -> Result<(), Error> {
-        let pairs = self
-            .default_size
-            .map(|s| ("size".to_string(), s.to_string()))
-            .into_iter()
-            .collect();
-        Options(pairs).save(OPTIONS_FILE)
-    }
-
-    fn load() -> Result<Settings, Error> {
-        Settings::parse(&Options::load(OPTIONS_FILE)?)
-    }
-}
+/// `size=` on create, and the operator's default `size` kept in [`OPTIONS_FILE`].
+const SIZE: SizeOption = SizeOption {
+    min: MIN_SIZE,
+    holder: "a btrfs subvolume",
+};
 
 fn quota_file(id: &str) -> String {
     format!("{QUOTAS}/{id}")
@@ -112,7 +77,7 @@ fn limit_layer(id: &str, limit: u64) -> Result<(), Error> {
 
 impl Driver for Btrfs {
     fn init(options: Options) -> Result<DriverInfo, Error> {
-        let settings = Settings::parse(&options)?;
+        let default_size = SIZE.parse(&options)?;
         let backing = files::filesystem_type(".")?;
         if backing != "btrfs" {
             return Err(error::unsupported(format!(
@@ -121,7 +86,7 @@ impl Driver for Btrfs {
                  overlay or vfs driver"
             )));
         }
-        settings.save()?;
+        SIZE.save_default(OPTIONS_FILE, default_size)?;
         ensure_dir(SUBVOLUMES, 0o700)?;
         Ok(DriverInfo {
             name: "btrfs".into(),
@@ -140,8 +105,7 @@ impl Driver for Btrfs {
         _read_write: bool,
     ) -> Result<(), Error> {
         validate_id(id)?;
-        options.reject_unknown(&["size"])?;
-        let asked = parse_limit(&options)?;
+        let asked = SIZE.parse(&options)?;
         let dir = Self::layer_dir(id);
         let inherited = match parent {
             Some(parent) => {
@@ -160,7 +124,7 @@ impl Driver for Btrfs {
         };
         let limit = match asked {
             Some(l) => Some(l),
-            None => inherited.or(Settings::load()?.default_size),
+            None => inherited.or(SIZE.load_default(OPTIONS_FILE)?),
         };
         if let Some(limit) = limit
             && let Err(e) = limit_layer(id, limit)
@@ -208,9 +172,7 @@ impl Driver for Btrfs {
     fn status() -> Vec<(String, String)> {
         let backing = files::filesystem_type(".").unwrap_or_else(|_| "unknown".into());
         let mut status = vec![("Backing Filesystem".to_string(), backing)];
-        if let Ok(s) = Settings::load()
-            && let Some(size) = s.default_size
-        {
+        if let Ok(Some(size)) = SIZE.load_default(OPTIONS_FILE) {
             status.push(("Default Layer Size".into(), size.to_string()));
         }
         status

@@ -23,8 +23,8 @@ use std::hash::{BuildHasher, Hasher};
 
 use strata_driver_sdk::host::{files, zfs};
 use strata_driver_sdk::{
-    Driver, DriverInfo, Error, MountPlan, MountRequest, Options, bind_plan, ensure_dir, error,
-    read_small_file, remove_bind_target, remove_if_exists, validate_id, write_small_file,
+    Driver, DriverInfo, Error, MountPlan, MountRequest, Options, SizeOption, bind_plan, ensure_dir,
+    error, read_small_file, remove_bind_target, remove_if_exists, validate_id, write_small_file,
 };
 
 /// `layers/ID` is where the host mounts layer ID's dataset for the driver's own work.
@@ -42,46 +42,11 @@ const METADATA_PROPERTIES: [&str; 4] = ["origin", "used", "referenced", "quota"]
 
 pub struct Zfs;
 
-/// The operator's settings, persisted by `init`.
-#[derive(Default)]
-struct Settings {
-    /// `size`: the quota of every layer created without its own `size=`.
-    default_size: Option<u64>,
-}
-
-fn parse_limit(options: &Options) -> Result<Option<u64>, Error> {
-    let size = options.size("size")?;
-    if let Some(s) = size
-        && s < MIN_SIZE
-    {
-        return Err(error::invalid_argument(format!(
-            "size: {s} bytes is less than the {MIN_SIZE} a dataset needs"
-        )));
-    }
-    Ok(size)
-}
-
-impl Settings {
-    fn parse(options: &Options) -> Result<Settings, Error> {
-        options.reject_unknown(&["size"])?;
-        Ok(Settings {
-            default_size: parse_limit(options)?,
-        })
-    }
-
-    fn save(&self) -> Result<(), Error> {
-        let pairs = self
-            .default_size
-            .map(|s| ("size".to_string(), s.to_string()))
-            .into_iter()
-            .collect();
-        Options(pairs).save(OPTIONS_FILE)
-    }
-
-    fn load() -> Result<Settings, Error> {
-        Settings::parse(&Options::load(OPTIONS_FILE)?)
-    }
-}
+/// `size=` on create, and the operator's default `size` kept in [`OPTIONS_FILE`].
+const SIZE: SizeOption = SizeOption {
+    min: MIN_SIZE,
+    holder: "a dataset",
+};
 
 /// The store dataset, relative to the parent dataset.
 fn store() -> Result<String, Error> {
@@ -161,7 +126,7 @@ fn ignore_not_found(r: Result<(), Error>) -> Result<(), Error> {
 
 impl Driver for Zfs {
     fn init(options: Options) -> Result<DriverInfo, Error> {
-        let settings = Settings::parse(&options)?;
+        let default_size = SIZE.parse(&options)?;
         zfs::info()?;
         match read_small_file(STORE_FILE)? {
             Some(name) if !name.trim().is_empty() => {
@@ -180,7 +145,7 @@ impl Driver for Zfs {
                 write_small_file(STORE_FILE, &format!("{name}\n"))?;
             }
         }
-        settings.save()?;
+        SIZE.save_default(OPTIONS_FILE, default_size)?;
         ensure_dir(LAYERS, 0o700)?;
         Ok(DriverInfo {
             name: "zfs".into(),
@@ -211,8 +176,7 @@ impl Driver for Zfs {
         options: Options,
         _read_write: bool,
     ) -> Result<(), Error> {
-        options.reject_unknown(&["size"])?;
-        let asked = parse_limit(&options)?;
+        let asked = SIZE.parse(&options)?;
         let ds = dataset(id)?;
         let mut origin = None;
         let inherited = match parent {
@@ -233,7 +197,7 @@ impl Driver for Zfs {
         };
         let limit = match asked {
             Some(l) => Some(l),
-            None => inherited.or(Settings::load()?.default_size),
+            None => inherited.or(SIZE.load_default(OPTIONS_FILE)?),
         };
         let props: Vec<(String, String)> = limit
             .map(|l| ("quota".to_string(), l.to_string()))
@@ -334,9 +298,7 @@ impl Driver for Zfs {
             }
             Err(e) => status.push(("Backend".into(), format!("unavailable: {}", message(&e)))),
         }
-        if let Ok(s) = Settings::load()
-            && let Some(size) = s.default_size
-        {
+        if let Ok(Some(size)) = SIZE.load_default(OPTIONS_FILE) {
             status.push(("Default Layer Size".into(), size.to_string()));
         }
         status
