@@ -317,6 +317,7 @@ impl Strata {
             driver: self.driver.name().to_string(),
             read_write: req.read_write,
             template: template.map(|t| t.id),
+            parent_may_be_incomplete: false,
         })?;
         if let Err(e) = self
             .driver
@@ -494,34 +495,34 @@ impl Strata {
 }
 
 /// Counts and hashes the bytes that pass through it (sha256 once, no second read).
-struct HashingReader<R> {
+pub(crate) struct HashingReader<R> {
     inner: R,
     tally: Tally,
 }
 
 #[derive(Clone, Default)]
-struct Tally(Arc<Mutex<(Sha256, u64)>>);
+pub(crate) struct Tally(Arc<Mutex<(Sha256, u64)>>);
 
 impl Tally {
-    fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.0.lock().map(|g| g.1).unwrap_or(0)
     }
 
-    fn digest(&self) -> String {
+    pub(crate) fn digest(&self) -> String {
         let hasher = self.0.lock().map(|g| g.0.clone()).unwrap_or_default();
         format!("sha256:{}", hex::encode(hasher.finalize()))
     }
 }
 
 impl<R: Read> HashingReader<R> {
-    fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         HashingReader {
             inner,
             tally: Tally::default(),
         }
     }
 
-    fn tally(&self) -> Tally {
+    pub(crate) fn tally(&self) -> Tally {
         self.tally.clone()
     }
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod conformance;
 pub mod copy;
 pub mod frontend;
+pub mod image;
 pub mod layers;
 pub mod mount;
 pub mod registry;

@@ -1,11 +1,12 @@
-//! `cargo xtask demo`: the main job, end to end, in a temporary root.
+//! `cargo xtask demo`: the main job, end to end, in a temporary root: import an image the
+//! project builds itself, make a container on it, mount it, write, show the changes, commit.
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{build_all, is_root, tars};
+use crate::{build_all, is_root};
 
 /// Runs `strata ARGS` and returns its stdout, failing with its stderr.
 fn strata(bin: &Path, root: &Path, args: &[&str]) -> Result<String> {
@@ -56,66 +57,101 @@ pub fn run() -> Result<()> {
 }
 
 fn demo(bin: &Path, tmp: &Path) -> Result<()> {
-    let base_tar = tmp.join("base.tar");
-    let child_tar = tmp.join("child.tar");
-    std::fs::write(&base_tar, tars::base_layer()?)?;
-    std::fs::write(&child_tar, tars::child_layer()?)?;
+    // The image: an OCI layout the project writes itself (tests/src/bin/strata-mkimage.rs).
+    crate::run(crate::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "strata-tests",
+        "--bin",
+        "strata-mkimage",
+    ]))?;
+    let layout = tmp.join("demo-image");
+    let mkimage = crate::target_dir().join("release").join("strata-mkimage");
+    let out = Command::new(&mkimage)
+        .arg(&layout)
+        .output()
+        .with_context(|| format!("running {}", mkimage.display()))?;
+    if !out.status.success() {
+        bail!(
+            "strata-mkimage failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let s = |args: &[&str]| strata(bin, tmp, args);
+    let layout_arg = layout.to_string_lossy().into_owned();
 
     if is_root() {
         println!("$ strata status   (the default driver)");
         println!("{}", s(&["status"])?);
     }
-
-    println!("$ strata layer create --id base");
-    let base = s(&["layer", "create", "--id", "base"])?;
-    println!("{base}");
-    println!("$ strata layer apply base base.tar");
     println!(
-        "{}",
-        s(&["layer", "apply", "base", &base_tar.to_string_lossy()])?
+        "$ strata image import demo-image   (an OCI layout: 3 gzip layers, the top one with a whiteout and an opaque dir)"
     );
-    println!("$ strata layer create --id child --parent base --rw");
-    println!(
-        "{}",
-        s(&[
-            "layer", "create", "--id", "child", "--parent", "base", "--rw"
-        ])?
-    );
-    println!("$ strata layer apply child child.tar   (a whiteout and an opaque dir)");
-    println!(
-        "{}",
-        s(&["layer", "apply", "child", &child_tar.to_string_lossy()])?
-    );
-    println!("$ strata layer changes child");
-    println!("{}", s(&["layer", "changes", "child"])?);
-    println!("$ strata layer ls");
-    println!("{}", s(&["layer", "ls"])?);
+    println!("{}", s(&["image", "import", &layout_arg])?);
+    println!("$ strata image import demo-image   (again: every layer is reused)");
+    let again = s(&["--json", "image", "import", &layout_arg])?;
+    if !again.contains("\"new_image\": false") {
+        bail!("the second import made a new image: {again}");
+    }
+    println!("(reused: the image and its 3 layers were in the store already)");
+    println!("$ strata image ls");
+    println!("{}", s(&["image", "ls"])?);
+    println!("$ strata container create strata-demo:latest --name demo");
+    let container = s(&[
+        "container",
+        "create",
+        "strata-demo:latest",
+        "--name",
+        "demo",
+    ])?;
+    println!("{container}");
 
     if is_root() {
-        println!("$ strata layer mount child");
-        let mp = s(&["layer", "mount", "child"])?;
+        println!("$ strata container mount demo");
+        let mp = s(&["container", "mount", "demo"])?;
         println!("{mp}");
+        println!("$ echo 'written in the container' > {mp}/srv/note.txt");
+        let written = std::fs::write(
+            Path::new(&mp).join("srv/note.txt"),
+            "written in the container\n",
+        );
         let mut listing = Vec::new();
         let listed = list_tree(Path::new(&mp), Path::new(""), &mut listing);
         println!("$ find {mp}");
         for line in &listing {
             println!("{line}");
         }
-        println!("$ strata layer unmount child");
-        s(&["layer", "unmount", "child"])?;
+        println!("$ strata layer changes {container}   (the container's layer)");
+        let changes = s(&["layer", "changes", &container]);
+        println!("$ strata container unmount demo");
+        s(&["container", "unmount", "demo"])?;
+        written?;
         listed?;
+        let changes = changes?;
+        println!("{changes}");
         for gone in ["/etc/motd", "/var/cache/old-1"] {
             if listing.iter().any(|l| l.starts_with(gone)) {
                 bail!("{gone} should have been whited out");
             }
         }
+        if !changes.contains("Add /srv/note.txt") {
+            bail!("the container's change is missing: {changes}");
+        }
+        println!("$ strata container commit demo --name demo-changes");
+        println!(
+            "{}",
+            s(&["container", "commit", "demo", "--name", "demo-changes"])?
+        );
+        println!("$ strata layer changes demo-changes");
+        println!("{}", s(&["layer", "changes", "demo-changes"])?);
+        s(&["layer", "rm", "demo-changes"])?;
     } else {
         println!("(skipping mount: mounting needs root)");
     }
-    println!("$ strata layer rm child && strata layer rm base");
-    s(&["layer", "rm", "child"])?;
-    s(&["layer", "rm", "base"])?;
+    println!("$ strata container rm demo && strata image rm strata-demo:latest");
+    s(&["container", "rm", "demo"])?;
+    s(&["image", "rm", "strata-demo:latest"])?;
     let left = s(&["layer", "ls"])?;
     if !left.is_empty() {
         bail!("layers left after removal: {left}");

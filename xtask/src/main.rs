@@ -3,15 +3,15 @@
 //! - `cargo xtask build`: the host (release) and every driver (wasm32-wasip2), drivers
 //!   installed next to the `strata` binary so it finds them by name.
 //! - `cargo xtask demo`: the main job on a fresh machine — build, then in a temporary root
-//!   create a layer, apply a generated tar, create a child with whiteouts, mount it, list it,
-//!   unmount, remove.
+//!   import an image the project builds itself (an OCI layout with a whiteout and an opaque
+//!   directory), make a container on it, mount it, write a file, show the changes, unmount,
+//!   commit, remove.
 //! - `cargo xtask test`: as root, install what the tests need; then format and lint checks
 //!   and every test, privileged ones included.
 //! - `cargo xtask bench`: figures, each as a ratio to a baseline measured in the same run.
 
 mod bench;
 mod demo;
-mod tars;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,7 +73,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace_root());
     c

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use super::images::{ContainerCommand, ImageCommand, container_command, image_command};
 use crate::config::Config;
 use crate::conformance;
 use crate::layers::{
@@ -54,6 +55,12 @@ enum Command {
     /// Work with drivers.
     #[command(subcommand)]
     Driver(DriverCommand),
+    /// Import, list and remove images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Containers: read-write layers on images.
+    #[command(subcommand)]
+    Container(ContainerCommand),
     /// The store's and the driver's status.
     Status,
 }
@@ -164,7 +171,7 @@ struct TestArgs {
     list: bool,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub(super) fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("`{s}` is not KEY=VALUE")),
@@ -233,7 +240,7 @@ fn warn_uncached(component: &crate::sandbox::DriverComponent) {
     }
 }
 
-fn print_json(value: serde_json::Value) -> Result<()> {
+pub(super) fn print_json(value: serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &value)?;
     writeln!(out)?;
@@ -339,6 +346,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Layer(cmd) => {
             let strata = open(&cli, config)?;
             layer_command(&strata, cmd, json)
+        }
+        Command::Image(cmd) => {
+            let strata = open(&cli, config)?;
+            image_command(&strata, cmd, json)
+        }
+        Command::Container(cmd) => {
+            let strata = open(&cli, config)?;
+            container_command(&strata, cmd, json)
         }
     }
 }

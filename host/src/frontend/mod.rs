@@ -1,3 +1,4 @@
 //! Front ends: how people and programs reach the layer service. Today the `strata` CLI.
 
 pub mod cli;
+mod images;

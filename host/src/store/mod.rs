@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod images;
+
+pub use images::{Container, Image, NewContainer, NewImage, validate_image_name};
+
 /// Longest layer id or name.
 pub const MAX_ID_LEN: usize = 128;
 /// Deepest parent chain followed.
@@ -22,7 +26,7 @@ pub const MAX_CHAIN_DEPTH: usize = 1024;
 /// How long a writer waits for another process's transaction.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +46,21 @@ pub enum StoreError {
     Busy(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("layer {layer} is a layer of image {}; remove the image instead", images.join(", "))]
+    InImage { layer: String, images: Vec<String> },
+    #[error("layer {layer} is the layer of container {container}; remove the container instead")]
+    InContainer { layer: String, container: String },
+    #[error("image {0} not found")]
+    ImageNotFound(String),
+    #[error("image {image} is used by container {}; remove the container first", containers.join(", "))]
+    ImageInUse {
+        image: String,
+        containers: Vec<String>,
+    },
+    #[error("container {0} not found")]
+    ContainerNotFound(String),
+    #[error("container name {0} is already used")]
+    ContainerNameTaken(String),
     #[error("layer store {path}: {context}: {cause}")]
     Db {
         path: PathBuf,
@@ -87,6 +106,9 @@ pub struct NewLayer {
     pub driver: String,
     pub read_write: bool,
     pub template: Option<String>,
+    /// Image import builds a chain of layers that all stay incomplete until the image is
+    /// recorded, so that a crash removes the whole chain: it may name an incomplete parent.
+    pub parent_may_be_incomplete: bool,
 }
 
 pub struct LayerStore {
@@ -277,6 +299,11 @@ impl LayerStore {
                 )
                 .map_err(self.db("adding layer templates to the schema"))?;
         }
+        if version < 3 {
+            self.conn
+                .execute_batch(images::SCHEMA_V3)
+                .map_err(self.db("adding images and containers to the schema"))?;
+        }
         let stored: Option<String> = self
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| {
@@ -378,7 +405,7 @@ impl LayerStore {
             let parent = self
                 .get_exact(p)?
                 .ok_or_else(|| StoreError::ParentNotFound(p.clone()))?;
-            if parent.incomplete {
+            if parent.incomplete && !new.parent_may_be_incomplete {
                 return Err(StoreError::ParentIncomplete(p.clone()));
             }
         }
@@ -494,7 +521,7 @@ impl LayerStore {
         if layer.mount_count > 0 {
             return Err(StoreError::Busy(id.into()));
         }
-        Ok(())
+        self.check_unowned(id)
     }
 
     fn get_exact(&self, id: &str) -> Result<Option<Layer>, StoreError> {
@@ -682,6 +709,7 @@ mod tests {
             driver: "vfs".into(),
             read_write: false,
             template: None,
+            parent_may_be_incomplete: false,
         }
     }
 

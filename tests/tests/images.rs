@@ -1,0 +1,450 @@
+//! `strata image` and `strata container`: imports of OCI layouts, OCI archives and `docker
+//! save` archives through the CLI, on the default driver (overlay) and on vfs; layer reuse
+//! by chain ID; damaged images that must leave the store as it was; containers on images.
+
+use std::path::{Path, PathBuf};
+
+use strata_tests::TempStore;
+use strata_tests::oci::{self, BuiltImage, Compression};
+use strata_tests::targen::{Entry, tar_of};
+
+fn base_layer() -> Vec<u8> {
+    tar_of(&[
+        Entry::dir("bin", 0o755),
+        Entry::file("bin/sh", 0o755, b"#!shell\n"),
+        Entry::dir("etc", 0o755),
+        Entry::file("etc/os-release", 0o644, b"NAME=base\n"),
+        Entry::dir("usr/share/doc/a", 0o755),
+        Entry::file("usr/share/doc/a/README", 0o644, b"docs"),
+        Entry::dir("var/cache/x", 0o755),
+        Entry::file("var/cache/x/1", 0o644, b"one"),
+        Entry::file("var/cache/x/2", 0o644, b"two"),
+    ])
+}
+
+fn middle_layer() -> Vec<u8> {
+    tar_of(&[
+        Entry::dir("app", 0o755),
+        Entry::file("app/main", 0o755, &vec![7u8; 300_000]),
+        Entry::file("etc/os-release", 0o644, b"NAME=middle\n"),
+    ])
+}
+
+/// Whiteouts: a deleted directory and an opaque one with a new file.
+fn top_layer() -> Vec<u8> {
+    tar_of(&[
+        Entry::whiteout("usr/share/doc/a"),
+        Entry::dir("var/cache/x", 0o755),
+        Entry::opaque("var/cache/x"),
+        Entry::file("var/cache/x/new", 0o644, b"new"),
+        Entry::symlink("app/link", "main"),
+        Entry::hardlink("app/hard", "app/main"),
+    ])
+}
+
+fn image(compression: Compression) -> BuiltImage {
+    oci::build(
+        &[base_layer(), middle_layer(), top_layer()],
+        compression,
+        "demo:1",
+    )
+}
+
+/// An image sharing only the base layer with [`image`].
+fn other_image() -> BuiltImage {
+    let extra = tar_of(&[Entry::file("other", 0o644, b"other image")]);
+    oci::build(&[base_layer(), extra], Compression::Gzip, "other:1")
+}
+
+fn ok(t: &TempStore, args: &[&str]) -> String {
+    let (success, out, err) = t.cli(args);
+    assert!(success, "strata {args:?} failed: {err}");
+    out
+}
+
+fn json(t: &TempStore, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(t, &all)).expect("JSON output")
+}
+
+fn layer_ids(t: &TempStore, driver: &[&str]) -> Vec<String> {
+    let mut args = driver.to_vec();
+    args.extend(["layer", "ls"]);
+    ok(t, &args)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect()
+}
+
+/// Every path beneath `dir`, relative, sorted: to show that nothing was left behind.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(base).unwrap().display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&p, base, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn import(t: &TempStore, driver: &[&str], path: &Path) -> serde_json::Value {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(driver);
+    args.extend(["image", "import", path.to_str().unwrap()]);
+    serde_json::from_str(&ok(t, &args)).expect("import JSON")
+}
+
+fn reused(report: &serde_json::Value) -> Vec<bool> {
+    report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["reused"].as_bool().unwrap())
+        .collect()
+}
+
+fn check_rootfs(mnt: &Path) {
+    let read = |p: &str| std::fs::read(mnt.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("bin/sh"), b"#!shell\n");
+    assert_eq!(read("etc/os-release"), b"NAME=middle\n");
+    assert_eq!(read("app/main").len(), 300_000);
+    assert_eq!(read("app/hard").len(), 300_000);
+    assert_eq!(
+        std::fs::read_link(mnt.join("app/link")).unwrap(),
+        PathBuf::from("main")
+    );
+    assert!(
+        !mnt.join("usr/share/doc/a").exists(),
+        "the whiteout must hide the directory"
+    );
+    assert!(mnt.join("usr/share/doc").is_dir());
+    let mut cache: Vec<String> = std::fs::read_dir(mnt.join("var/cache/x"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    cache.sort();
+    assert_eq!(cache, vec!["new"], "the opaque directory hides 1 and 2");
+}
+
+/// Every form and compression of one image imports to the same image and layers; the
+/// second and later imports reuse every layer; a second image shares the base layer.
+fn import_forms_and_reuse(driver: &[&str]) {
+    let t = TempStore::new();
+    let work = t.dir.path().join("images");
+    let gzip = image(Compression::Gzip);
+    let zstd = image(Compression::Zstd);
+    let plain = image(Compression::None);
+    // Same layers, so the same diff IDs, chain IDs and config; blobs differ.
+    assert_eq!(gzip.chain_ids, zstd.chain_ids);
+    assert_eq!(gzip.config_digest, plain.config_digest);
+    assert_ne!(gzip.layer_digests, zstd.layer_digests);
+    oci::write_layout(&gzip, &work.join("layout-gzip"));
+    oci::write_oci_archive(&zstd, &work.join("archive-zstd.tar"));
+    oci::write_docker_archive(&plain, &work.join("docker.tar"));
+
+    let first = import(&t, driver, &work.join("layout-gzip"));
+    assert_eq!(first["new_image"], true);
+    assert_eq!(reused(&first), vec![false, false, false]);
+    assert_eq!(first["image"]["id"], gzip.image_id());
+    assert_eq!(first["image"]["names"], serde_json::json!(["demo:1"]));
+    let ids: Vec<String> = (0..3).map(|i| gzip.layer_id(i)).collect();
+    assert_eq!(layer_ids(&t, driver), ids);
+    for (i, id) in ids.iter().enumerate() {
+        let mut args = driver.to_vec();
+        args.extend(["layer", "inspect", id]);
+        let l = json(&t, &args);
+        assert_eq!(l["uncompressed_digest"], gzip.diff_ids[i]);
+        assert_eq!(l["compressed_digest"], gzip.layer_digests[i]);
+        assert_eq!(
+            l["parent"],
+            if i == 0 {
+                serde_json::Value::Null
+            } else {
+                ids[i - 1].clone().into()
+            }
+        );
+    }
+
+    for again in [
+        work.join("layout-gzip"),
+        work.join("archive-zstd.tar"),
+        work.join("docker.tar"),
+    ] {
+        let r = import(&t, driver, &again);
+        assert_eq!(r["new_image"], false, "{}", again.display());
+        assert_eq!(reused(&r), vec![true, true, true], "{}", again.display());
+        assert_eq!(r["bytes_read"], 0, "a reused layer is not read");
+    }
+    assert_eq!(layer_ids(&t, driver), ids);
+
+    let other = other_image();
+    oci::write_layout(&other, &work.join("other"));
+    let r = import(&t, driver, &work.join("other"));
+    assert_eq!(reused(&r), vec![true, false]);
+    assert_eq!(layer_ids(&t, driver).len(), 4);
+    let mut args = driver.to_vec();
+    args.extend(["image", "ls"]);
+    let images = json(&t, &args);
+    assert_eq!(images.as_array().unwrap().len(), 2);
+
+    if strata_tests::root_or_skip("import_forms_and_reuse (rootfs check)", "mounts") {
+        let mut args = driver.to_vec();
+        args.extend(["container", "create", "demo:1", "--name", "c1"]);
+        ok(&t, &args);
+        let mut args = driver.to_vec();
+        args.extend(["container", "mount", "c1"]);
+        let mnt = PathBuf::from(ok(&t, &args).trim());
+        check_rootfs(&mnt);
+        let mut args = driver.to_vec();
+        args.extend(["container", "rm", "--force", "c1"]);
+        ok(&t, &args);
+    }
+
+    // rm keeps what the other image shares, then the other image takes the rest.
+    let mut args = driver.to_vec();
+    args.extend(["image", "rm", "demo:1"]);
+    let removed = json(&t, &args);
+    assert_eq!(
+        removed["removed_layers"],
+        serde_json::json!([ids[2], ids[1]])
+    );
+    assert_eq!(removed["kept_layers"], serde_json::json!([ids[0]]));
+    assert_eq!(
+        layer_ids(&t, driver),
+        vec![ids[0].clone(), other.layer_id(1)]
+    );
+    let mut args = driver.to_vec();
+    args.extend(["image", "rm", "other:1"]);
+    ok(&t, &args);
+    assert!(layer_ids(&t, driver).is_empty());
+}
+
+#[test]
+fn import_forms_and_reuse_on_vfs() {
+    import_forms_and_reuse(&["--driver", "vfs"]);
+}
+
+#[test]
+fn import_forms_and_reuse_on_overlay() {
+    if !strata_tests::root_or_skip(
+        "import_forms_and_reuse_on_overlay",
+        "overlay layers keep whiteouts as device nodes",
+    ) {
+        return;
+    }
+    import_forms_and_reuse(&[]);
+}
+
+/// Damaged images fail with a message naming what is wrong, and the store is as it was:
+/// the same layers, the same images, nothing left in the driver's home.
+#[test]
+fn damaged_images_leave_the_store_as_it_was() {
+    let driver: &[&str] = &["--driver", "vfs"];
+    let t = TempStore::new();
+    let work = t.dir.path().join("images");
+    // One image in the store already, sharing the base with the damaged ones.
+    let other = other_image();
+    oci::write_layout(&other, &work.join("other"));
+    import(&t, driver, &work.join("other"));
+    let home = t.root().join("vfs");
+    let before_layers = layer_ids(&t, driver);
+    let before_tree = tree(&home);
+    let check = |path: &Path, expect: &[&str]| {
+        let mut args = driver.to_vec();
+        args.extend(["image", "import", path.to_str().unwrap()]);
+        let (success, _, err) = t.cli(&args);
+        assert!(!success, "importing {} must fail", path.display());
+        for e in expect {
+            assert!(err.contains(e), "{}: `{e}` not in: {err}", path.display());
+        }
+        assert_eq!(layer_ids(&t, driver), before_layers, "{err}");
+        assert_eq!(tree(&home), before_tree, "{err}");
+        let mut args = driver.to_vec();
+        args.extend(["image", "ls"]);
+        assert_eq!(ok(&t, &args).lines().count(), 1);
+    };
+
+    // A flipped byte inside a file of the uncompressed top layer: the tar still reads, the
+    // whole layer is applied, and only the digest at its end tells.
+    let plain = image(Compression::None);
+    let dir = work.join("mismatch");
+    oci::write_layout(&plain, &dir);
+    let top = dir
+        .join("blobs/sha256")
+        .join(plain.layer_digests[1].trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&top).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(&top, &bytes).unwrap();
+    check(
+        &dir,
+        &[
+            "digest mismatch",
+            plain.layer_digests[1].trim_start_matches("sha256:"),
+        ],
+    );
+
+    // A corrupted gzip blob.
+    let gzip = image(Compression::Gzip);
+    let dir = work.join("corrupt");
+    oci::write_layout(&gzip, &dir);
+    let blob = dir
+        .join("blobs/sha256")
+        .join(gzip.layer_digests[2].trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    for b in bytes.iter_mut().skip(20).take(40) {
+        *b = b.wrapping_add(77);
+    }
+    std::fs::write(&blob, &bytes).unwrap();
+    check(&dir, &[gzip.layer_digests[2].trim_start_matches("sha256:")]);
+
+    // A truncated blob in a layout, and a truncated archive.
+    let dir = work.join("truncated-blob");
+    oci::write_layout(&gzip, &dir);
+    let blob = dir
+        .join("blobs/sha256")
+        .join(gzip.layer_digests[1].trim_start_matches("sha256:"));
+    let bytes = std::fs::read(&blob).unwrap();
+    std::fs::write(&blob, &bytes[..bytes.len() / 2]).unwrap();
+    check(
+        &dir,
+        &[
+            "truncated",
+            gzip.layer_digests[1].trim_start_matches("sha256:"),
+        ],
+    );
+    let archive = work.join("truncated.tar");
+    oci::write_oci_archive(&gzip, &archive);
+    let bytes = std::fs::read(&archive).unwrap();
+    std::fs::write(&archive, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    check(&archive, &["truncated.tar"]);
+
+    // A config whose diff ID for the top layer is another layer's: every blob matches
+    // the manifest, and only the uncompressed digest tells.
+    let dir = work.join("diff-id");
+    let mut claimed = gzip.diff_ids.clone();
+    claimed[2] = oci::sha256(b"another layer");
+    let liar = oci::build_claiming(
+        &[base_layer(), middle_layer(), top_layer()],
+        Compression::Gzip,
+        "demo:1",
+        Some(claimed),
+    );
+    oci::write_layout(&liar, &dir);
+    check(
+        &dir,
+        &[
+            "diff ID mismatch",
+            liar.layer_digests[2].trim_start_matches("sha256:"),
+        ],
+    );
+
+    // Bad JSON in the index, and a manifest that does not match its digest.
+    let dir = work.join("bad-json");
+    oci::write_layout(&gzip, &dir);
+    std::fs::write(
+        dir.join("index.json"),
+        b"{\"schemaVersion\": 2, \"manifests\": [",
+    )
+    .unwrap();
+    check(&dir, &["index.json", "bad JSON"]);
+    let dir = work.join("bad-manifest");
+    oci::write_layout(&gzip, &dir);
+    let manifest = dir
+        .join("blobs/sha256")
+        .join(gzip.manifest_digest.trim_start_matches("sha256:"));
+    let mut text = std::fs::read(&manifest).unwrap();
+    text.push(b' ');
+    std::fs::write(&manifest, &text).unwrap();
+    check(
+        &dir,
+        &[
+            gzip.manifest_digest.trim_start_matches("sha256:"),
+            "truncated or replaced",
+        ],
+    );
+
+    // Not an image at all.
+    let dir = work.join("empty");
+    std::fs::create_dir_all(&dir).unwrap();
+    check(&dir, &["not an image"]);
+}
+
+/// A container on an image: write, list changes, commit the changes as a layer.
+#[test]
+fn containers_write_change_and_commit() {
+    if !strata_tests::root_or_skip("containers_write_change_and_commit", "mounts") {
+        return;
+    }
+    let t = TempStore::new();
+    let work = t.dir.path().join("images");
+    let img = image(Compression::Zstd);
+    oci::write_layout(&img, &work.join("layout"));
+    import(&t, &[], &work.join("layout"));
+    let id = ok(&t, &["container", "create", "demo:1", "--name", "web"])
+        .trim()
+        .to_string();
+    let (success, _, err) = t.cli(&["container", "create", "demo:1", "--name", "web"]);
+    assert!(!success && err.contains("web"), "{err}");
+    let mnt = PathBuf::from(ok(&t, &["container", "mount", "web"]).trim());
+    check_rootfs(&mnt);
+    std::fs::write(mnt.join("app/state"), b"written in the container").unwrap();
+    std::fs::remove_file(mnt.join("bin/sh")).unwrap();
+    let changes = ok(&t, &["layer", "changes", &id]);
+    assert!(changes.contains("Add /app/state"), "{changes}");
+    assert!(changes.contains("Delete /bin/sh"), "{changes}");
+    ok(&t, &["container", "unmount", "web"]);
+    let listed = json(&t, &["container", "ls"]);
+    assert_eq!(listed[0]["names"], serde_json::json!(["web"]));
+    assert_eq!(listed[0]["image"], img.image_id());
+
+    // The image cannot go while the container uses it; its layers cannot go at all.
+    let (success, _, err) = t.cli(&["image", "rm", "demo:1"]);
+    assert!(!success && err.contains(&id), "{err}");
+    let (success, _, err) = t.cli(&["layer", "rm", &img.layer_id(2)]);
+    assert!(!success && err.contains("image"), "{err}");
+
+    let committed = json(
+        &t,
+        &["container", "commit", "web", "--name", "web-snapshot"],
+    );
+    let layer = committed["layer"]["id"].as_str().unwrap().to_string();
+    assert_eq!(committed["layer"]["parent"], img.layer_id(2));
+    let changes = ok(&t, &["layer", "changes", "web-snapshot"]);
+    assert_eq!(
+        changes.lines().collect::<Vec<_>>(),
+        vec!["Add /app/state", "Delete /bin/sh"],
+    );
+    let tar = t.dir.path().join("commit.tar");
+    ok(&t, &["layer", "diff", &layer, "-o", tar.to_str().unwrap()]);
+    let mut names = Vec::new();
+    for e in tar::Archive::new(std::fs::File::open(&tar).unwrap())
+        .entries()
+        .unwrap()
+    {
+        names.push(e.unwrap().path().unwrap().display().to_string());
+    }
+    assert!(names.contains(&"bin/.wh.sh".to_string()), "{names:?}");
+    assert!(names.contains(&"app/state".to_string()), "{names:?}");
+
+    ok(&t, &["container", "rm", "web"]);
+    assert!(
+        json(&t, &["container", "ls"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    ok(&t, &["layer", "rm", "web-snapshot"]);
+    ok(&t, &["image", "rm", "demo:1"]);
+    assert!(layer_ids(&t, &[]).is_empty());
+}
