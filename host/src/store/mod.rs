@@ -511,6 +511,8 @@ impl LayerStore {
         let layer = self
             .get_exact(id)?
             .ok_or_else(|| StoreError::NotFound(id.into()))?;
+        // An image's or a container's layer goes with its owner: say so first.
+        self.check_unowned(id)?;
         let children = self.children(id)?;
         if !children.is_empty() {
             return Err(StoreError::HasChildren {
@@ -521,7 +523,7 @@ impl LayerStore {
         if layer.mount_count > 0 {
             return Err(StoreError::Busy(id.into()));
         }
-        self.check_unowned(id)
+        Ok(())
     }
 
     fn get_exact(&self, id: &str) -> Result<Option<Layer>, StoreError> {
