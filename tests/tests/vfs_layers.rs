@@ -370,7 +370,7 @@ fn a_crash_mid_create_is_recovered_on_open() {
                 names: vec![],
                 driver: "vfs".into(),
                 read_write: false,
-                template: None,
+                ..Default::default()
             })
             .unwrap();
         s.driver()

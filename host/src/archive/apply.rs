@@ -4,16 +4,18 @@ use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::os::fd::AsFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use tar::EntryType;
 
 use super::{ArchiveError, OPAQUE_MARKER, WHITEOUT_PREFIX, WhiteoutFormat};
 use crate::sys::fs::{
     Confinement, Dir, FileKind, MAX_PATH_LEN, MAX_XATTR_VALUE, chmod_at, chown_at, create_file_at,
-    link_at, mkdir_at, mknod_at, read_dir_names, remove_tree_at, remove_xattr_at, set_times_at,
-    set_xattr_at, stat_at, symlink_at, xattrs_at,
+    link_at, mkdir_at, mknod_at, read_dir_names, remove_tree_at, remove_xattr_at,
+    set_file_metadata, set_times_at, set_xattr_at, stat_at, symlink_at, write_all, xattrs_at,
 };
 use crate::sys::{ErrorKind, SysError};
 
@@ -23,6 +25,8 @@ pub const MAX_ENTRIES: u64 = 50_000_000;
 pub const MAX_XATTRS_PER_ENTRY: usize = 256;
 /// Bytes of PAX extension records one entry may carry.
 pub const MAX_PAX_EXTENSION_SIZE: usize = 1 << 20;
+/// Bytes copied per write of a file's content.
+const COPY_BUFFER_SIZE: usize = 256 * 1024;
 
 /// What applying a tar did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,6 +70,11 @@ struct Applier<'a> {
     /// Directory mtimes, set at the end (later entries inside would change them).
     dir_times: Vec<(PathBuf, (i64, u32))>,
     stats: ApplyStats,
+    /// The directory the last entry went into, resolved once for the entries after it in
+    /// the same directory (a tar lists a directory's files together). Dropped whenever
+    /// anything is removed, so it never names a directory that was replaced.
+    parent_cache: Option<(PathBuf, Rc<OwnedFd>)>,
+    buffer: Vec<u8>,
 }
 
 /// Unpacks the (uncompressed) layer tar `reader` onto `dest`.
@@ -81,6 +90,8 @@ pub fn apply_layer_tar(
         created: HashSet::new(),
         dir_times: Vec::new(),
         stats: ApplyStats::default(),
+        parent_cache: None,
+        buffer: vec![0; COPY_BUFFER_SIZE],
     };
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(ArchiveError::Read)? {
@@ -218,6 +229,57 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// The directory `rel` goes into (made if missing) and its name there.
+    fn parent_of(&mut self, rel: &Path) -> Result<(Rc<OwnedFd>, OsString), ArchiveError> {
+        let name = rel
+            .file_name()
+            .ok_or_else(|| ArchiveError::invalid("names the layer root"))?
+            .to_os_string();
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        if let Some((cached, fd)) = &self.parent_cache
+            && cached == parent
+        {
+            return Ok((fd.clone(), name));
+        }
+        let flags = rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY;
+        let fd = match self.root.open_raw(parent, flags) {
+            Ok(fd) => fd,
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                self.ensure_parents(rel)?;
+                self.root.open_raw(parent, flags).map_err(sys)?
+            }
+            Err(e) => return Err(sys(e)),
+        };
+        let fd = Rc::new(fd);
+        self.parent_cache = Some((parent.to_path_buf(), fd.clone()));
+        Ok((fd, name))
+    }
+
+    /// Removes `name` from `dir` (a whole tree), forgetting the cached directory.
+    fn remove_at(&mut self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), SysError> {
+        self.parent_cache = None;
+        remove_tree_at(dir, name, 0)
+    }
+
+    /// Copies a regular file's content from the tar.
+    fn copy_content<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        f: &std::fs::File,
+    ) -> Result<u64, ArchiveError> {
+        let mut total = 0u64;
+        loop {
+            let n = match entry.read(&mut self.buffer) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ArchiveError::Read(e)),
+            };
+            write_all(f, &self.buffer[..n]).map_err(ArchiveError::Sys)?;
+            total += n as u64;
+        }
+    }
+
     fn entry<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
@@ -265,9 +327,8 @@ impl Applier<'_> {
             return self.whiteout(rel, &name, uid, gid);
         }
 
-        self.ensure_parents(rel)?;
-        let (pfd, fname) = self.root.parent(rel).map_err(sys)?;
-        let pfd = pfd.as_fd();
+        let (pfd_owned, fname) = self.parent_of(rel)?;
+        let pfd = pfd_owned.as_fd();
         let existing = match stat_at(pfd, &fname) {
             Ok(st) => Some(st),
             Err(e) if e.kind == ErrorKind::NotFound => None,
@@ -277,7 +338,7 @@ impl Applier<'_> {
         if let Some(st) = existing
             && !(want_dir && st.kind == FileKind::Directory)
         {
-            remove_tree_at(pfd, &fname, 0).map_err(|e| sys(e.at(rel)))?;
+            self.remove_at(pfd, &fname).map_err(|e| sys(e.at(rel)))?;
         }
         let at = |e: SysError| sys(e.at(rel));
         match kind {
@@ -296,9 +357,20 @@ impl Applier<'_> {
                 }
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let mut f = create_file_at(pfd, &fname, 0o600).map_err(at)?;
-                let n = std::io::copy(entry, &mut f).map_err(ArchiveError::Read)?;
+                let f = create_file_at(pfd, &fname, 0o600).map_err(at)?;
+                let n = self.copy_content(entry, &f).map_err(|e| match e {
+                    ArchiveError::Sys(cause) => sys(cause.at(rel)),
+                    other => other,
+                })?;
                 self.stats.size += n;
+                // Owner, mode and times through the descriptor (setting xattrs after does
+                // not change the mtime); xattrs, rare, by name.
+                set_file_metadata(&f, uid, gid, mode, mtime).map_err(at)?;
+                for (k, v) in &pax.xattrs {
+                    set_xattr_at(pfd, &fname, k, v).map_err(at)?;
+                }
+                self.created.insert(rel.to_path_buf());
+                return Ok(());
             }
             EntryType::Symlink => {
                 let target = entry
@@ -369,6 +441,8 @@ impl Applier<'_> {
         uid: u32,
         gid: u32,
     ) -> Result<(), ArchiveError> {
+        // A whiteout removes things: the cached directory may be among them.
+        self.parent_cache = None;
         let dir = rel.parent().unwrap_or(Path::new("")).to_path_buf();
         let name_bytes = name.as_bytes();
         if name_bytes == OPAQUE_MARKER.as_bytes() {

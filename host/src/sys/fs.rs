@@ -585,6 +585,43 @@ pub fn set_times_at(
     .map_err(|e| SysError::from_errno("utimensat", name, e))
 }
 
+/// Writes all of `buf` to `file`; a full disk or quota is `NoSpace`.
+pub fn write_all(file: &File, mut buf: &[u8]) -> SysResult<()> {
+    while !buf.is_empty() {
+        match rustix::io::write(file, buf) {
+            Ok(0) => {
+                return Err(SysError::from_errno("write", "", rustix::io::Errno::IO));
+            }
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(SysError::from_errno("write", "", e)),
+        }
+    }
+    Ok(())
+}
+
+/// Sets owner, mode (special bits included, after the owner: `chown` clears set-id bits)
+/// and times of a regular file through the descriptor it was created with: no lookup, so
+/// nothing can swap the name meanwhile, and three syscalls instead of a lookup each.
+pub fn set_file_metadata(
+    file: &File,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: (i64, u32),
+) -> SysResult<()> {
+    rustix::fs::fchown(
+        file,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )
+    .map_err(|e| SysError::from_errno("fchown", "", e))?;
+    rustix::fs::fchmod(file, Mode::from_raw_mode(mode & 0o7777))
+        .map_err(|e| SysError::from_errno("fchmod", "", e))?;
+    rustix::fs::futimens(file, &timestamps(mtime, mtime))
+        .map_err(|e| SysError::from_errno("futimens", "", e))
+}
+
 /// Creates a fifo, socket or device node `name`.
 pub fn mknod_at(
     dir: BorrowedFd<'_>,
