@@ -508,3 +508,42 @@ fn a_killed_import_leaves_nothing_behind() {
     let r = import(&t, driver, &layout);
     assert_eq!(reused(&r), vec![false; 4]);
 }
+
+/// Progress shows on a terminal (run under `script`, which gives the command a pty) and not
+/// when stderr is a file or pipe.
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let t = TempStore::new();
+    let img = image(Compression::Gzip);
+    let layout = t.dir.path().join("layout");
+    oci::write_layout(&img, &layout);
+    let (success, _, quiet) = t.cli(&[
+        "--driver",
+        "vfs",
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+    ]);
+    assert!(success, "{quiet}");
+    assert!(
+        !quiet.contains("MiB/s"),
+        "no progress without a terminal: {quiet}"
+    );
+    let command = format!(
+        "{} --root {} --run-root {} --driver vfs image import --name again:1 {}",
+        strata_tests::strata_bin().display(),
+        t.root().display(),
+        t.dir.path().join("run").display(),
+        layout.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("STRATA_COMPONENT_CACHE", strata_tests::cache_dir())
+        .env("STRATA_DRIVER_DIR", strata_tests::wasm_dir())
+        .output()
+        .expect("running script (bsdutils)");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("layers 3/3 (3 reused)"), "{shown}");
+    assert!(shown.contains("MiB/s"), "{shown}");
+}
