@@ -2,8 +2,11 @@
 //!
 //! - `ls`: warm `strata layer ls` wall time (component cached, 10 layers in the store) against
 //!   spawning `/bin/true` — the floor of any command. Target: ≤ 20 ms.
-//! - `host-call`, `lifecycle`, `overlay`, `btrfs`, `zfs`: from the `strata-bench` binary (see
-//!   tests/src/bin).
+//! - `host-call`, `lifecycle`, `overlay`, `btrfs`, `zfs`, `import`: from the `strata-bench`
+//!   binary (see tests/src/bin/strata-bench). `import` times `target/release/strata image
+//!   import` (built here by `build_all`, drivers found through `STRATA_DRIVER_DIR`) against
+//!   `tar -xf`, skopeo and containerd; as root it installs what it needs with apt-get and
+//!   caches a debootstrapped image in `target/bench-cache`.
 
 use std::path::Path;
 use std::process::Command;
@@ -72,10 +75,17 @@ pub fn run(args: &[String]) -> Result<()> {
     if which("ls") {
         bench_ls(&bin)?;
     }
-    let rest: Vec<&str> = ["host-call", "lifecycle", "overlay", "btrfs", "zfs"]
-        .into_iter()
-        .filter(|n| which(n))
-        .collect();
+    let rest: Vec<&str> = [
+        "host-call",
+        "lifecycle",
+        "overlay",
+        "btrfs",
+        "zfs",
+        "import",
+    ]
+    .into_iter()
+    .filter(|n| which(n))
+    .collect();
     if !rest.is_empty() {
         crate::run(
             Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

@@ -17,6 +17,12 @@
 //!   batched listing (one `zfs get -r` through `layers-metadata`) next to asking the driver
 //!   layer by layer (one `zfs get` each), and the same two queries made with the `zfs`
 //!   command directly (needs root and zfs-fuse; starts the daemon when none runs).
+//! - `import`: `strata image import` of a debootstrapped Debian image (gzip and zstd) with the
+//!   overlay and vfs drivers, next to `tar -xf` of its layers, skopeo into containers-storage
+//!   and `ctr images import` into containerd, each on a fresh loop-mounted ext4 per run (needs
+//!   root; see `import.rs`).
+
+mod import;
 
 use std::time::{Duration, Instant};
 
@@ -641,5 +647,11 @@ fn main() {
     }
     if all || which.iter().any(|w| w == "zfs") {
         zfs_listing();
+    }
+    if (all || which.iter().any(|w| w == "import"))
+        && let Err(e) = import::run()
+    {
+        eprintln!("import: error: {e:#}");
+        std::process::exit(1);
     }
 }
