@@ -191,6 +191,25 @@ fn import_forms_and_reuse(driver: &[&str]) {
     oci::write_layout(&other, &work.join("other"));
     let r = import(&t, driver, &work.join("other"));
     assert_eq!(reused(&r), vec![true, false]);
+    // A ref name that is only a tag does not name the image; --name does.
+    let tagged = oci::build(
+        &[base_layer(), tar_of(&[Entry::file("t", 0o644, b"t")])],
+        Compression::Gzip,
+        "latest",
+    );
+    oci::write_layout(&tagged, &work.join("tagged"));
+    let r = import(&t, driver, &work.join("tagged"));
+    assert_eq!(r["image"]["names"], serde_json::json!([]));
+    let mut args = vec!["--json"];
+    args.extend_from_slice(driver);
+    args.extend(["image", "import", "--name", "tagged:1"]);
+    let path = work.join("tagged");
+    args.push(path.to_str().unwrap());
+    let r: serde_json::Value = serde_json::from_str(&ok(&t, &args)).unwrap();
+    assert_eq!(r["image"]["names"], serde_json::json!(["tagged:1"]));
+    let mut args = driver.to_vec();
+    args.extend(["image", "rm", "tagged:1"]);
+    ok(&t, &args);
     assert_eq!(layer_ids(&t, driver).len(), 4);
     let mut args = driver.to_vec();
     args.extend(["image", "ls"]);

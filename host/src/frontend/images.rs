@@ -180,6 +180,12 @@ pub fn image_command(strata: &Strata, cmd: &ImageCommand, json: bool) -> Result<
                 mib(report.bytes_read),
                 secs
             );
+            if report.image.names.is_empty() {
+                eprintln!(
+                    "the image has no name (its layout gives none, or only a bare tag); name it \
+                     with --name, or use the id"
+                );
+            }
             for (name, from) in &report.moved_names {
                 eprintln!(
                     "name {name} moved from image {}",

@@ -231,8 +231,12 @@ fn resolve_oci(src: &ImageSource) -> Result<ResolvedImage, ImageError> {
     let mut depth = 0;
     let (manifest_digest, manifest_bytes) = loop {
         let d = pick(&index, &index_name)?.clone();
+        // A ref name is often only a tag (`latest`, `12`): as an image name it would say
+        // nothing and collide between images, so only full references (`debian:12`,
+        // `registry.example/app@sha256:…`) name the image.
         if depth == 0
             && let Some(r) = d.annotations.get(REF_NAME_ANNOTATION)
+            && r.contains([':', '/', '@'])
         {
             names.push(r.clone());
         }
