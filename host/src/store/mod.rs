@@ -16,8 +16,10 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 mod images;
+mod snapshots;
 
 pub use images::{Container, Image, NewContainer, NewImage, validate_image_name};
+pub use snapshots::{MAX_LABEL_SIZE, SnapshotError, SnapshotInfo, SnapshotKind, checked_labels};
 
 /// Longest layer id or name.
 pub const MAX_ID_LEN: usize = 128;
@@ -26,7 +28,7 @@ pub const MAX_CHAIN_DEPTH: usize = 1024;
 /// How long a writer waits for another process's transaction.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -303,6 +305,11 @@ impl LayerStore {
             self.conn
                 .execute_batch(images::SCHEMA_V3)
                 .map_err(self.db("adding images and containers to the schema"))?;
+        }
+        if version < 4 {
+            self.conn
+                .execute_batch(snapshots::SCHEMA_V4)
+                .map_err(self.db("adding containerd snapshots to the schema"))?;
         }
         let stored: Option<String> = self
             .conn

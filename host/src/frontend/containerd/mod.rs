@@ -1,0 +1,115 @@
+//! The containerd snapshotter front end (in progress): containerd's snapshot semantics on
+//! Strata's store. Today: the filter language of `List` and the snapshot records' field
+//! paths; the gRPC service comes next (issue 8).
+
+pub mod filters;
+
+use crate::store::SnapshotInfo;
+
+/// The fields containerd's filters name on a snapshot: `name`, `parent`, `kind`
+/// (`active`, `view`, `committed`) and `labels.<key>`.
+impl filters::Fields for SnapshotInfo {
+    fn field(&self, path: &[String]) -> Option<String> {
+        match path {
+            [f] if f == "name" => Some(self.key.clone()),
+            [f] if f == "parent" => Some(self.parent.clone().unwrap_or_default()),
+            [f] if f == "kind" => Some(self.kind.word().to_string()),
+            [f, rest @ ..] if f == "labels" && !rest.is_empty() => {
+                self.labels.get(&rest.join(".")).cloned()
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::filters::{any_matches, parse_all};
+    use crate::store::{LayerStore, SnapshotKind};
+
+    /// containerd's testsuite `Walk` case: the same snapshots, filters and expected names.
+    #[test]
+    fn the_walk_filter_matrix() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LayerStore::open_with_boot_id(d.path(), "b").unwrap();
+        let labels = |extra: Option<&str>| {
+            let mut m = BTreeMap::from([(
+                "containerd.io/gc.root".to_string(),
+                "check-walk".to_string(),
+            )]);
+            if let Some(l) = extra {
+                m.insert("l".into(), l.into());
+            }
+            m
+        };
+        let active = SnapshotKind::Active;
+        s.create_snapshot("a-np", None, active, &labels(None))
+            .unwrap();
+        s.create_snapshot("p-tmp", None, active, &labels(None))
+            .unwrap();
+        s.commit_snapshot("p", "p-tmp", &labels(None), None, (0, 0))
+            .unwrap();
+        s.create_snapshot("a", Some("p"), active, &labels(None))
+            .unwrap();
+        s.create_snapshot("v", Some("p"), SnapshotKind::View, &labels(None))
+            .unwrap();
+        s.create_snapshot("p-wl-tmp", None, active, &labels(None))
+            .unwrap();
+        s.commit_snapshot("p-wl", "p-wl-tmp", &labels(Some("1")), None, (0, 0))
+            .unwrap();
+        s.create_snapshot("a-wl", Some("p-wl"), active, &labels(Some("2")))
+            .unwrap();
+        s.create_snapshot("v-wl", Some("p-wl"), SnapshotKind::View, &labels(Some("3")))
+            .unwrap();
+        s.create_snapshot("a-np-wl", None, active, &labels(Some("2")))
+            .unwrap();
+        let all = s.snapshots().unwrap();
+        let walk = |filters: &[&str]| {
+            let parsed =
+                parse_all(&filters.iter().map(|f| f.to_string()).collect::<Vec<_>>()).unwrap();
+            let mut names: Vec<String> = all
+                .iter()
+                .filter(|i| any_matches(&parsed, *i))
+                .map(|i| i.key.clone())
+                .collect();
+            names.sort();
+            names
+        };
+        let sorted = |names: &[&str]| {
+            let mut v: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            v.sort();
+            v
+        };
+        let root = r#"labels."containerd.io/gc.root"==check-walk"#;
+        assert_eq!(walk(&[root]).len(), 8);
+        assert_eq!(
+            walk(&[&format!("kind==active,{root}")]),
+            sorted(&["a-np", "a", "a-wl", "a-np-wl"])
+        );
+        assert_eq!(
+            walk(&[&format!("kind==view,{root}")]),
+            sorted(&["v", "v-wl"])
+        );
+        assert_eq!(
+            walk(&[&format!("kind==committed,{root}")]),
+            sorted(&["p", "p-wl"])
+        );
+        assert_eq!(
+            walk(&["name==p", "name==a-np-wl"]),
+            sorted(&["p", "a-np-wl"])
+        );
+        assert_eq!(walk(&["name==a-wl,labels.l"]), sorted(&["a-wl"]));
+        assert_eq!(walk(&["parent==p"]), sorted(&["a", "v"]));
+        assert_eq!(
+            walk(&[&format!(r#"parent!="",{root}"#)]),
+            sorted(&["a", "v", "a-wl", "v-wl"])
+        );
+        assert_eq!(
+            walk(&["labels.l"]),
+            sorted(&["p-wl", "a-wl", "v-wl", "a-np-wl"])
+        );
+        assert_eq!(walk(&["labels.l==2"]), sorted(&["a-wl", "a-np-wl"]));
+    }
+}
