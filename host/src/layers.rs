@@ -418,6 +418,24 @@ impl Strata {
         Ok(target)
     }
 
+    /// Layer `id`'s mount plan, checked, as mounts another process performs (containerd):
+    /// nothing is mounted here.
+    pub fn external_mounts(&self, id: &str, read_only: bool) -> Result<Vec<mount::ExternalMount>> {
+        let request = MountRequest {
+            read_only,
+            options: vec![],
+        };
+        let plan = self.driver.plan_mount(id, &request)?;
+        let checked = mount::check_plan(
+            self.driver.name(),
+            self.driver.home(),
+            self.driver.home_path(),
+            &plan,
+            &request,
+        )?;
+        Ok(checked.external_mounts()?)
+    }
+
     /// Drops one user of layer `id`'s mount, unmounting on the last; `force` unmounts now
     /// whatever the count. Returns the users left.
     pub fn unmount(&self, id: &str, force: bool) -> Result<u32> {

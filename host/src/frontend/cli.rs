@@ -63,6 +63,12 @@ enum Command {
     Container(ContainerCommand),
     /// The store's and the driver's status.
     Status,
+    /// Serve containerd's snapshots API (a proxy snapshotter) until SIGINT or SIGTERM.
+    Serve {
+        /// The unix socket containerd's `[proxy_plugins.NAME] address` names.
+        #[arg(long = "containerd-socket", value_name = "PATH")]
+        containerd_socket: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -346,6 +352,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Layer(cmd) => {
             let strata = open(&cli, config)?;
             layer_command(&strata, cmd, json)
+        }
+        Command::Serve { containerd_socket } => {
+            let strata = open(&cli, config)?;
+            crate::frontend::containerd::serve(strata, containerd_socket)
         }
         Command::Image(cmd) => {
             let strata = open(&cli, config)?;

@@ -77,6 +77,15 @@ enum Resolved {
     },
 }
 
+/// A mount for another process to perform (containerd mounts what its snapshotter returns):
+/// host paths, `mount(8)`-style options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalMount {
+    pub kind: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
 /// A plan whose every path has been resolved beneath the driver home and whose options are
 /// allowed: safe to execute.
 pub struct CheckedPlan {
@@ -94,6 +103,63 @@ impl CheckedPlan {
 
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// The plan as mounts for another process, by host path: a bind (`rbind`, `ro`/`rw`),
+    /// or an overlay with `lowerdir=` nearest layer first (one lower directory and no upper
+    /// is a read-only bind of it, as overlayfs wants two lowers without an upper). The paths
+    /// were resolved beneath the driver home when the plan was checked; one holding `:` or
+    /// `,` cannot be passed in overlay options and is refused.
+    pub fn external_mounts(&self) -> Result<Vec<ExternalMount>, PlanError> {
+        let path = |d: &sys::Dir| -> Result<String, PlanError> {
+            let p = d.path().to_string_lossy().into_owned();
+            if p.contains([':', ',']) {
+                return Err(PlanError::Invalid {
+                    driver: String::new(),
+                    reason: format!("path {p} holds `:` or `,` and cannot be an overlay option"),
+                });
+            }
+            Ok(p)
+        };
+        let bind = |source: &sys::Dir, read_only: bool| -> Result<ExternalMount, PlanError> {
+            Ok(ExternalMount {
+                kind: "bind".into(),
+                source: path(source)?,
+                options: vec![if read_only { "ro" } else { "rw" }.into(), "rbind".into()],
+            })
+        };
+        match &self.resolved {
+            Resolved::Bind { source } => Ok(vec![bind(source, self.read_only)?]),
+            Resolved::Overlay {
+                lower,
+                upper: None,
+                work: None,
+                ..
+            } if lower.len() == 1 => Ok(vec![bind(&lower[0], true)?]),
+            Resolved::Overlay {
+                lower,
+                upper,
+                work,
+                options,
+            } => {
+                let mut opts = Vec::new();
+                if let (Some(u), Some(w)) = (upper, work) {
+                    opts.push(format!("workdir={}", path(w)?));
+                    opts.push(format!("upperdir={}", path(u)?));
+                }
+                let lowers = lower.iter().map(path).collect::<Result<Vec<_>, _>>()?;
+                opts.push(format!("lowerdir={}", lowers.join(":")));
+                opts.extend(options.iter().cloned());
+                if self.read_only && upper.is_some() {
+                    opts.push("ro".into());
+                }
+                Ok(vec![ExternalMount {
+                    kind: "overlay".into(),
+                    source: "overlay".into(),
+                    options: opts,
+                }])
+            }
+        }
     }
 
     /// Performs the mount.

@@ -1,8 +1,72 @@
-//! The containerd snapshotter front end (in progress): containerd's snapshot semantics on
-//! Strata's store. Today: the filter language of `List` and the snapshot records' field
-//! paths; the gRPC service comes next (issue 8).
+//! The containerd snapshotter front end: `strata serve --containerd-socket PATH` serves
+//! containerd's snapshots gRPC API (`containerd.services.snapshots.v1.Snapshots`) over a
+//! unix socket, for a `[proxy_plugins]` entry in containerd's config. The API is generated
+//! at build time from the project's own `.proto` files (host/proto).
 
 pub mod filters;
+pub mod service;
+
+/// The generated API, in modules that follow the protobuf packages.
+#[allow(clippy::all, missing_docs)]
+pub mod api {
+    pub mod types {
+        tonic::include_proto!("containerd.types");
+    }
+    pub mod services {
+        pub mod snapshots {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.snapshots.v1");
+            }
+        }
+    }
+    pub use services::snapshots::v1 as snapshots;
+}
+
+/// Serves the snapshots API for `strata` on the unix socket `path` until SIGINT or SIGTERM.
+pub fn serve(strata: crate::layers::Strata, path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let service = service::SnapshotService::new(strata)
+        .map_err(|s| anyhow::anyhow!("reconciling snapshots: {}", s.message()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_socket() {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("removing the stale socket {}", path.display()))?;
+            } else {
+                anyhow::bail!("{} exists and is not a socket", path.display());
+            }
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("listening on {}", path.display()))?;
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing a SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        tonic::transport::Server::builder()
+            .add_service(api::snapshots::snapshots_server::SnapshotsServer::new(
+                service,
+            ))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .context("serving the snapshots API")?;
+        let _ = std::fs::remove_file(path);
+        Ok(())
+    })
+}
 
 use crate::store::SnapshotInfo;
 
