@@ -33,6 +33,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("btrfs-progs", "mkfs.btrfs"),
     ("e2fsprogs", "filefrag"),
     ("zfs-fuse", "zfs-fuse"),
+    // The containerd snapshotter tests run a private containerd with runc, on an image whose
+    // only program is a static busybox.
+    ("containerd", "containerd"),
+    ("runc", "runc"),
+    ("busybox-static", "busybox"),
 ];
 
 fn main() -> Result<()> {
