@@ -419,8 +419,14 @@ impl Strata {
     }
 
     /// Layer `id`'s mount plan, checked, as mounts another process performs (containerd):
-    /// nothing is mounted here.
-    pub fn external_mounts(&self, id: &str, read_only: bool) -> Result<Vec<mount::ExternalMount>> {
+    /// nothing is mounted here. `root_mode` sets the mode of a bind plan's source (a layer
+    /// without parent, whose root containerd expects to be `0755`).
+    pub fn external_mounts(
+        &self,
+        id: &str,
+        read_only: bool,
+        root_mode: Option<u32>,
+    ) -> Result<Vec<mount::ExternalMount>> {
         let request = MountRequest {
             read_only,
             options: vec![],
@@ -433,6 +439,9 @@ impl Strata {
             &plan,
             &request,
         )?;
+        if let Some(mode) = root_mode {
+            checked.set_bind_root_mode(mode)?;
+        }
         Ok(checked.external_mounts()?)
     }
 

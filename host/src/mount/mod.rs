@@ -162,6 +162,20 @@ impl CheckedPlan {
         }
     }
 
+    /// Sets the mode of a bind plan's source directory (the layer's root): containerd expects
+    /// a snapshot without a parent to start as an empty `0755` directory. Through the
+    /// descriptor resolved when the plan was checked. Other plans are left alone.
+    pub fn set_bind_root_mode(&self, mode: u32) -> Result<(), PlanError> {
+        if let Resolved::Bind { source } = &self.resolved {
+            source.chmod(".", mode).map_err(|cause| PlanError::Mount {
+                id: String::new(),
+                target: source.path().to_path_buf(),
+                cause,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Performs the mount.
     pub fn execute(&self, id: &str) -> Result<(), PlanError> {
         let r = match &self.resolved {

@@ -139,7 +139,11 @@ impl SnapshotService {
                     read_write: kind == SnapshotKind::Active,
                     ..Default::default()
                 })
-                .and_then(|_| s.external_mounts(&layer, kind == SnapshotKind::View));
+                .and_then(|_| {
+                    // containerd's snapshots start as an empty 0755 directory.
+                    let root_mode = info.parent.is_none().then_some(0o755);
+                    s.external_mounts(&layer, kind == SnapshotKind::View, root_mode)
+                });
             match made {
                 Ok(mounts) => Ok(mounts_of(mounts)),
                 Err(e) => {
@@ -225,7 +229,7 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
                         "snapshot {key} is committed: not active or view"
                     )));
                 }
-                s.external_mounts(&layer_id(info.id), info.kind == SnapshotKind::View)
+                s.external_mounts(&layer_id(info.id), info.kind == SnapshotKind::View, None)
                     .map(mounts_of)
                     .map_err(layer_status)
             })
