@@ -585,3 +585,61 @@ fn a_128_layer_chain_mounts() {
     assert_eq!(std::fs::read_dir(mnt.join("addhere")).unwrap().count(), 128);
     s.unmount(&mnt);
 }
+
+/// containerd unpacks and runs many things at once: 32 requests in flight, on a chain and
+/// beside it, leave consistent records (every commit there, every parent right).
+#[test]
+fn concurrent_requests_keep_the_records_consistent() {
+    if !suite_or_skip("concurrent_requests_keep_the_records_consistent") {
+        return;
+    }
+    let mut s = Server::start();
+    s.layer("base", "", |m| std::fs::write(m.join("f"), "f").unwrap());
+    let client = s.client.clone();
+    s.rt.block_on(async move {
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let mut c = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = format!("active-{i}");
+                c.prepare(pb::PrepareSnapshotRequest {
+                    snapshotter: "strata".into(),
+                    key: key.clone(),
+                    parent: "base".into(),
+                    labels: HashMap::new(),
+                })
+                .await?;
+                c.stat(pb::StatSnapshotRequest {
+                    snapshotter: "strata".into(),
+                    key: "base".into(),
+                })
+                .await?;
+                c.commit(pb::CommitSnapshotRequest {
+                    snapshotter: "strata".into(),
+                    name: format!("committed-{i}"),
+                    key,
+                    labels: HashMap::new(),
+                    parent: String::new(),
+                })
+                .await?;
+                Ok::<(), tonic::Status>(())
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    });
+    let all = s.list(&["parent==base"]);
+    assert_eq!(all.len(), 32);
+    assert!(
+        all.iter()
+            .all(|i| i.kind == COMMITTED && i.name.starts_with("committed-"))
+    );
+    // Removing the base waits for its 32 children.
+    assert_eq!(code(s.remove("base")), Code::FailedPrecondition);
+    for i in 0..32 {
+        s.remove(&format!("committed-{i}")).unwrap();
+    }
+    s.remove("base").unwrap();
+    assert!(s.list(&[]).is_empty());
+}

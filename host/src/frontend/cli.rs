@@ -354,8 +354,7 @@ fn run(cli: Cli) -> Result<()> {
             layer_command(&strata, cmd, json)
         }
         Command::Serve { containerd_socket } => {
-            let strata = open(&cli, config)?;
-            crate::frontend::containerd::serve(strata, containerd_socket)
+            crate::frontend::containerd::serve(|| open(&cli, config.clone()), containerd_socket)
         }
         Command::Image(cmd) => {
             let strata = open(&cli, config)?;

@@ -156,6 +156,13 @@ fn row_to_snapshot(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotInfo> {
 }
 
 impl LayerStore {
+    /// A write transaction that takes the database's write lock at once, so that two
+    /// handles checking and then changing the same record cannot interleave.
+    fn immediate_transaction(&self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.db("starting a transaction"))
+    }
+
     fn snapshot_row(&self, key: &str) -> Result<Option<SnapshotInfo>, StoreError> {
         self.conn
             .query_row(
@@ -217,10 +224,7 @@ impl LayerStore {
     ) -> Result<SnapshotInfo, SnapshotError> {
         check_key("a snapshot key", key)?;
         let labels = checked_labels(labels)?;
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(self.db("starting a transaction"))?;
+        let tx = self.immediate_transaction()?;
         if self.snapshot_row(key)?.is_some() {
             return Err(SnapshotError::AlreadyExists(key.into()));
         }
@@ -279,10 +283,7 @@ impl LayerStore {
     ) -> Result<SnapshotInfo, SnapshotError> {
         check_key("a snapshot name", name)?;
         let labels = checked_labels(labels)?;
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(self.db("starting a transaction"))?;
+        let tx = self.immediate_transaction()?;
         let active = self.snapshot(key)?;
         if active.kind != SnapshotKind::Active {
             return Err(SnapshotError::FailedPrecondition(format!(
@@ -334,6 +335,7 @@ impl LayerStore {
     /// Removes a snapshot's record (the caller removes its data by id); refused while it has
     /// children. The key is free again at once.
     pub fn remove_snapshot(&self, key: &str) -> Result<SnapshotInfo, SnapshotError> {
+        let tx = self.immediate_transaction()?;
         let info = self.snapshot(key)?;
         let children: i64 = self
             .conn
@@ -348,9 +350,9 @@ impl LayerStore {
                 "cannot remove snapshot with child: {key} has {children}"
             )));
         }
-        self.conn
-            .execute("DELETE FROM snapshots WHERE key = ?1", params![key])
+        tx.execute("DELETE FROM snapshots WHERE key = ?1", params![key])
             .map_err(self.db("removing a snapshot"))?;
+        tx.commit().map_err(self.db("removing a snapshot"))?;
         Ok(info)
     }
 
@@ -363,10 +365,7 @@ impl LayerStore {
         labels: &BTreeMap<String, String>,
         fieldpaths: &[String],
     ) -> Result<SnapshotInfo, SnapshotError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(self.db("starting a transaction"))?;
+        let tx = self.immediate_transaction()?;
         let mut info = self.snapshot(key)?;
         if fieldpaths.is_empty() || fieldpaths.iter().any(|p| p == "labels") {
             if let Some(other) = fieldpaths

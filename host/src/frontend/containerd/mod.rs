@@ -22,10 +22,17 @@ pub mod api {
     pub use services::snapshots::v1 as snapshots;
 }
 
-/// Serves the snapshots API for `strata` on the unix socket `path` until SIGINT or SIGTERM.
-pub fn serve(strata: crate::layers::Strata, path: &std::path::Path) -> anyhow::Result<()> {
+/// Serves the snapshots API on the unix socket `path` until SIGINT or SIGTERM, with
+/// [`service::STORE_HANDLES`] store handles made by `open`.
+pub fn serve(
+    open: impl Fn() -> anyhow::Result<crate::layers::Strata>,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
     use anyhow::Context;
-    let service = service::SnapshotService::new(strata)
+    let handles = (0..service::STORE_HANDLES)
+        .map(|_| open())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let service = service::SnapshotService::new(handles)
         .map_err(|s| anyhow::anyhow!("reconciling snapshots: {}", s.message()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -11,12 +11,12 @@
 //! record are removed, so a killed daemon restarts with every snapshot that containerd was
 //! told about and nothing else.
 //!
-//! Requests run on blocking threads; one `Strata` (store connection and driver runtime) is
-//! shared behind a mutex, so requests are serialized while they touch the store or the
-//! driver.
+//! Requests run on blocking threads, each with a store handle of its own from a pool (one
+//! SQLite connection and driver runtime per handle): they run concurrently, and SQLite's
+//! transactions and the store's lock keep them from corrupting each other.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use tonic::{Request, Response, Status};
 
@@ -34,8 +34,33 @@ pub fn layer_id(id: i64) -> String {
     format!("sn{id}")
 }
 
+/// Store handles to serve requests with, each used by one request at a time.
+pub const STORE_HANDLES: usize = 4;
+
+struct HandlePool {
+    free: Mutex<Vec<Strata>>,
+    returned: Condvar,
+}
+
+impl HandlePool {
+    fn take(&self) -> Strata {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(h) = free.pop() {
+                return h;
+            }
+            free = self.returned.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn give_back(&self, h: Strata) {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+        self.returned.notify_one();
+    }
+}
+
 pub struct SnapshotService {
-    strata: Arc<Mutex<Strata>>,
+    pool: Arc<HandlePool>,
 }
 
 fn status_of(e: SnapshotError) -> Status {
@@ -93,11 +118,18 @@ fn mounts_of(m: Vec<crate::mount::ExternalMount>) -> Vec<Mount> {
 }
 
 impl SnapshotService {
-    /// Serves `strata`'s store; removes what a crash left half made first.
-    pub fn new(strata: Strata) -> Result<SnapshotService, Status> {
-        reconcile(&strata)?;
+    /// Serves the store of `handles` (opened on one root); removes what a crash left half
+    /// made first.
+    pub fn new(handles: Vec<Strata>) -> Result<SnapshotService, Status> {
+        let first = handles
+            .first()
+            .ok_or_else(|| Status::internal("no store handle"))?;
+        reconcile(first)?;
         Ok(SnapshotService {
-            strata: Arc::new(Mutex::new(strata)),
+            pool: Arc::new(HandlePool {
+                free: Mutex::new(handles),
+                returned: Condvar::new(),
+            }),
         })
     }
 
@@ -105,10 +137,12 @@ impl SnapshotService {
         &self,
         f: impl FnOnce(&Strata) -> Result<T, Status> + Send + 'static,
     ) -> Result<T, Status> {
-        let strata = self.strata.clone();
+        let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
-            let guard = strata.lock().unwrap_or_else(|e| e.into_inner());
-            f(&guard)
+            let handle = pool.take();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&handle)));
+            pool.give_back(handle);
+            result.unwrap_or_else(|_| Err(Status::internal("the request panicked")))
         })
         .await
         .map_err(|e| Status::internal(format!("request task failed: {e}")))?
