@@ -399,23 +399,30 @@ impl Strata {
             self.store.increment_mount(&layer.id, mp)?;
             return Ok(PathBuf::from(mp));
         }
-        let request = MountRequest {
-            read_only: !layer.read_write,
-            options: options.to_vec(),
-        };
-        let plan = self.driver.plan_mount(&layer.id, &request)?;
-        let checked = mount::check_plan(
-            self.driver.name(),
-            self.driver.home(),
-            self.driver.home_path(),
-            &plan,
-            &request,
+        let checked = self.checked_plan(
+            &layer.id,
+            &MountRequest {
+                read_only: !layer.read_write,
+                options: options.to_vec(),
+            },
         )?;
         checked.execute(&layer.id)?;
         let target = checked.target_path().to_path_buf();
         self.store
             .increment_mount(&layer.id, &target.to_string_lossy())?;
         Ok(target)
+    }
+
+    /// The driver's mount plan for layer `id`, checked against its sandbox and `request`.
+    fn checked_plan(&self, id: &str, request: &MountRequest) -> Result<mount::CheckedPlan> {
+        let plan = self.driver.plan_mount(id, request)?;
+        Ok(mount::check_plan(
+            self.driver.name(),
+            self.driver.home(),
+            self.driver.home_path(),
+            &plan,
+            request,
+        )?)
     }
 
     /// Layer `id`'s mount plan, checked, as mounts another process performs (containerd):
@@ -427,17 +434,12 @@ impl Strata {
         read_only: bool,
         root_mode: Option<u32>,
     ) -> Result<Vec<mount::ExternalMount>> {
-        let request = MountRequest {
-            read_only,
-            options: vec![],
-        };
-        let plan = self.driver.plan_mount(id, &request)?;
-        let checked = mount::check_plan(
-            self.driver.name(),
-            self.driver.home(),
-            self.driver.home_path(),
-            &plan,
-            &request,
+        let checked = self.checked_plan(
+            id,
+            &MountRequest {
+                read_only,
+                options: vec![],
+            },
         )?;
         if let Some(mode) = root_mode {
             checked.set_bind_root_mode(mode)?;

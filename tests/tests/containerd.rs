@@ -221,6 +221,17 @@ impl Daemons {
             .collect()
     }
 
+    /// Waits for containerd's garbage collection to have removed every snapshot, through
+    /// Strata: no snapshot and no layer left.
+    fn wait_until_collected(&self) {
+        let start = Instant::now();
+        while !self.snapshots().is_empty() && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(self.snapshots(), Vec::<String>::new());
+        assert_eq!(self.layers(), Vec::<String>::new());
+    }
+
     /// Imports the OCI archive at `path`; returns the image's name in containerd.
     fn import(&self, path: &Path, base: &str) -> String {
         self.ok(&[
@@ -337,12 +348,7 @@ fn containerd_imports_runs_and_collects_through_strata() {
     // containerd's garbage collection removes them through Strata.
     assert_eq!(d.snapshots().len(), 2);
     d.ok(&["images", "rm", "--sync", &image]);
-    let start = Instant::now();
-    while !d.snapshots().is_empty() && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(d.snapshots(), Vec::<String>::new());
-    assert_eq!(d.layers(), Vec::<String>::new());
+    d.wait_until_collected();
 }
 
 #[test]
@@ -426,10 +432,5 @@ fn a_killed_snapshotter_restarts_with_its_snapshots() {
     for i in [&image, &big_image] {
         d.ok(&["images", "rm", "--sync", i]);
     }
-    let start = Instant::now();
-    while !d.snapshots().is_empty() && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(d.snapshots(), Vec::<String>::new());
-    assert_eq!(d.layers(), Vec::<String>::new());
+    d.wait_until_collected();
 }
