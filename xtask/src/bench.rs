@@ -2,11 +2,13 @@
 //!
 //! - `ls`: warm `strata layer ls` wall time (component cached, 10 layers in the store) against
 //!   spawning `/bin/true` — the floor of any command. Target: ≤ 20 ms.
-//! - `host-call`, `lifecycle`, `overlay`, `btrfs`, `zfs`, `import`: from the `strata-bench`
-//!   binary (see tests/src/bin/strata-bench). `import` times `target/release/strata image
-//!   import` (built here by `build_all`, drivers found through `STRATA_DRIVER_DIR`) against
-//!   `tar -xf`, skopeo and containerd; as root it installs what it needs with apt-get and
-//!   caches a debootstrapped image in `target/bench-cache`.
+//! - `host-call`, `lifecycle`, `overlay`, `btrfs`, `zfs`, `import`, `containerd`: from the
+//!   `strata-bench` binary (see tests/src/bin/strata-bench). `import` times
+//!   `target/release/strata image import` (built here by `build_all`, drivers found through
+//!   `STRATA_DRIVER_DIR`) against `tar -xf`, skopeo and containerd; as root it installs what
+//!   it needs with apt-get and caches a debootstrapped image in `target/bench-cache`.
+//!   `containerd` times `ctr images import` and `ctr run` with `target/release/strata serve`
+//!   as containerd's proxy snapshotter against containerd's overlayfs, on the same image.
 
 use std::path::Path;
 use std::process::Command;
@@ -82,6 +84,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "btrfs",
         "zfs",
         "import",
+        "containerd",
     ]
     .into_iter()
     .filter(|n| which(n))

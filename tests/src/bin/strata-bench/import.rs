@@ -84,7 +84,7 @@ const FS_BYTES: u64 = 4 << 30;
 /// The cached layers and layouts; bump when the image changes, and it is rebuilt.
 const IMAGE_VERSION: &str = "image-v1";
 const MIRROR: &str = "http://deb.debian.org/debian";
-const SUITE: &str = "bookworm";
+pub(crate) const SUITE: &str = "bookworm";
 /// The reference in the layouts' `index.json` (a tag, as skopeo and buildah write it).
 const REFERENCE: &str = "latest";
 /// mtime of the entries the top layer makes up (2026-01-01).
@@ -280,14 +280,14 @@ impl Tool {
 
 /// CPU time, in clock ticks: of the whole machine, and of this process with its children.
 #[derive(Clone, Copy)]
-struct CpuTicks {
+pub(crate) struct CpuTicks {
     busy: u64,
     total: u64,
     own: u64,
 }
 
 impl CpuTicks {
-    fn now() -> Option<CpuTicks> {
+    pub(crate) fn now() -> Option<CpuTicks> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         // cpu user nice system idle iowait irq softirq steal …
         let f: Vec<u64> = stat
@@ -316,7 +316,7 @@ impl CpuTicks {
     }
 
     /// The share of all CPUs' time since `self` that other processes used.
-    fn others_share(self) -> Option<f64> {
+    pub(crate) fn others_share(self) -> Option<f64> {
         let now = CpuTicks::now()?;
         let total = now.total.checked_sub(self.total)?.max(1);
         let busy = now.busy.saturating_sub(self.busy);
@@ -327,10 +327,10 @@ impl CpuTicks {
 
 /// Paths that did not exist when made; on drop, those that exist then are removed (files, and
 /// directories if empty), in the order given.
-struct Leftovers(Vec<PathBuf>);
+pub(crate) struct Leftovers(Vec<PathBuf>);
 
 impl Leftovers {
-    fn of(paths: &[&str]) -> Leftovers {
+    pub(crate) fn of(paths: &[&str]) -> Leftovers {
         Leftovers(
             paths
                 .iter()
@@ -357,7 +357,7 @@ impl Drop for Leftovers {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+pub(crate) fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
@@ -470,7 +470,7 @@ fn command_exists(name: &str) -> bool {
 }
 
 /// The last lines of a tool's output, for an error message.
-fn tail(bytes: &[u8]) -> String {
+pub(crate) fn tail(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(12)..].join("\n")
@@ -485,7 +485,7 @@ fn describe(cmd: &Command) -> String {
 }
 
 /// Runs `cmd` to its end, failing with its output when it fails.
-fn check(cmd: &mut Command) -> Result<Output> {
+pub(crate) fn check(cmd: &mut Command) -> Result<Output> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -503,7 +503,7 @@ fn check(cmd: &mut Command) -> Result<Output> {
 }
 
 /// Wall time of `cmd`, which must succeed.
-fn timed(cmd: &mut Command) -> Result<Duration> {
+pub(crate) fn timed(cmd: &mut Command) -> Result<Duration> {
     let t = Instant::now();
     check(cmd)?;
     Ok(t.elapsed())
@@ -511,12 +511,12 @@ fn timed(cmd: &mut Command) -> Result<Duration> {
 
 /// Installs missing commands from Debian packages (`apt-get update` once, first).
 #[derive(Default)]
-struct Apt {
+pub(crate) struct Apt {
     updated: bool,
 }
 
 impl Apt {
-    fn ensure(&mut self, command: &str, packages: &[&str]) -> Result<()> {
+    pub(crate) fn ensure(&mut self, command: &str, packages: &[&str]) -> Result<()> {
         if command_exists(command) {
             return Ok(());
         }
@@ -545,27 +545,27 @@ impl Apt {
 // ---------------------------------------------------------------------------------------
 // The image
 
-struct Variant {
-    name: &'static str,
+pub(crate) struct Variant {
+    pub(crate) name: &'static str,
     layout: PathBuf,
-    archive: PathBuf,
+    pub(crate) archive: PathBuf,
     /// The compressed layer blobs, bottom first.
     blobs: Vec<PathBuf>,
     compression: Compression,
-    blob_bytes: u64,
+    pub(crate) blob_bytes: u64,
 }
 
-struct Image {
+pub(crate) struct Image {
     /// Uncompressed layer tars, bottom first.
-    tars: Vec<PathBuf>,
-    variants: Vec<Variant>,
+    pub(crate) tars: Vec<PathBuf>,
+    pub(crate) variants: Vec<Variant>,
     /// Strata's ids of the image's layers (chain ids), bottom first.
     layer_ids: Vec<String>,
     /// The tree the top layer should show: the layers merged.
     expected: Tree,
-    bytes: u64,
-    entries: usize,
-    files: usize,
+    pub(crate) bytes: u64,
+    pub(crate) entries: usize,
+    pub(crate) files: usize,
 }
 
 /// A directory removed (after unmounting anything beneath it) when dropped, unless it was
@@ -597,7 +597,7 @@ impl Drop for Partial {
     }
 }
 
-fn prepare_image(apt: &mut Apt) -> Result<Image> {
+pub(crate) fn prepare_image(apt: &mut Apt) -> Result<Image> {
     let cache = target_dir().join("bench-cache").join("debian-minbase");
     std::fs::create_dir_all(&cache)?;
     let cache = cache.canonicalize()?;
@@ -1339,14 +1339,14 @@ fn compare(expected: &Tree, root: &Path) -> Result<Vec<String>> {
 /// An ext4 made for one run: a sparse file in a new directory under `/var/tmp`, loop-mounted
 /// at `mnt`. Dropping it unmounts everything beneath `mnt` and `mnt`, detaches the loop device
 /// and removes the directory.
-struct FreshFs {
+pub(crate) struct FreshFs {
     dir: tempfile::TempDir,
     image: PathBuf,
     mnt: PathBuf,
 }
 
 impl FreshFs {
-    fn new() -> Result<FreshFs> {
+    pub(crate) fn new() -> Result<FreshFs> {
         let dir = tempfile::Builder::new()
             .prefix("strata-bench-import-")
             .tempdir_in("/var/tmp")
@@ -1370,12 +1370,12 @@ impl FreshFs {
     }
 
     /// A path on the filesystem.
-    fn at(&self, rel: &str) -> PathBuf {
+    pub(crate) fn at(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
     }
 
     /// A directory for this run off the filesystem (sockets, logs, configuration).
-    fn scratch(&self) -> &Path {
+    pub(crate) fn scratch(&self) -> &Path {
         self.dir.path()
     }
 }
@@ -1403,14 +1403,19 @@ impl Drop for FreshFs {
 
 /// A private containerd on a run's filesystem; stopped (SIGTERM, then SIGKILL after 20 s)
 /// when dropped.
-struct Containerd {
-    child: Child,
+pub(crate) struct Containerd {
+    pub(crate) child: Child,
     socket: PathBuf,
     log: PathBuf,
 }
 
 impl Containerd {
     fn start(fs: &FreshFs) -> Result<Containerd> {
+        Self::start_with(fs, "")
+    }
+
+    /// Starts containerd with `extra_config` appended to its config (a proxy plugin).
+    pub(crate) fn start_with(fs: &FreshFs, extra_config: &str) -> Result<Containerd> {
         let socket = fs.scratch().join("containerd.sock");
         let config = fs.scratch().join("containerd.toml");
         let log = fs.scratch().join("containerd.log");
@@ -1429,7 +1434,7 @@ impl Containerd {
             &config,
             format!(
                 "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = {:?}\n\n[grpc]\n  address = {:?}\n\n\
-                 [ttrpc]\n  address = {:?}\n",
+                 [ttrpc]\n  address = {:?}\n{extra_config}",
                 fs.at("containerd/root"),
                 fs.at("containerd/state"),
                 disabled,
@@ -1476,7 +1481,7 @@ impl Containerd {
         }
     }
 
-    fn ctr(&self) -> Command {
+    pub(crate) fn ctr(&self) -> Command {
         let mut c = Command::new("ctr");
         c.arg("--address")
             .arg(&self.socket)
@@ -1484,7 +1489,7 @@ impl Containerd {
         c
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         tail(&std::fs::read(&self.log).unwrap_or_default())
     }
 }

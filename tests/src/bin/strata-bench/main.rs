@@ -21,7 +21,12 @@
 //!   overlay and vfs drivers, next to `tar -xf` of its layers, skopeo into containers-storage
 //!   and `ctr images import` into containerd, each on a fresh loop-mounted ext4 per run (needs
 //!   root; see `import.rs`).
+//! - `containerd`: `ctr images import` and `ctr run --rm … /bin/true` of the same image with
+//!   containerd's proxy snapshotter `strata serve --containerd-socket`, against containerd's
+//!   built-in overlayfs snapshotter, each on a fresh loop-mounted ext4 with fresh daemons per
+//!   run (needs root; see `containerd.rs`).
 
+mod containerd;
 mod import;
 
 use std::time::{Duration, Instant};
@@ -652,6 +657,12 @@ fn main() {
         && let Err(e) = import::run()
     {
         eprintln!("import: error: {e:#}");
+        std::process::exit(1);
+    }
+    if (all || which.iter().any(|w| w == "containerd"))
+        && let Err(e) = containerd::run()
+    {
+        eprintln!("containerd: error: {e:#}");
         std::process::exit(1);
     }
 }
