@@ -527,6 +527,8 @@ impl Strata {
 pub(crate) struct HashingReader<R> {
     inner: R,
     tally: Tally,
+    /// Also counts the bytes here, for a progress display.
+    progress: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 #[derive(Clone, Default)]
@@ -548,7 +550,13 @@ impl<R: Read> HashingReader<R> {
         HashingReader {
             inner,
             tally: Tally::default(),
+            progress: None,
         }
+    }
+
+    pub(crate) fn with_progress(mut self, counter: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.progress = Some(counter);
+        self
     }
 
     pub(crate) fn tally(&self) -> Tally {
@@ -562,6 +570,9 @@ impl<R: Read> Read for HashingReader<R> {
         if let Ok(mut g) = self.tally.0.lock() {
             g.0.update(&buf[..n]);
             g.1 += n as u64;
+        }
+        if let Some(p) = &self.progress {
+            p.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(n)
     }

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::json;
 
+use super::cli::print_json;
 use crate::image::{ContainerOptions, ImportOptions, ImportProgress};
 use crate::layers::Strata;
 
@@ -71,10 +72,6 @@ pub enum ContainerCommand {
         #[arg(long = "name")]
         names: Vec<String>,
     },
-}
-
-fn print_json(value: serde_json::Value) -> Result<()> {
-    super::cli::print_json(value)
 }
 
 fn mib(bytes: u64) -> f64 {

@@ -87,7 +87,8 @@ impl Strata {
         }
         let store = self.store();
         let _lock = store.lock_exclusive()?;
-        let reused = self.reusable_layers(&image)?;
+        let mut all = self.reusable_layers(&image)?;
+        let reused = all.len();
         // Every new blob is there and has its size before anything is written.
         let mut total = 0u64;
         for blob in &image.layers[reused..] {
@@ -109,14 +110,8 @@ impl Strata {
                 return Err(e);
             }
         };
-        let size = layers
-            .iter()
-            .filter_map(|l| l.uncompressed_size)
-            .sum::<u64>()
-            + image.layers[..reused]
-                .iter()
-                .filter_map(|l| store.get(l.chain_id.hex()).ok()?.uncompressed_size)
-                .sum::<u64>();
+        all.extend(layers);
+        let size = all.iter().filter_map(|l| l.uncompressed_size).sum::<u64>();
         let new_image = store.image(image.id.hex()).is_err();
         let record = NewImage {
             id: image.id.hex().to_string(),
@@ -138,19 +133,6 @@ impl Strata {
                 return Err(e.into());
             }
         };
-        let mut all = Vec::with_capacity(image.layers.len());
-        for blob in &image.layers[..reused] {
-            let layer = store.get(blob.chain_id.hex())?;
-            all.push(ImportedLayer {
-                id: layer.id,
-                diff_id: blob.diff_id.to_string(),
-                blob: blob.file.clone(),
-                reused: true,
-                compressed_size: layer.compressed_size,
-                uncompressed_size: layer.uncompressed_size,
-            });
-        }
-        all.extend(layers);
         Ok(ImportReport {
             image: store.image(image.id.hex())?,
             new_image,
@@ -160,16 +142,17 @@ impl Strata {
         })
     }
 
-    /// How many of the image's layers, from the bottom, are in the store already. A layer
-    /// with the chain ID's name must be complete, on the expected parent and (when it
-    /// recorded one) of the same diff ID; anything else is refused rather than reused.
-    fn reusable_layers(&self, image: &ResolvedImage) -> Result<usize, ImageError> {
+    /// The image's layers, from the bottom, that are in the store already. A layer with the
+    /// chain ID's name must be complete, on the expected parent and (when it recorded one)
+    /// of the same diff ID; anything else is refused rather than reused.
+    fn reusable_layers(&self, image: &ResolvedImage) -> Result<Vec<ImportedLayer>, ImageError> {
         let mut parent: Option<String> = None;
+        let mut reused = Vec::new();
         for (i, blob) in image.layers.iter().enumerate() {
             let id = blob.chain_id.hex();
             let layer = match self.store().get(id) {
                 Ok(l) => l,
-                Err(StoreError::NotFound(_)) => return Ok(i),
+                Err(StoreError::NotFound(_)) => return Ok(reused),
                 Err(e) => return Err(e.into()),
             };
             let conflict = |why: String| {
@@ -195,9 +178,17 @@ impl Strata {
             {
                 return Err(conflict(format!("its diff ID is {d}")));
             }
-            parent = Some(layer.id);
+            parent = Some(layer.id.clone());
+            reused.push(ImportedLayer {
+                id: layer.id,
+                diff_id: blob.diff_id.to_string(),
+                blob: blob.file.clone(),
+                reused: true,
+                compressed_size: layer.compressed_size,
+                uncompressed_size: layer.uncompressed_size,
+            });
         }
-        Ok(image.layers.len())
+        Ok(reused)
     }
 
     fn apply_new_layers(

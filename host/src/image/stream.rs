@@ -12,13 +12,12 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-
-use sha2::{Digest as _, Sha256};
 
 use super::source::SourceFile;
 use super::spec::Digest;
+use crate::layers::{HashingReader, Tally};
 
 /// Bytes per chunk handed to the driver.
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -51,34 +50,10 @@ enum Chunk {
     Failed(String),
 }
 
-/// A reader that counts and hashes what passes through it.
-struct Hashing<R> {
-    inner: R,
-    hasher: Arc<std::sync::Mutex<(Sha256, u64)>>,
-    progress: Option<Arc<AtomicU64>>,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Ok(mut g) = self.hasher.lock() {
-            g.0.update(&buf[..n]);
-            g.1 += n as u64;
-        }
-        if let Some(p) = &self.progress {
-            p.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        Ok(n)
-    }
-}
-
-fn finish(h: &std::sync::Mutex<(Sha256, u64)>) -> (Digest, u64) {
-    let g = h.lock().unwrap_or_else(|e| e.into_inner());
-    let hex = hex::encode(g.0.clone().finalize());
-    (
-        Digest::parse(&format!("sha256:{hex}")).expect("sha256 output is a digest"),
-        g.1,
-    )
+/// A digest and byte count, as the blob's thread reports them.
+fn finish(tally: &Tally) -> (Digest, u64) {
+    let digest = Digest::parse(&tally.digest()).expect("sha256 output is a digest");
+    (digest, tally.bytes())
 }
 
 /// The driver's end of a blob's channel.
@@ -166,21 +141,14 @@ fn pump(
             file.size
         ));
     }
-    let compressed_hash = Arc::new(std::sync::Mutex::new((Sha256::new(), 0u64)));
-    let compressed = Hashing {
-        // One byte more than expected is read so that a longer blob is noticed.
-        inner: file.reader.take(file.size.saturating_add(1)),
-        hasher: compressed_hash.clone(),
-        progress: Some(read_bytes),
-    };
+    // One byte more than expected is read so that a longer blob is noticed.
+    let compressed =
+        HashingReader::new(file.reader.take(file.size.saturating_add(1))).with_progress(read_bytes);
+    let compressed_tally = compressed.tally();
     let decoder = crate::archive::decompressed(Box::new(compressed))
         .map_err(|e| format!("blob {name}: reading: {e}"))?;
-    let uncompressed_hash = Arc::new(std::sync::Mutex::new((Sha256::new(), 0u64)));
-    let mut tar = Hashing {
-        inner: decoder,
-        hasher: uncompressed_hash.clone(),
-        progress: None,
-    };
+    let mut tar = HashingReader::new(decoder);
+    let uncompressed_tally = tar.tally();
     loop {
         let mut chunk = vec![0u8; CHUNK_SIZE];
         let mut filled = 0;
@@ -208,8 +176,8 @@ fn pump(
     // frames), so the compressed digest covers the whole blob; bytes a decoder left unread
     // show as a short count below.
     drop(tar);
-    let (compressed, compressed_size) = finish(&compressed_hash);
-    let (uncompressed, uncompressed_size) = finish(&uncompressed_hash);
+    let (compressed, compressed_size) = finish(&compressed_tally);
+    let (uncompressed, uncompressed_size) = finish(&uncompressed_tally);
     if compressed_size != file.size {
         return Err(format!(
             "blob {name}: the compressed stream ended after {compressed_size} of {} bytes (trailing data)",
