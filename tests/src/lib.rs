@@ -62,6 +62,22 @@ pub fn strata_bin() -> PathBuf {
     p
 }
 
+/// The environment that makes a `strata` process use this target dir's drivers and
+/// component cache.
+pub fn strata_env() -> [(&'static str, PathBuf); 2] {
+    [
+        ("STRATA_COMPONENT_CACHE", cache_dir()),
+        ("STRATA_DRIVER_DIR", wasm_dir()),
+    ]
+}
+
+/// A `strata` command (the binary at `bin`) with [`strata_env`].
+pub fn strata_command(bin: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut c = std::process::Command::new(bin);
+    c.envs(strata_env());
+    c
+}
+
 /// Whether this process is root; prints why `test` is skipped when it is not.
 pub fn root_or_skip(test: &str, why: &str) -> bool {
     if rustix::process::geteuid().is_root() {
@@ -116,14 +132,12 @@ impl TempStore {
 
     /// Runs the CLI against this store; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = std::process::Command::new(strata_bin())
+        let out = strata_command(strata_bin())
             .arg("--root")
             .arg(self.root())
             .arg("--run-root")
             .arg(self.dir.path().join("run"))
             .args(args)
-            .env("STRATA_COMPONENT_CACHE", cache_dir())
-            .env("STRATA_DRIVER_DIR", wasm_dir())
             .output()
             .expect("running strata");
         (

@@ -12,7 +12,7 @@ use strata_host::sandbox::{CallError, DriverError, SandboxError};
 use strata_host::sys;
 use strata_tests::{
     LoopBtrfs, TempStore, assert_all_pass, btrfs_or_skip, cache_dir, driver_wasm, run_conformance,
-    run_tool, strata_bin, vfs_wasm, wasm_dir,
+    run_tool, strata_bin, vfs_wasm,
 };
 
 fn btrfs_wasm() -> std::path::PathBuf {
@@ -107,15 +107,13 @@ fn removing_a_layer_deletes_the_subvolumes_a_container_made_inside_it() {
     // Through the CLI by name, as an operator runs it: the first-party driver gets the
     // btrfs grant without any config.
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(strata_bin())
+        let out = strata_tests::strata_command(strata_bin())
             .arg("--root")
             .arg(fs.mnt().join("root"))
             .arg("--run-root")
             .arg(fs.mnt().join("run"))
             .args(["--driver", "btrfs"])
             .args(args)
-            .env("STRATA_COMPONENT_CACHE", cache_dir())
-            .env("STRATA_DRIVER_DIR", wasm_dir())
             .output()
             .expect("running strata");
         assert!(

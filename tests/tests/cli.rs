@@ -211,12 +211,10 @@ fn compressed_tars_and_stdin_apply_with_their_digests() {
     );
 
     ok(&t, &["layer", "create", "--id", "stdin"]);
-    let mut child = std::process::Command::new(strata_tests::strata_bin())
+    let mut child = strata_tests::strata_command(strata_tests::strata_bin())
         .args(["--root"])
         .arg(t.root())
         .args(["layer", "apply", "stdin", "-"])
-        .env("STRATA_COMPONENT_CACHE", strata_tests::cache_dir())
-        .env("STRATA_DRIVER_DIR", strata_tests::wasm_dir())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

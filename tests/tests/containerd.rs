@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use strata_tests::oci::{self, Compression};
+use strata_tests::strata_bin;
 use strata_tests::targen::{Entry, tar_of};
-use strata_tests::{cache_dir, strata_bin, wasm_dir};
 
 fn tools_or_skip(test: &str) -> bool {
     if !strata_tests::root_or_skip(test, "containerd and mounts") {
@@ -92,13 +92,11 @@ impl Daemons {
     }
 
     fn strata_command(&self) -> Command {
-        let mut c = Command::new(strata_bin());
+        let mut c = strata_tests::strata_command(strata_bin());
         c.arg("--root")
             .arg(self.path("strata"))
             .arg("--run-root")
-            .arg(self.path("strata-run"))
-            .env("STRATA_COMPONENT_CACHE", cache_dir())
-            .env("STRATA_DRIVER_DIR", wasm_dir());
+            .arg(self.path("strata-run"));
         c
     }
 
@@ -232,6 +230,21 @@ impl Daemons {
         assert_eq!(self.layers(), Vec::<String>::new());
     }
 
+    /// `ctr run --rm` of `image` on the strata snapshotter running [`RUN`]; its output.
+    fn run(&self, image: &str, id: &str) -> String {
+        self.ok(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "strata",
+            image,
+            id,
+            "/bin/sh",
+            "-c",
+            RUN,
+        ])
+    }
+
     /// Imports the OCI archive at `path`; returns the image's name in containerd.
     fn import(&self, path: &Path, base: &str) -> String {
         self.ok(&[
@@ -329,17 +342,7 @@ fn containerd_imports_runs_and_collects_through_strata() {
     let image = d.import(&archive, "strata-test/busybox");
     assert_eq!(d.snapshots().len(), 2, "one committed snapshot per layer");
     assert_eq!(d.layers().len(), 2);
-    let out = d.ok(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "strata",
-        &image,
-        "c1",
-        "/bin/sh",
-        "-c",
-        RUN,
-    ]);
+    let out = d.run(&image, "c1");
     assert!(out.contains("ok\n"), "{out}");
     assert!(out.contains("Strata test image"), "{out}");
     assert!(out.contains("from the top layer"), "{out}");
@@ -364,17 +367,7 @@ fn a_killed_snapshotter_restarts_with_its_snapshots() {
     d.wait_until_containerd_reconnects();
     // Every snapshot is still there and serves the same mounts.
     assert_eq!(d.snapshots().len(), 2);
-    let out = d.ok(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "strata",
-        &image,
-        "c1",
-        "/bin/sh",
-        "-c",
-        RUN,
-    ]);
+    let out = d.run(&image, "c1");
     assert!(out.contains("whiteout-ok"), "{out}");
 
     // SIGKILL while containerd imports a larger image.
@@ -417,17 +410,7 @@ fn a_killed_snapshotter_restarts_with_its_snapshots() {
     d.start_strata();
     d.wait_until_containerd_reconnects();
     let big_image = d.import(&big, "strata-test/big");
-    let out = d.ok(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "strata",
-        &big_image,
-        "c2",
-        "/bin/sh",
-        "-c",
-        RUN,
-    ]);
+    let out = d.run(&big_image, "c2");
     assert!(out.contains("whiteout-ok"), "{out}");
     for i in [&image, &big_image] {
         d.ok(&["images", "rm", "--sync", i]);

@@ -483,7 +483,7 @@ fn a_killed_import_leaves_nothing_behind() {
     let layout = t.dir.path().join("big");
     oci::write_layout(&img, &layout);
     let home = t.root().join("vfs").join("dir");
-    let mut child = std::process::Command::new(strata_tests::strata_bin())
+    let mut child = strata_tests::strata_command(strata_tests::strata_bin())
         .arg("--root")
         .arg(t.root())
         .arg("--run-root")
@@ -491,8 +491,6 @@ fn a_killed_import_leaves_nothing_behind() {
         .args(driver)
         .args(["image", "import"])
         .arg(&layout)
-        .env("STRATA_COMPONENT_CACHE", strata_tests::cache_dir())
-        .env("STRATA_DRIVER_DIR", strata_tests::wasm_dir())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -557,8 +555,7 @@ fn progress_shows_on_a_terminal_only() {
     );
     let out = std::process::Command::new("script")
         .args(["-qfec", &command, "/dev/null"])
-        .env("STRATA_COMPONENT_CACHE", strata_tests::cache_dir())
-        .env("STRATA_DRIVER_DIR", strata_tests::wasm_dir())
+        .envs(strata_tests::strata_env())
         .output()
         .expect("running script (bsdutils)");
     let shown = String::from_utf8_lossy(&out.stdout);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use strata_host::frontend::containerd::api::snapshots as pb;
 use strata_host::frontend::containerd::api::snapshots::snapshots_client::SnapshotsClient;
 use strata_host::frontend::containerd::api::types::Mount;
-use strata_tests::{cache_dir, root_or_skip, strata_bin, wasm_dir};
+use strata_tests::{root_or_skip, strata_bin};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -32,7 +32,7 @@ impl Server {
             .tempdir_in("/var/tmp")
             .unwrap();
         let socket = dir.path().join("strata.sock");
-        let child = Command::new(strata_bin())
+        let child = strata_tests::strata_command(strata_bin())
             .arg("--root")
             .arg(dir.path().join("root"))
             .arg("--run-root")
@@ -40,8 +40,6 @@ impl Server {
             .arg("serve")
             .arg("--containerd-socket")
             .arg(&socket)
-            .env("STRATA_COMPONENT_CACHE", cache_dir())
-            .env("STRATA_DRIVER_DIR", wasm_dir())
             .stdout(Stdio::null())
             .spawn()
             .expect("starting strata serve");

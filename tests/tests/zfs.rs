@@ -11,7 +11,7 @@ use strata_host::layers::{CreateLayer, LayerError, StoreOptions, Strata};
 use strata_host::sandbox::{CallError, DriverError};
 use strata_tests::{
     TempStore, ZfsPool, assert_all_pass, cache_dir, driver_wasm, hostile_wasm, run_conformance,
-    strata_bin, wasm_dir, zfs_or_skip,
+    strata_bin, zfs_or_skip,
 };
 
 fn zfs_wasm() -> PathBuf {
@@ -103,13 +103,11 @@ fn cli_by_name_lists_metadata_and_removal_destroys_unused_origin_snapshots() {
     )
     .unwrap();
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(strata_bin())
+        let out = strata_tests::strata_command(strata_bin())
             .arg("--config")
             .arg(&config_path)
             .args(["--driver", "zfs"])
             .args(args)
-            .env("STRATA_COMPONENT_CACHE", cache_dir())
-            .env("STRATA_DRIVER_DIR", wasm_dir())
             .output()
             .expect("running strata");
         assert!(

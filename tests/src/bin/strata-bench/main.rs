@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use strata_host::layers::{CreateLayer, Strata};
 use strata_tests::targen::{Entry, tar_of};
 use strata_tests::{
-    LoopBtrfs, TempStore, ZfsPool, cache_dir, driver_wasm, hostile_wasm, target_dir, wasm_dir,
+    LoopBtrfs, TempStore, ZfsPool, cache_dir, driver_wasm, hostile_wasm, target_dir,
 };
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -535,12 +535,10 @@ fn zfs_listing() {
     }
     let bin = target_dir().join("release").join("strata");
     let cli_ls = time(5, || {
-        let out = std::process::Command::new(&bin)
+        let out = strata_tests::strata_command(&bin)
             .arg("--config")
             .arg(&config_path)
             .args(["--json", "layer", "ls"])
-            .env("STRATA_COMPONENT_CACHE", cache_dir())
-            .env("STRATA_DRIVER_DIR", wasm_dir())
             .output()
             .expect("running strata");
         assert!(
