@@ -288,7 +288,10 @@ impl Config {
                 "sandbox" => c.sandbox = p.sandbox(p.table(k, v)?)?,
                 "drivers" => {
                     for (name, section) in p.table(k, v)? {
-                        let t = p.table(&format!("drivers.{name}"), section)?;
+                        let key = format!("drivers.{name}");
+                        crate::registry::check_name(name)
+                            .map_err(|m| p.bad(&key, format!("not a valid driver name: {m}")))?;
+                        let t = p.table(&key, section)?;
                         c.drivers.insert(name.clone(), p.driver(name, t)?);
                     }
                 }
@@ -482,6 +485,14 @@ fsname = "tank/strata"
                 "drivers.zfs.fsname: expected a string",
             ),
             ("root = ", "not valid TOML"),
+            (
+                "[drivers.\"../x\"]\npath = \"/x.wasm\"",
+                "drivers.../x: not a valid driver name",
+            ),
+            (
+                "[drivers.path-0123]\npath = \"/x.wasm\"",
+                "drivers.path-0123: not a valid driver name",
+            ),
         ] {
             let e = err(text);
             assert!(e.contains(needle), "{text:?}: {e}");

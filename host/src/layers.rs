@@ -37,6 +37,8 @@ pub enum LayerError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Locate(#[from] LocateError),
+    #[error(transparent)]
+    Layout(Box<crate::layout::LayoutError>),
     #[error("unmounting layer {id}: {cause}")]
     Unmount { id: String, cause: Box<SysError> },
     #[error("layer {0} is not mounted")]
@@ -65,6 +67,12 @@ pub enum LayerError {
     ApplyFailed { id: String, cause: Box<LayerError> },
 }
 
+impl From<crate::layout::LayoutError> for LayerError {
+    fn from(e: crate::layout::LayoutError) -> Self {
+        LayerError::Layout(Box::new(e))
+    }
+}
+
 pub type Result<T, E = LayerError> = std::result::Result<T, E>;
 
 /// Where a store lives and which driver runs it.
@@ -75,7 +83,8 @@ pub struct StoreOptions {
     pub driver: Option<String>,
     /// Driver options added on top of `[drivers.NAME] options`.
     pub driver_options: Vec<(String, String)>,
-    /// Where compiled components are cached; default `<root>/cache/components`.
+    /// Where compiled components are cached; default `<root>/cache/components`. Never at or
+    /// beneath `<root>/drivers`, where drivers write.
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -122,6 +131,7 @@ pub fn load_driver_component(
     cache_dir: &Path,
 ) -> Result<DriverComponent> {
     let location = locate_driver(spec, config)?;
+    crate::layout::check_cache_dir(&config.root, cache_dir)?;
     let cache = ComponentCache::new(cache_dir);
     Ok(DriverComponent::load(
         engine,
@@ -134,16 +144,12 @@ pub fn load_driver_component(
 /// The grants the driver `spec` would be linked with.
 pub fn driver_grants(spec: &str, config: &Config) -> Result<Vec<String>> {
     let location = locate_driver(spec, config)?;
-    Ok(config.driver_grants(&location.name, location.first_party))
+    Ok(config.driver_grants(&location.name, location.first_party()))
 }
 
-fn locate_driver(spec: &str, config: &Config) -> Result<DriverLocation> {
-    let configured = if registry::is_path(spec) {
-        None
-    } else {
-        config.driver_settings(spec).path
-    };
-    Ok(registry::locate(spec, configured.as_deref())?)
+/// The driver `spec` names under `config`, with the identity the config gives it.
+pub fn locate_driver(spec: &str, config: &Config) -> Result<DriverLocation> {
+    Ok(registry::locate(spec, config)?)
 }
 
 fn grants(names: &[String]) -> Result<Vec<Capability>> {
@@ -168,6 +174,10 @@ impl Strata {
         std::fs::create_dir_all(&config.root)
             .map_err(io(format!("creating root {}", config.root.display())))?;
         let store = LayerStore::open(&config.root)?;
+        {
+            let _lock = store.lock_exclusive()?;
+            crate::layout::migrate(&config.root, &config.run_root, &store, &location.name)?;
+        }
         // One store, one driver: another driver would not find the layers' data.
         let others = store.other_drivers(&location.name)?;
         if !others.is_empty() {
@@ -183,18 +193,19 @@ impl Strata {
         })?;
         let cache_dir = options
             .cache_dir
-            .unwrap_or_else(|| config.root.join("cache").join("components"));
+            .unwrap_or_else(|| crate::layout::default_cache_dir(&config.root));
+        crate::layout::check_cache_dir(&config.root, &cache_dir)?;
         let cache = ComponentCache::new(cache_dir);
         let component = DriverComponent::load(&engine, &cache, &location.name, &location.path)?;
-        let home = config.root.join(&location.name);
+        let home = crate::layout::driver_home(&config.root, &location.name);
         std::fs::create_dir_all(&home)
             .map_err(io(format!("creating driver home {}", home.display())))?;
         let limits = SandboxLimits {
             memory: usize::try_from(settings.memory).unwrap_or(usize::MAX),
             deadline: settings.deadline,
         };
-        let granted = grants(&config.driver_grants(&location.name, location.first_party))?;
-        let run_dir = config.run_root.join(&location.name);
+        let granted = grants(&config.driver_grants(&location.name, location.first_party()))?;
+        let run_dir = crate::layout::driver_run_dir(&config.run_root, &location.name);
         let mut driver = DriverRuntime::new(&engine, &component, &granted, &home, limits)?
             .with_run_dir(run_dir.clone());
         if granted.contains(&Capability::Zfs) {

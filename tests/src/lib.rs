@@ -88,6 +88,25 @@ pub fn root_or_skip(test: &str, why: &str) -> bool {
     }
 }
 
+/// The name tests configure a driver component under: its file stem without the
+/// `strata_driver_` prefix (`strata_driver_vfs.wasm` → `vfs`).
+pub fn test_driver_name(wasm: &Path) -> String {
+    let stem = wasm
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .expect("a driver file name");
+    stem.strip_prefix("strata_driver_")
+        .map(str::to_string)
+        .unwrap_or(stem)
+}
+
+/// `config` with `[drivers.NAME] path = wasm` (NAME from [`test_driver_name`]), and NAME.
+pub fn configure_driver(mut config: Config, wasm: &Path) -> (String, Config) {
+    let name = test_driver_name(wasm);
+    config.drivers.entry(name.clone()).or_default().path = Some(wasm.to_path_buf());
+    (name, config)
+}
+
 /// A temporary store root (removed on drop, unmounting anything left mounted).
 pub struct TempStore {
     pub dir: tempfile::TempDir,
@@ -115,14 +134,37 @@ impl TempStore {
         }
     }
 
-    /// Opens the store with the driver at `wasm`.
+    /// Opens the store with the driver at `wasm`, configured as the operator would: a
+    /// `[drivers.NAME]` section with its `path` (NAME from [`test_driver_name`]; a section of
+    /// that name already in `config` keeps its other keys).
     pub fn open_with(&self, wasm: &Path, config: Config) -> strata_host::layers::Result<Strata> {
+        let (name, config) = configure_driver(config, wasm);
+        Strata::open(StoreOptions {
+            config,
+            driver: Some(name),
+            driver_options: vec![],
+            cache_dir: Some(cache_dir()),
+        })
+    }
+
+    /// Opens the store with the driver at `wasm` given by path and not configured: it gets
+    /// a `path-…` identity and the `[sandbox]` defaults only.
+    pub fn open_unconfigured(
+        &self,
+        wasm: &Path,
+        config: Config,
+    ) -> strata_host::layers::Result<Strata> {
         Strata::open(StoreOptions {
             config,
             driver: Some(wasm.to_string_lossy().into_owned()),
             driver_options: vec![],
             cache_dir: Some(cache_dir()),
         })
+    }
+
+    /// The home of driver `name` in this store.
+    pub fn home(&self, name: &str) -> PathBuf {
+        strata_host::layout::driver_home(&self.root(), name)
     }
 
     pub fn open_vfs(&self) -> Strata {
@@ -246,8 +288,16 @@ pub fn run_tool(cmd: &mut std::process::Command) -> String {
 }
 
 /// Runs the conformance suite, printing each case as it ends.
+/// Runs the suite; a driver given by path is configured first ([`configure_driver`]), so
+/// that its config section (grants, `fsname`) applies as it would for an operator.
 pub fn run_conformance(options: &SuiteOptions) -> Report {
-    conformance::run(options, |r| match &r.outcome {
+    let mut options = options.clone();
+    if strata_host::registry::is_path(&options.driver) {
+        let (name, config) = configure_driver(options.config.clone(), Path::new(&options.driver));
+        options.driver = name;
+        options.config = config;
+    }
+    conformance::run(&options, |r| match &r.outcome {
         Outcome::Passed => eprintln!("ok    {} [{} ms]", r.name, r.millis),
         Outcome::Failed { message } => eprintln!("FAIL  {}: {message}", r.name),
     })

@@ -31,9 +31,10 @@ fn config_on(fs: &Path) -> Config {
 }
 
 fn open_on(fs: &Path, wasm: &Path, config: Config) -> Result<Strata, LayerError> {
+    let (name, config) = strata_tests::configure_driver(config, wasm);
     Strata::open(StoreOptions {
         config,
-        driver: Some(wasm.to_string_lossy().into_owned()),
+        driver: Some(name),
         driver_options: vec![],
         cache_dir: Some(cache_dir()),
     })
@@ -147,7 +148,7 @@ fn removing_a_layer_deletes_the_subvolumes_a_container_made_inside_it() {
             .args(["ro", "true"]),
     );
     cli(&["layer", "unmount", &container]);
-    let home = fs.mnt().join("root/btrfs");
+    let home = fs.mnt().join("root/drivers/btrfs");
     assert_eq!(
         subvolume_paths(&fs.mnt()).len(),
         5,
@@ -158,7 +159,7 @@ fn removing_a_layer_deletes_the_subvolumes_a_container_made_inside_it() {
     let left = subvolume_paths(&fs.mnt());
     assert_eq!(
         left,
-        vec![format!("root/btrfs/subvolumes/{base}")],
+        vec![format!("root/drivers/btrfs/subvolumes/{base}")],
         "{left:?}"
     );
     cli(&["layer", "rm", &base]);
@@ -203,7 +204,7 @@ fn a_driver_file_named_btrfs_given_by_path_is_not_granted_btrfs() {
     let copy = t.dir.path().join("btrfs.wasm");
     std::fs::copy(btrfs_wasm(), &copy).unwrap();
     let err = t
-        .open_with(&copy, t.config())
+        .open_unconfigured(&copy, t.config())
         .err()
         .expect("a third-party driver does not get the btrfs grant by its file name");
     assert!(
@@ -233,7 +234,7 @@ fn the_host_refuses_btrfs_calls_on_anything_but_a_subvolume_beneath_the_home() {
     )
     .expect("opening the hostile driver on btrfs");
     create(&s, "plain", None, &[]).expect("a plain layer");
-    let home = fs.mnt().join("root").join(name);
+    let home = fs.mnt().join("root/drivers").join(name);
     // The home and a plain directory are not subvolumes: snapshotting them would snapshot
     // the top-level subvolume, host-secret and all.
     for (i, (op, path)) in [
@@ -372,7 +373,7 @@ fn vfs_on_a_btrfs_home_reflinks_instead_of_copying() {
     std::fs::write(m.join("big"), &data).unwrap();
     s.unmount("base", false).unwrap();
     create(&s, "child", Some("base"), &[]).unwrap();
-    let child_file = fs.mnt().join("root/vfs/dir/child/big");
+    let child_file = fs.mnt().join("root/drivers/vfs/dir/child/big");
     assert_eq!(std::fs::read(&child_file).unwrap(), data);
     // FIEMAP says whether the child's extents are shared with the parent's.
     let frag = run_tool(
@@ -403,9 +404,10 @@ fn the_operator_default_size_limits_every_layer_and_children_inherit_limits() {
     }
     let fs = LoopBtrfs::new(512 << 20);
     let open = |size: &str| {
+        let (name, config) = strata_tests::configure_driver(config_on(&fs.mnt()), &btrfs_wasm());
         Strata::open(StoreOptions {
-            config: config_on(&fs.mnt()),
-            driver: Some(btrfs_wasm().to_string_lossy().into_owned()),
+            config,
+            driver: Some(name),
             driver_options: vec![("size".into(), size.into())],
             cache_dir: Some(cache_dir()),
         })

@@ -15,14 +15,19 @@ fn a_warm_start_loads_from_the_cache_and_a_damaged_entry_is_rebuilt() {
     assert!(warm.from_cache, "the second load maps the cached code");
     assert_eq!(cold.sha256, warm.sha256);
 
-    let entries: Vec<_> = std::fs::read_dir(cache.dir())
+    let mut entries: Vec<_> = std::fs::read_dir(cache.dir())
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
+    entries.sort_by_key(|p| p.extension().is_some_and(|x| x == "sha256"));
     assert_eq!(
         entries.len(),
-        1,
-        "one entry, no temporary files left: {entries:?}"
+        2,
+        "one entry and its digest, no temporary files left: {entries:?}"
+    );
+    assert!(
+        entries[1].to_string_lossy().ends_with(".sha256"),
+        "{entries:?}"
     );
     let name = entries[0]
         .file_name()

@@ -69,7 +69,7 @@ fn escaping_paths_are_denied() {
     }
     let t = TempStore::new();
     let s = open(&t, "");
-    let home = t.root().join(NAME);
+    let home = t.home(NAME);
     let victim = t.dir.path().join("victim");
     std::fs::create_dir(&victim).unwrap();
     std::fs::write(victim.join("secret"), b"secret").unwrap();
@@ -168,9 +168,9 @@ fn hostile_mount_plans_are_refused_before_any_mount() {
     assert!(!strata_host::sys::mount::is_mount_point(&p));
     // An honest read-only overlay of the layer's own directory mounts through
     // fsopen/fsconfig(lowerdir+)/fsmount and refuses writes.
-    std::fs::write(t.root().join(NAME).join("dir/l/seen"), b"through overlay").unwrap();
+    std::fs::write(t.home(NAME).join("dir/l/seen"), b"through overlay").unwrap();
     assert_serves(&s, "l2");
-    std::fs::write(t.root().join(NAME).join("dir/l2/below"), b"lower down").unwrap();
+    std::fs::write(t.home(NAME).join("dir/l2/below"), b"lower down").unwrap();
     let p = s
         .mount("l", &[("lower".into(), "dir/l,dir/l2".into())])
         .expect("an overlay of a directory in the home mounts");

@@ -275,7 +275,7 @@ fn damaged_images_leave_the_store_as_it_was() {
     let other = other_image();
     oci::write_layout(&other, &work.join("other"));
     import(&t, driver, &work.join("other"));
-    let home = t.root().join("vfs");
+    let home = t.home("vfs");
     let before_layers = layer_ids(&t, driver);
     let before_tree = tree(&home);
     let check = |path: &Path, expect: &[&str]| {
@@ -482,7 +482,7 @@ fn a_killed_import_leaves_nothing_behind() {
     let img = oci::build(&layers, Compression::None, "big:1");
     let layout = t.dir.path().join("big");
     oci::write_layout(&img, &layout);
-    let home = t.root().join("vfs").join("dir");
+    let home = t.home("vfs").join("dir");
     let mut child = strata_tests::strata_command(strata_tests::strata_bin())
         .arg("--root")
         .arg(t.root())

@@ -15,7 +15,7 @@ fn ok(t: &TempStore, args: &[&str]) -> String {
 }
 
 fn home(t: &TempStore) -> PathBuf {
-    t.root().join("overlay")
+    t.home("overlay")
 }
 
 fn base_with_files(t: &TempStore) {
@@ -338,7 +338,7 @@ fn probe_results_are_cached_by_the_host_per_boot() {
     }
     let t = TempStore::new();
     ok(&t, &["status"]);
-    let cache = t.dir.path().join("run/overlay/overlay-features");
+    let cache = t.dir.path().join("run/drivers/overlay/overlay-features");
     let text = std::fs::read_to_string(&cache).expect("the host cached the probe");
     let (key, flags) = text.split_once('\n').unwrap();
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();

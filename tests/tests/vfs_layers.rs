@@ -35,7 +35,7 @@ fn apply(s: &Strata, id: &str, tar: Vec<u8>) -> u64 {
 }
 
 fn layer_dir(t: &TempStore, id: &str) -> PathBuf {
-    t.root().join("vfs").join("dir").join(id)
+    t.home("vfs").join("dir").join(id)
 }
 
 fn every_file_type() -> Vec<Entry> {

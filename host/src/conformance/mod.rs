@@ -29,6 +29,7 @@ pub const DEFAULT_DEEP_CHAIN: usize = 128;
 pub const MAX_DEEP_CHAIN: usize = 500;
 
 /// What to run the suite on.
+#[derive(Clone, Debug)]
 pub struct SuiteOptions {
     /// A driver name or a path to a `.wasm`.
     pub driver: String,

@@ -195,7 +195,9 @@ pub fn main() -> ExitCode {
                 let msg = json!({ "error": format!("{e:#}") });
                 eprintln!("{msg}");
             } else {
-                eprintln!("strata: {e:#}");
+                // Errors carry text from drivers, images and file names: escaped, so that
+                // none can drive the terminal or forge a line.
+                eprintln!("strata: {}", crate::text::escape(&format!("{e:#}")));
             }
             ExitCode::FAILURE
         }
@@ -275,7 +277,7 @@ fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     match &cli.command {
         Command::Driver(DriverCommand::Ls) => {
-            let drivers = registry::installed();
+            let drivers = registry::available(&config);
             if json {
                 print_json(json!(
                     drivers
@@ -294,7 +296,7 @@ fn run(cli: Cli) -> Result<()> {
             let engine = SandboxEngine::new()?;
             let cache = std::env::var_os("STRATA_COMPONENT_CACHE")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| config.root.join("cache").join("components"));
+                .unwrap_or_else(|| crate::layout::default_cache_dir(&config.root));
             let c = load_driver_component(&engine, driver, &config, &cache)
                 .with_context(|| format!("inspecting driver {driver}"))?;
             warn_uncached(&c);
@@ -522,7 +524,12 @@ fn layer_command(strata: &Strata, cmd: &LayerCommand, json: bool) -> Result<()> 
             } else {
                 let mut out = std::io::stdout().lock();
                 for c in &changes {
-                    writeln!(out, "{} {}", change_word(c.kind), c.path)?;
+                    writeln!(
+                        out,
+                        "{} {}",
+                        change_word(c.kind),
+                        crate::text::quote_path(&c.path)
+                    )?;
                 }
                 Ok(())
             }

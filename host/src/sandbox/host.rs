@@ -206,21 +206,10 @@ fn copy_to_wit(what: &str, e: copy::CopyError) -> types::Error {
     wit_error(e.kind(), e.errno(), format!("{what}: {e}"))
 }
 
-/// Makes guest text safe to print: control characters escaped, length capped.
+/// Makes guest text safe to print: every control character escaped (a newline included, so
+/// a driver cannot forge a log line of the host's), length capped.
 pub fn sanitize(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(MAX_LOG_MESSAGE));
-    for c in text.chars() {
-        if out.len() >= MAX_LOG_MESSAGE {
-            out.push('…');
-            break;
-        }
-        if c.is_control() && c != '\n' {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::text::escape_capped(text, MAX_LOG_MESSAGE)
 }
 
 type HostResult<T> = wasmtime::Result<Result<T, types::Error>>;

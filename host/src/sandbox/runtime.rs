@@ -390,7 +390,8 @@ impl DriverRuntime {
         }
     }
 
-    /// Calls one driver operation whose WIT result is `result<T, error>`.
+    /// Calls one driver operation whose WIT result is `result<T, error>`; the error's text
+    /// is escaped ([`clean_error`]) before anything else sees it.
     fn op<T>(
         &self,
         op: &str,
@@ -402,15 +403,18 @@ impl DriverRuntime {
         self.call(op, f)?.map_err(|error| CallError::Driver {
             driver: self.name.clone(),
             op: op.into(),
-            error,
+            error: clean_error(error),
         })
     }
 
     pub fn init(&self, options: &[(String, String)]) -> Result<DriverInfo, CallError> {
         let options = options.to_vec();
-        self.op("init", |s, d| {
+        let mut info = self.op("init", |s, d| {
             d.strata_driver_driver().call_init(s, &options)
-        })
+        })?;
+        info.name = sanitize(&info.name);
+        info.status = clean_pairs(info.status);
+        Ok(info)
     }
 
     pub fn create(
@@ -497,13 +501,16 @@ impl DriverRuntime {
     }
 
     pub fn status(&self) -> Result<Vec<(String, String)>, CallError> {
-        Ok(self.call("status", |s, d| d.strata_driver_driver().call_status(s))?)
+        Ok(clean_pairs(self.call("status", |s, d| {
+            d.strata_driver_driver().call_status(s)
+        })?))
     }
 
     pub fn metadata(&self, id: &str) -> Result<Vec<(String, String)>, CallError> {
         self.op("metadata", |s, d| {
             d.strata_driver_driver().call_metadata(s, id)
         })
+        .map(clean_pairs)
     }
 
     /// `metadata` of many layers, [`MAX_LAYERS_PER_METADATA_CALL`] per driver call; one
@@ -527,10 +534,10 @@ impl DriverRuntime {
                 });
             }
             out.extend(answers.into_iter().map(|r| {
-                r.map_err(|error| CallError::Driver {
+                r.map(clean_pairs).map_err(|error| CallError::Driver {
                     driver: self.name.clone(),
                     op: "layers-metadata".into(),
-                    error,
+                    error: clean_error(error),
                 })
             }));
         }
@@ -539,5 +546,35 @@ impl DriverRuntime {
 
     pub fn cleanup(&self) -> Result<(), CallError> {
         self.op("cleanup", |s, d| d.strata_driver_driver().call_cleanup(s))
+    }
+}
+
+/// Driver text as the host keeps it: control characters escaped, capped.
+fn sanitize(text: &str) -> String {
+    super::host::sanitize(text)
+}
+
+/// Key/value pairs a driver returned (status, metadata), escaped.
+fn clean_pairs(pairs: Vec<(String, String)>) -> Vec<(String, String)> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (sanitize(&k), sanitize(&v)))
+        .collect()
+}
+
+/// A driver's error with its message escaped: it reaches terminals, logs and containerd.
+pub fn clean_error(error: super::DriverError) -> super::DriverError {
+    use super::DriverError as E;
+    match error {
+        E::NotFound(m) => E::NotFound(sanitize(&m)),
+        E::AlreadyExists(m) => E::AlreadyExists(sanitize(&m)),
+        E::InvalidArgument(m) => E::InvalidArgument(sanitize(&m)),
+        E::Unsupported(m) => E::Unsupported(sanitize(&m)),
+        E::Busy(m) => E::Busy(sanitize(&m)),
+        E::Denied(m) => E::Denied(sanitize(&m)),
+        E::Io(mut e) => {
+            e.message = sanitize(&e.message);
+            E::Io(e)
+        }
     }
 }

@@ -581,6 +581,38 @@ impl LayerStore {
     }
 
     /// Drivers other than `driver` that layers of this store were made with (a few at most).
+    /// Every driver that has layers in this store.
+    pub fn recorded_drivers(&self) -> Result<Vec<String>, StoreError> {
+        let ctx = "listing the drivers of layers";
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT driver FROM layers ORDER BY driver")
+            .map_err(self.db(ctx))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.db(ctx))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.db(ctx))
+    }
+
+    /// A value the host keeps about the store itself (e.g. its layout version).
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(self.db("reading store metadata"))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta(key, value) VALUES(?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(|_| ())
+            .map_err(self.db("writing store metadata"))
+    }
+
     pub fn other_drivers(&self, driver: &str) -> Result<Vec<String>, StoreError> {
         let ctx = "listing the drivers of layers";
         let mut stmt = self

@@ -63,20 +63,25 @@ pub struct SnapshotService {
     pool: Arc<HandlePool>,
 }
 
+/// Messages reach containerd's clients (`ctr` prints them): escaped like any untrusted text.
+fn message(text: String) -> String {
+    crate::text::escape(&text).into_owned()
+}
+
 fn status_of(e: SnapshotError) -> Status {
     match e {
-        SnapshotError::NotFound(_) => Status::not_found(e.to_string()),
-        SnapshotError::AlreadyExists(_) => Status::already_exists(e.to_string()),
-        SnapshotError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
-        SnapshotError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
-        SnapshotError::Store(e) => Status::internal(e.to_string()),
+        SnapshotError::NotFound(_) => Status::not_found(message(e.to_string())),
+        SnapshotError::AlreadyExists(_) => Status::already_exists(message(e.to_string())),
+        SnapshotError::FailedPrecondition(_) => Status::failed_precondition(message(e.to_string())),
+        SnapshotError::InvalidArgument(_) => Status::invalid_argument(message(e.to_string())),
+        SnapshotError::Store(e) => Status::internal(message(e.to_string())),
     }
 }
 
 fn layer_status(e: LayerError) -> Status {
     match e {
-        LayerError::Store(StoreError::NotFound(m)) => Status::not_found(m),
-        other => Status::internal(format!("{other}")),
+        LayerError::Store(StoreError::NotFound(m)) => Status::not_found(message(m)),
+        other => Status::internal(message(format!("{other}"))),
     }
 }
 

@@ -24,6 +24,13 @@
 //! | `alloc=1`              | allocates without bound                                     |
 //! | `panic=1`              | panics                                                      |
 //! | `host-calls=N`         | (benign) makes N `files.stat` calls first, for benchmarks   |
+//! | `error-text=TEXT`      | fails with `invalid-argument` carrying TEXT (e.g. escapes)   |
+//! | `log-text=TEXT`        | logs TEXT (warn), then creates the layer                    |
+//! | `panic-text=TEXT`      | prints TEXT to stderr and panics with it                    |
+//!
+//! | option (on `init`)     | what the driver does                                        |
+//! |------------------------|-------------------------------------------------------------|
+//! | `status-text=TEXT`     | reports a status line `Note: TEXT`                          |
 //!
 //! | option (on mount)      | the plan it returns                                         |
 //! |------------------------|-------------------------------------------------------------|
@@ -73,14 +80,43 @@ fn hostile_zfs(id: &str, options: &Options) -> Option<Result<(), Error>> {
     None
 }
 
+/// Where `init` keeps its `status-text` option for `status`.
+const STATUS_TEXT_FILE: &str = "status-text";
+
+/// The `*-text` options: text meant for the operator's terminal, as a hostile driver writes
+/// it (terminal escapes, forged lines).
+fn hostile_text(options: &Options) -> Option<Result<(), Error>> {
+    if let Some(t) = options.get("log-text") {
+        strata_driver_sdk::log::warn(t);
+    }
+    if let Some(t) = options.get("error-text") {
+        return Some(Err(error::invalid_argument(t)));
+    }
+    if let Some(t) = options.get("panic-text") {
+        eprintln!("{t}");
+        panic!("{t}");
+    }
+    None
+}
+
 impl Driver for Hostile {
-    fn init(_options: Options) -> Result<DriverInfo, Error> {
+    fn init(options: Options) -> Result<DriverInfo, Error> {
         ensure_dir("dir", 0o700)?;
         ensure_dir("mnt", 0o700)?;
+        let note = options.get("status-text").unwrap_or_default();
+        std::fs::write(STATUS_TEXT_FILE, note)
+            .map_err(|e| error::invalid_argument(format!("keeping status-text: {e}")))?;
         Ok(DriverInfo {
             name: "hostile".into(),
             status: vec![],
         })
+    }
+
+    fn status() -> Vec<(String, String)> {
+        match std::fs::read_to_string(STATUS_TEXT_FILE) {
+            Ok(t) if !t.is_empty() => vec![("Note".to_string(), t)],
+            _ => vec![],
+        }
     }
 
     fn layer_dir(id: &str) -> String {
@@ -95,6 +131,9 @@ impl Driver for Hostile {
             for _ in 0..n {
                 std::hint::black_box(files::stat("dir")?);
             }
+        }
+        if let Some(r) = hostile_text(&options) {
+            return r;
         }
         if let Some(path) = options.get("escape") {
             return files::mkdir(path, 0o755, 0, 0);

@@ -100,7 +100,7 @@ fn host_call() {
         create(&s, &next(), vec![("host-calls".into(), n.clone())])
     });
     let per_call = with.saturating_sub(without).as_secs_f64() / CALLS as f64;
-    let home = strata_host::sys::Dir::open_ambient(&t.root().join("strata_test_driver_hostile"))
+    let home = strata_host::sys::Dir::open_ambient(&t.home("strata_test_driver_hostile"))
         .expect("opening the driver home");
     let native = time(5, || {
         for _ in 0..CALLS {
@@ -222,7 +222,7 @@ fn overlay_chains() {
             .expect("apply");
         chain.push(id);
     }
-    let home = t.root().join("overlay");
+    let home = t.home("overlay");
     let native_dir = t.dir.path().join("native");
     std::fs::create_dir(&native_dir).unwrap();
     // The new layer's upper over 10 lowers, and over 499: a 500-layer stack, overlayfs's limit.
@@ -570,7 +570,7 @@ fn zfs_listing() {
     let store = format!(
         "{}/{}",
         pool.fsname(),
-        std::fs::read_to_string(t.root().join("zfs/.dataset"))
+        std::fs::read_to_string(t.home("zfs").join(".dataset"))
             .unwrap()
             .trim()
     );
