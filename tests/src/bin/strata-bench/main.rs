@@ -396,9 +396,9 @@ fn btrfs_copies() {
     let copy = time_child(&vfs_ext4);
     let btrfs_base = fs
         .mnt()
-        .join("root-strata_driver_btrfs/btrfs/subvolumes/base");
-    let vfs_btrfs_base = fs.mnt().join("root-strata_driver_vfs/vfs/dir/base");
-    let vfs_ext4_base = ext4.join("root-strata_driver_vfs/vfs/dir/base");
+        .join("root-strata_driver_btrfs/drivers/btrfs/subvolumes/base");
+    let vfs_btrfs_base = fs.mnt().join("root-strata_driver_vfs/drivers/vfs/dir/base");
+    let vfs_ext4_base = ext4.join("root-strata_driver_vfs/drivers/vfs/dir/base");
     let tool_snapshot = time_tool(
         &["btrfs", "-q", "subvolume", "snapshot"],
         &btrfs_base,
