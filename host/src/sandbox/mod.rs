@@ -16,6 +16,7 @@
 
 pub mod cache;
 pub mod host;
+pub mod limits;
 mod runtime;
 
 pub use cache::ComponentCache;
@@ -156,13 +157,28 @@ pub enum SandboxError {
         path: std::path::PathBuf,
         reason: String,
     },
-    #[error("driver {driver}: {op}: exceeded its deadline of {deadline:?} of guest execution")]
+    #[error(
+        "driver {driver}: {op}: exceeded its deadline of {deadline:?} of its own time (guest \
+         execution and waits; `deadline`)"
+    )]
     Deadline {
         driver: String,
         op: String,
         deadline: Duration,
     },
-    #[error("driver {driver}: {op}: exceeded its memory limit of {limit} bytes{stderr}")]
+    #[error(
+        "driver {driver}: {op}: did not finish within its call timeout of {limit:?} (wall \
+         clock, host work and waits included; `call_timeout`)"
+    )]
+    CallTimeout {
+        driver: String,
+        op: String,
+        limit: Duration,
+    },
+    #[error(
+        "driver {driver}: {op}: exceeded its memory limit of {limit} bytes (linear memories \
+         and tables together){stderr}"
+    )]
     OutOfMemory {
         driver: String,
         op: String,

@@ -24,6 +24,9 @@
 //! | `alloc=1`              | allocates without bound                                     |
 //! | `panic=1`              | panics                                                      |
 //! | `host-calls=N`         | (benign) makes N `files.stat` calls first, for benchmarks   |
+//! | `sleep=SECS`           | `std::thread::sleep` (a blocking WASI wait)                 |
+//! | `host-loop=stat`       | `files.stat` forever (small host calls)                     |
+//! | `host-loop=copy`       | `copy.copy-tree` of `dir` forever (bulk host work)          |
 //!
 //! | option (on mount)      | the plan it returns                                         |
 //! |------------------------|-------------------------------------------------------------|
@@ -73,6 +76,35 @@ fn hostile_zfs(id: &str, options: &Options) -> Option<Result<(), Error>> {
     None
 }
 
+/// The `sleep` and `host-loop` options: a driver that waits or keeps the host busy.
+fn hostile_time(id: &str, options: &Options) -> Option<Result<(), Error>> {
+    if let Some(secs) = options.get("sleep") {
+        let Ok(secs) = secs.parse::<u64>() else {
+            return Some(Err(error::invalid_argument("sleep=SECS")));
+        };
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        return Some(Ok(()));
+    }
+    match options.get("host-loop") {
+        Some("stat") => loop {
+            if let Err(e) = files::stat("dir") {
+                return Some(Err(e));
+            }
+        },
+        Some("copy") => {
+            let scratch = format!("scratch-{id}");
+            loop {
+                // Whatever the host answers (even `busy` once the call is out of time), ask
+                // again.
+                let _ = copy::copy_tree("dir", &scratch, copy::CopyMode::Copy);
+                let _ = files::remove_tree(&scratch);
+            }
+        }
+        Some(_) => Some(Err(error::invalid_argument("host-loop=stat|copy"))),
+        None => None,
+    }
+}
+
 impl Driver for Hostile {
     fn init(_options: Options) -> Result<DriverInfo, Error> {
         ensure_dir("dir", 0o700)?;
@@ -115,6 +147,9 @@ impl Driver for Hostile {
             return btrfs::delete_subvolume(path);
         }
         if let Some(r) = hostile_zfs(id, &options) {
+            return r;
+        }
+        if let Some(r) = hostile_time(id, &options) {
             return r;
         }
         if options.get("loop").is_some() {
