@@ -16,6 +16,14 @@ pub const MAX_MEMORY: u64 = 16 << 30;
 /// Bounds of `deadline`.
 pub const MIN_DEADLINE: Duration = Duration::from_millis(10);
 pub const MAX_DEADLINE: Duration = Duration::from_secs(3600);
+/// Bounds of `call_timeout`: at least the smallest `deadline`, at most a day (one call that
+/// holds the store lock for longer is broken, not busy).
+pub const MIN_CALL_TIMEOUT: Duration = Duration::from_millis(10);
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Default `call_timeout`: applying a multi-gigabyte layer (a 10 GB layer at a slow disk's
+/// 50 MB/s is under 4 minutes) fits with room to spare, while a stuck driver gives the store
+/// lock back within minutes.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Largest config file read.
 pub const MAX_CONFIG_SIZE: u64 = 1 << 20;
 
@@ -43,8 +51,10 @@ pub enum ConfigError {
 pub struct Sandbox {
     /// Bytes of linear memory a driver may grow to, per call.
     pub memory: u64,
-    /// Guest execution time per call.
+    /// The driver's own time per call (guest execution, its waits, small host calls).
     pub deadline: Duration,
+    /// Wall-clock time per call, everything included.
+    pub call_timeout: Duration,
     /// Host interfaces linked for drivers.
     pub grants: Vec<String>,
 }
@@ -54,6 +64,7 @@ impl Default for Sandbox {
         Sandbox {
             memory: 256 << 20,
             deadline: Duration::from_secs(10),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
             grants: ["files", "copy", "archive", "overlay", "log"]
                 .map(String::from)
                 .to_vec(),
@@ -69,6 +80,7 @@ pub struct DriverConfig {
     pub grants: Option<Vec<String>>,
     pub memory: Option<u64>,
     pub deadline: Option<Duration>,
+    pub call_timeout: Option<Duration>,
     /// The parent dataset of a driver granted `zfs` (`tank/strata`).
     pub fsname: Option<String>,
 }
@@ -80,6 +92,7 @@ pub struct DriverSettings {
     pub options: Vec<(String, String)>,
     pub memory: u64,
     pub deadline: Duration,
+    pub call_timeout: Duration,
     /// The parent dataset its `zfs` calls are confined to.
     pub fsname: Option<String>,
 }
@@ -171,6 +184,19 @@ impl Parser<'_> {
         Ok(d)
     }
 
+    fn call_timeout(&self, key: &str, v: &toml::Value) -> Result<Duration, ConfigError> {
+        let d = v.as_str().and_then(parse_duration).ok_or_else(|| {
+            self.bad(
+                key,
+                format!("{v} is not a duration (use \"30s\", \"10m\", \"1h\")"),
+            )
+        })?;
+        if !(MIN_CALL_TIMEOUT..=MAX_CALL_TIMEOUT).contains(&d) {
+            return Err(self.bad(key, format!("{v} is outside 10ms..24h")));
+        }
+        Ok(d)
+    }
+
     fn grants(&self, key: &str, v: &toml::Value) -> Result<Vec<String>, ConfigError> {
         let arr = v
             .as_array()
@@ -198,6 +224,7 @@ impl Parser<'_> {
             match k.as_str() {
                 "memory" => s.memory = self.memory(&key, v)?,
                 "deadline" => s.deadline = self.deadline(&key, v)?,
+                "call_timeout" => s.call_timeout = self.call_timeout(&key, v)?,
                 "grants" => s.grants = self.grants(&key, v)?,
                 _ => return Err(self.unknown(&key)),
             }
@@ -234,6 +261,7 @@ impl Parser<'_> {
                 "grants" => d.grants = Some(self.grants(&key, v)?),
                 "memory" => d.memory = Some(self.memory(&key, v)?),
                 "deadline" => d.deadline = Some(self.deadline(&key, v)?),
+                "call_timeout" => d.call_timeout = Some(self.call_timeout(&key, v)?),
                 "fsname" => {
                     let name = self.string(&key, v)?;
                     crate::sys::zfs::check_parent_name(&name).map_err(|m| self.bad(&key, m))?;
@@ -327,6 +355,7 @@ impl Config {
             options: d.options,
             memory: d.memory.unwrap_or(self.sandbox.memory),
             deadline: d.deadline.unwrap_or(self.sandbox.deadline),
+            call_timeout: d.call_timeout.unwrap_or(self.sandbox.call_timeout),
             fsname: d.fsname,
         }
     }
@@ -389,6 +418,7 @@ mod tests {
         let s = c.driver_settings("vfs");
         assert_eq!(s.memory, 256 << 20);
         assert_eq!(s.deadline, Duration::from_secs(10));
+        assert_eq!(s.call_timeout, Duration::from_secs(600));
         assert_eq!(
             c.driver_grants("vfs", true),
             vec!["files", "copy", "archive", "overlay", "log"]
@@ -414,12 +444,14 @@ run_root = "/run/s"
 [sandbox]
 memory = "512M"
 deadline = "500ms"
+call_timeout = "20m"
 grants = ["files", "log"]
 [drivers.vfs]
 path = "/opt/vfs.wasm"
 options = { "a.b" = "c", n = 3 }
 memory = 33554432
 deadline = "2m"
+call_timeout = "1h"
 [drivers.other]
 grants = ["log"]
 [drivers.zfs]
@@ -437,11 +469,13 @@ fsname = "tank/strata"
         );
         assert_eq!(v.memory, 32 << 20);
         assert_eq!(v.deadline, Duration::from_secs(120));
+        assert_eq!(v.call_timeout, Duration::from_secs(3600));
         assert_eq!(c.driver_grants("vfs", true), vec!["files", "log"]);
         let o = c.driver_settings("other");
         assert_eq!(c.driver_grants("other", false), vec!["log"]);
         assert_eq!(o.memory, 512 << 20);
         assert_eq!(o.deadline, Duration::from_millis(500));
+        assert_eq!(o.call_timeout, Duration::from_secs(1200));
         assert_eq!(
             c.driver_settings("zfs").fsname.as_deref(),
             Some("tank/strata")
@@ -458,6 +492,11 @@ fsname = "tank/strata"
             ("[sandbox]\nmemory = \"1K\"", "outside 16M..16G"),
             ("[sandbox]\ndeadline = \"forever\"", "sandbox.deadline"),
             ("[sandbox]\ndeadline = \"2h\"", "outside 10ms..1h"),
+            ("[sandbox]\ncall_timeout = 30", "sandbox.call_timeout"),
+            (
+                "[drivers.vfs]\ncall_timeout = \"25h\"",
+                "drivers.vfs.call_timeout: \"25h\" is outside 10ms..24h",
+            ),
             (
                 "[sandbox]\ngrants = [\"files\", \"net\"]",
                 "unknown grant `net`",

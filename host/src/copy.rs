@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::sys::fs::{
     self as sfs, Dir, FileKind, MAX_TREE_DEPTH, Stat, check_relative, chmod_at, chown_at,
@@ -58,6 +59,9 @@ struct Copier {
     /// (dev, ino) of a source file with several links → the path of its first copy,
     /// relative to the destination's parent directory.
     links: HashMap<(u64, u64), PathBuf>,
+    /// When set, the copy stops with `busy` at the first entry reached after this instant
+    /// (the wall-clock limit of the driver call that asked for it).
+    until: Option<Instant>,
 }
 
 /// Copies the tree at `src_rel` in `src` to the new path `dst_rel` in `dst`.
@@ -68,7 +72,20 @@ pub fn copy_tree(
     dst_rel: &str,
     mode: CopyMode,
 ) -> Result<CopyStats, CopyError> {
-    copy_entry(src, src_rel, dst, dst_rel, mode, true)
+    copy_entry(src, src_rel, dst, dst_rel, mode, true, None)
+}
+
+/// [`copy_tree`] that gives up with `busy` once `until` has passed, checked before each
+/// entry: a driver call's copy never outlives the call's time limit by more than one entry.
+pub fn copy_tree_until(
+    src: &Dir,
+    src_rel: &str,
+    dst: &Dir,
+    dst_rel: &str,
+    mode: CopyMode,
+    until: Instant,
+) -> Result<CopyStats, CopyError> {
+    copy_entry(src, src_rel, dst, dst_rel, mode, true, Some(until))
 }
 
 /// Copies the single file at `src_rel` (any type but directory) to `dst_rel`.
@@ -79,7 +96,7 @@ pub fn copy_file(
     dst_rel: &str,
     mode: CopyMode,
 ) -> Result<CopyStats, CopyError> {
-    copy_entry(src, src_rel, dst, dst_rel, mode, false)
+    copy_entry(src, src_rel, dst, dst_rel, mode, false, None)
 }
 
 fn split(dir: &Dir, rel: &str) -> Result<(Dir, std::ffi::OsString), CopyError> {
@@ -105,6 +122,7 @@ fn copy_entry(
     dst_rel: &str,
     mode: CopyMode,
     tree: bool,
+    until: Option<Instant>,
 ) -> Result<CopyStats, CopyError> {
     let (sp, sname) = split(src, src_rel)?;
     let (dp, dname) = split(dst, dst_rel)?;
@@ -122,6 +140,7 @@ fn copy_entry(
         mode,
         stats: CopyStats::default(),
         links: HashMap::new(),
+        until,
     };
     c.copy(
         sp.as_fd(),
@@ -153,6 +172,16 @@ impl Copier {
             path: shown.to_path_buf(),
             cause,
         };
+        if let Some(until) = self.until
+            && Instant::now() >= until
+        {
+            return Err(err(SysError::without_errno(
+                ErrorKind::Busy,
+                "copy",
+                shown,
+                "stopped: the driver call ran out of time",
+            )));
+        }
         if depth > MAX_TREE_DEPTH {
             return Err(err(SysError::invalid(
                 "copy",

@@ -203,6 +203,7 @@ impl Strata {
         let limits = SandboxLimits {
             memory: usize::try_from(settings.memory).unwrap_or(usize::MAX),
             deadline: settings.deadline,
+            call_timeout: settings.call_timeout,
         };
         let granted = grants(&config.driver_grants(&location.name, location.first_party()))?;
         let run_dir = crate::layout::driver_run_dir(&config.run_root, &location.name);

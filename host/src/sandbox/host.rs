@@ -12,13 +12,13 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::StoreLimits;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::strata::driver::{
     archive as wit_archive, copy as wit_copy, files, log, types,
 };
+use super::limits::CallBudget;
 use crate::sys::{self, ErrorKind, SysError};
 use crate::{archive, copy};
 
@@ -35,13 +35,23 @@ pub const MAX_LOG_MESSAGE: usize = 4096;
 /// Largest xattr value a driver may set.
 pub const MAX_XATTR_VALUE: usize = 64 * 1024;
 
-/// The epoch callback's verdict that the guest ran past its deadline.
-#[derive(Debug)]
-pub struct DeadlineExceeded;
+/// The verdict that a driver call ran past one of its time limits (raised by the epoch
+/// callback, by a bounded WASI wait, or after bulk host work).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadlineExceeded {
+    /// `deadline`: the driver's own time (guest execution, its WASI waits, and host calls
+    /// that do a fixed amount of work each).
+    Guest,
+    /// `call_timeout`: the wall clock, everything included.
+    Wall,
+}
 
 impl std::fmt::Display for DeadlineExceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("driver exceeded its deadline")
+        match self {
+            DeadlineExceeded::Guest => f.write_str("driver exceeded its deadline"),
+            DeadlineExceeded::Wall => f.write_str("driver call exceeded its call timeout"),
+        }
     }
 }
 
@@ -53,11 +63,16 @@ pub struct HostState {
     home: Arc<sys::Dir>,
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: CallBudget,
     /// When the call started, for the deadline.
     pub(super) started: Instant,
-    /// Time spent inside host calls, which the deadline does not count.
+    /// Time spent in bulk host work (see [`HostState::timed`]), which the deadline does not
+    /// count.
     pub(super) host_time: Duration,
+    /// The driver's own time allowed (`deadline`).
+    pub(super) deadline: Duration,
+    /// Wall-clock time allowed for the whole call (`call_timeout`).
+    pub(super) call_timeout: Duration,
     /// Host-private runtime directory for this driver (probe caches), if any.
     run_dir: Option<Arc<std::path::PathBuf>>,
     /// The `zfs` capability's confined command, for drivers granted it.
@@ -69,7 +84,7 @@ impl HostState {
         driver: String,
         home: Arc<sys::Dir>,
         wasi: WasiCtx,
-        limits: StoreLimits,
+        limits: CallBudget,
         max_resources: usize,
     ) -> Self {
         let mut table = ResourceTable::new();
@@ -82,6 +97,8 @@ impl HostState {
             limits,
             started: Instant::now(),
             host_time: Duration::ZERO,
+            deadline: Duration::MAX,
+            call_timeout: Duration::MAX,
             run_dir: None,
             zfs: None,
         }
@@ -97,6 +114,10 @@ impl HostState {
         self
     }
 
+    pub(super) fn table_mut(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
     pub(super) fn push_diff(&mut self, diff: LayerDiff) -> wasmtime::Result<Resource<LayerDiff>> {
         Ok(self.table.push(diff)?)
     }
@@ -105,12 +126,61 @@ impl HostState {
         Ok(self.table.delete(diff)?)
     }
 
-    /// Runs host work, keeping its duration off the driver's deadline.
+    /// Sets the call's time limits (`deadline`, `call_timeout`), counted from now.
+    pub(super) fn start_clock(&mut self, deadline: Duration, call_timeout: Duration) {
+        self.started = Instant::now();
+        self.host_time = Duration::ZERO;
+        self.deadline = deadline;
+        self.call_timeout = call_timeout;
+    }
+
+    /// The driver's own time so far: the wall clock less bulk host work.
+    pub(super) fn guest_time(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.host_time)
+    }
+
+    /// The limit this call has run past, if any.
+    pub(super) fn exceeded(&self) -> Option<DeadlineExceeded> {
+        if self.started.elapsed() >= self.call_timeout {
+            Some(DeadlineExceeded::Wall)
+        } else if self.guest_time() >= self.deadline {
+            Some(DeadlineExceeded::Guest)
+        } else {
+            None
+        }
+    }
+
+    /// When the call's wall-clock limit passes.
+    pub(super) fn call_deadline(&self) -> Instant {
+        far_after(self.started, self.call_timeout)
+    }
+
+    /// How long the guest may wait in WASI from now before a limit passes (waiting counts
+    /// toward both), and which limit that is.
+    pub(super) fn wait_allowance(&self) -> (Duration, DeadlineExceeded) {
+        let wall = self.call_timeout.saturating_sub(self.started.elapsed());
+        let guest = self.deadline.saturating_sub(self.guest_time());
+        if wall <= guest {
+            (wall, DeadlineExceeded::Wall)
+        } else {
+            (guest, DeadlineExceeded::Guest)
+        }
+    }
+
+    /// Runs bulk host work (work that grows with the data: applying a tar, copying or
+    /// comparing trees, btrfs and zfs commands), keeping its duration off the driver's
+    /// `deadline`; it still counts toward `call_timeout`, which such work checks as it goes.
     fn timed<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
         let start = Instant::now();
         let out = f(self);
         self.host_time += start.elapsed();
         out
+    }
+
+    /// Runs a host call that does a fixed amount of work (one stat, one mkdir): its time is
+    /// the driver's, so a driver that loops on such calls runs into its `deadline`.
+    fn paced<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        f(self)
     }
 
     fn open_dir(&self, path: &str) -> Result<sys::Dir, types::Error> {
@@ -237,7 +307,7 @@ fn file_kind(kind: sys::FileKind) -> files::FileKind {
 
 impl files::Host for HostState {
     fn mkdir(&mut self, path: String, mode: u32, uid: u32, gid: u32) -> HostResult<()> {
-        Ok(self.timed(|s| {
+        Ok(self.paced(|s| {
             s.home
                 .mkdir(&path, mode, uid, gid)
                 .map_err(|e| to_wit(&path, e))
@@ -245,11 +315,11 @@ impl files::Host for HostState {
     }
 
     fn chown(&mut self, path: String, uid: u32, gid: u32) -> HostResult<()> {
-        Ok(self.timed(|s| s.home.lchown(&path, uid, gid).map_err(|e| to_wit(&path, e))))
+        Ok(self.paced(|s| s.home.lchown(&path, uid, gid).map_err(|e| to_wit(&path, e))))
     }
 
     fn chmod(&mut self, path: String, mode: u32) -> HostResult<()> {
-        Ok(self.timed(|s| s.home.chmod(&path, mode).map_err(|e| to_wit(&path, e))))
+        Ok(self.paced(|s| s.home.chmod(&path, mode).map_err(|e| to_wit(&path, e))))
     }
 
     fn set_xattr(&mut self, path: String, name: String, value: Vec<u8>) -> HostResult<()> {
@@ -259,7 +329,7 @@ impl files::Host for HostState {
                 value.len()
             ))));
         }
-        Ok(self.timed(|s| {
+        Ok(self.paced(|s| {
             s.home
                 .set_xattr(&path, &name, &value)
                 .map_err(|e| to_wit(&path, e))
@@ -267,15 +337,15 @@ impl files::Host for HostState {
     }
 
     fn get_xattr(&mut self, path: String, name: String) -> HostResult<Option<Vec<u8>>> {
-        Ok(self.timed(|s| s.home.get_xattr(&path, &name).map_err(|e| to_wit(&path, e))))
+        Ok(self.paced(|s| s.home.get_xattr(&path, &name).map_err(|e| to_wit(&path, e))))
     }
 
     fn list_xattrs(&mut self, path: String) -> HostResult<Vec<String>> {
-        Ok(self.timed(|s| s.home.list_xattrs(&path).map_err(|e| to_wit(&path, e))))
+        Ok(self.paced(|s| s.home.list_xattrs(&path).map_err(|e| to_wit(&path, e))))
     }
 
     fn remove_xattr(&mut self, path: String, name: String) -> HostResult<()> {
-        Ok(self.timed(|s| {
+        Ok(self.paced(|s| {
             s.home
                 .remove_xattr(&path, &name)
                 .map_err(|e| to_wit(&path, e))
@@ -283,15 +353,15 @@ impl files::Host for HostState {
     }
 
     fn make_whiteout(&mut self, path: String) -> HostResult<()> {
-        Ok(self.timed(|s| s.home.make_whiteout(&path).map_err(|e| to_wit(&path, e))))
+        Ok(self.paced(|s| s.home.make_whiteout(&path).map_err(|e| to_wit(&path, e))))
     }
 
     fn symlink(&mut self, target: String, path: String) -> HostResult<()> {
-        Ok(self.timed(|s| s.home.symlink(&target, &path).map_err(|e| to_wit(&path, e))))
+        Ok(self.paced(|s| s.home.symlink(&target, &path).map_err(|e| to_wit(&path, e))))
     }
 
     fn set_times(&mut self, path: String, atime: i64, mtime: i64) -> HostResult<()> {
-        Ok(self.timed(|s| {
+        Ok(self.paced(|s| {
             s.home
                 .set_times(&path, (atime, 0), (mtime, 0))
                 .map_err(|e| to_wit(&path, e))
@@ -299,7 +369,7 @@ impl files::Host for HostState {
     }
 
     fn stat(&mut self, path: String) -> HostResult<files::FileStat> {
-        Ok(self.timed(|s| {
+        Ok(self.paced(|s| {
             s.home
                 .lstat(&path)
                 .map(|st| files::FileStat {
@@ -322,7 +392,7 @@ impl files::Host for HostState {
     }
 
     fn filesystem_type(&mut self, path: String) -> HostResult<String> {
-        Ok(self.timed(|s| {
+        Ok(self.paced(|s| {
             s.home
                 .filesystem_type(&path)
                 .map(str::to_string)
@@ -352,7 +422,8 @@ impl wit_copy::Host for HostState {
         mode: wit_copy::CopyMode,
     ) -> HostResult<wit_copy::CopyStats> {
         Ok(self.timed(|s| {
-            copy::copy_tree(&s.home, &src, &s.home, &dst, copy_mode(mode))
+            let until = s.call_deadline();
+            copy::copy_tree_until(&s.home, &src, &s.home, &dst, copy_mode(mode), until)
                 .map(copy_stats)
                 .map_err(|e| copy_to_wit(&format!("{src} -> {dst}"), e))
         }))
@@ -435,6 +506,10 @@ impl wit_archive::Host for HostState {
                 "this diff was already applied, or is not an incoming diff".into(),
             )));
         };
+        let reader = UntilReader {
+            inner: reader,
+            until: self.call_deadline(),
+        };
         Ok(self.timed(|s| {
             let dest_dir = s.open_dir(&dest)?;
             archive::apply_layer_tar(reader, &dest_dir, whiteout_format(whiteouts))
@@ -476,6 +551,32 @@ impl wit_archive::Host for HostState {
                 .map_err(|e| archive_to_wit(&format!("sizing {layer}"), e))
         }))
     }
+}
+
+/// A layer stream that ends in an error once the driver call's wall-clock limit has passed,
+/// so that applying an endless (or very slow) stream stops with the call; checked per read.
+struct UntilReader<R> {
+    inner: R,
+    until: Instant,
+}
+
+impl<R: Read> Read for UntilReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if Instant::now() >= self.until {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "stopped: the driver call ran out of time",
+            ));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// `start + d`, or far in the future when that does not fit.
+fn far_after(start: Instant, d: Duration) -> Instant {
+    start
+        .checked_add(d)
+        .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// The most verbose driver log level printed, from `STRATA_LOG` (`error`, `warn` (default),

@@ -7,15 +7,19 @@
 //! - Capabilities are linked, not checked at call time: only the host interfaces the operator
 //!   granted are in the linker, and a driver importing anything else is refused at load with
 //!   a message naming the capability.
-//! - The deadline counts guest execution on the wall clock but not time spent inside host
-//!   calls (a large tar apply is the host's work, not the driver's): an epoch ticker wakes
-//!   the store every [`EPOCH_TICK`], and the callback compares guest time with the deadline.
+//! - Two time limits per call. The deadline counts the driver's own time on the wall clock:
+//!   guest execution, its WASI waits and small host calls, but not bulk host work (a large
+//!   tar apply is the host's work, not the driver's). The call timeout counts everything, so
+//!   no call holds the store lock for longer. An epoch ticker wakes the store every
+//!   [`EPOCH_TICK`] and the callback checks both; WASI waits and bulk host work check them
+//!   themselves ([`limits`]). Memory is one budget for all memories and tables of the call.
 //! - Compiling a component costs tens of milliseconds; the result is cached on disk keyed by
 //!   the component's SHA-256 and the engine's compatibility hash, so a warm start only maps
 //!   the cached code. Only `.wasm` from authors is accepted, never precompiled native code.
 
 pub mod cache;
 pub mod host;
+pub mod limits;
 mod runtime;
 
 pub use cache::ComponentCache;
@@ -156,13 +160,28 @@ pub enum SandboxError {
         path: std::path::PathBuf,
         reason: String,
     },
-    #[error("driver {driver}: {op}: exceeded its deadline of {deadline:?} of guest execution")]
+    #[error(
+        "driver {driver}: {op}: exceeded its deadline of {deadline:?} of its own time (guest \
+         execution and waits; `deadline`)"
+    )]
     Deadline {
         driver: String,
         op: String,
         deadline: Duration,
     },
-    #[error("driver {driver}: {op}: exceeded its memory limit of {limit} bytes{stderr}")]
+    #[error(
+        "driver {driver}: {op}: did not finish within its call timeout of {limit:?} (wall \
+         clock, host work and waits included; `call_timeout`)"
+    )]
+    CallTimeout {
+        driver: String,
+        op: String,
+        limit: Duration,
+    },
+    #[error(
+        "driver {driver}: {op}: exceeded its memory limit of {limit} bytes (linear memories \
+         and tables together){stderr}"
+    )]
     OutOfMemory {
         driver: String,
         op: String,

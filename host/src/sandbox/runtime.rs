@@ -2,16 +2,17 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, Resource};
-use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use super::bindings::{StrataDriver, StrataDriverPre, strata::driver as wit};
 use super::cache::ComponentCache;
 use super::host::{DeadlineExceeded, HostState, LayerDiff, ZfsAccess};
+use super::limits::{BudgetExceeded, CallBudget, link_bounded_poll};
 use super::{
     CallError, Capability, DriverInfo, EPOCH_TICK, MAX_DRIVER_STDERR, MAX_HOST_RESOURCES,
     MAX_HOSTCALL_BYTES, MountPlan, MountRequest, SandboxError, WIT_PACKAGE, WIT_VERSION,
@@ -28,10 +29,13 @@ pub type LayerMetadata = Result<Vec<(String, String)>, CallError>;
 /// Memory and time limits of one driver call.
 #[derive(Clone, Copy, Debug)]
 pub struct SandboxLimits {
-    /// Bytes of linear memory the driver may grow to.
+    /// Bytes the call's linear memories and tables may hold in all.
     pub memory: usize,
-    /// Guest execution time per call (host calls excluded).
+    /// The driver's own time per call: guest execution, its WASI waits and host calls that
+    /// do a fixed amount of work each; bulk host work excluded.
     pub deadline: Duration,
+    /// Wall-clock time per call, everything included.
+    pub call_timeout: Duration,
 }
 
 impl Default for SandboxLimits {
@@ -39,9 +43,14 @@ impl Default for SandboxLimits {
         SandboxLimits {
             memory: 256 << 20,
             deadline: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(600),
         }
     }
 }
+
+/// The deepest wasm stack a driver call may use (wasmtime's default, pinned: host threads
+/// that run driver calls have at least 2 MiB of stack).
+pub const MAX_WASM_STACK: usize = 512 << 10;
 
 /// The process-wide wasmtime engine and its epoch ticker.
 #[derive(Clone)]
@@ -60,6 +69,7 @@ impl SandboxEngine {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        config.max_wasm_stack(MAX_WASM_STACK);
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let created = SandboxEngine { engine };
         let shared = SHARED.get_or_init(|| {
@@ -221,6 +231,7 @@ impl DriverRuntime {
         };
         let mut linker: Linker<HostState> = Linker::new(&engine.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
+        link_bounded_poll(&mut linker).map_err(setup)?;
         type Data = wasmtime::component::HasSelf<HostState>;
         wit::types::add_to_linker::<HostState, Data>(&mut linker, |s| s).map_err(setup)?;
         for cap in grants {
@@ -312,18 +323,11 @@ impl DriverRuntime {
                 path: self.home_path.clone(),
                 reason: format!("{e:#}"),
             })?;
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory)
-            .instances(16)
-            .tables(64)
-            .memories(4)
-            .trap_on_grow_failure(true)
-            .build();
         let state = HostState::new(
             self.name.clone(),
             self.home.clone(),
             wasi.build(),
-            limits,
+            CallBudget::new(self.limits.memory),
             MAX_HOST_RESOURCES,
         )
         .with_run_dir(self.run_dir.clone())
@@ -332,17 +336,13 @@ impl DriverRuntime {
         store.limiter(|s| &mut s.limits);
         store.set_hostcall_fuel(MAX_HOSTCALL_BYTES);
         store.set_epoch_deadline(1);
-        let deadline = self.limits.deadline;
-        store.epoch_deadline_callback(move |ctx| {
-            let state = ctx.data();
-            let guest_time = state.started.elapsed().saturating_sub(state.host_time);
-            if guest_time >= deadline {
-                Err(wasmtime::Error::new(DeadlineExceeded))
-            } else {
-                Ok(UpdateDeadline::Continue(1))
-            }
+        store.epoch_deadline_callback(move |ctx| match ctx.data().exceeded() {
+            Some(which) => Err(wasmtime::Error::new(which)),
+            None => Ok(UpdateDeadline::Continue(1)),
         });
-        store.data_mut().started = Instant::now();
+        store
+            .data_mut()
+            .start_clock(self.limits.deadline, self.limits.call_timeout);
         let result = self
             .pre
             .instantiate(&mut store)
@@ -362,15 +362,24 @@ impl DriverRuntime {
                 crate::sandbox::host::sanitize(&captured)
             )
         };
-        let chain = format!("{e:?}");
-        if e.downcast_ref::<DeadlineExceeded>().is_some() {
-            return SandboxError::Deadline {
-                driver: self.name.clone(),
-                op: op.into(),
-                deadline: self.limits.deadline,
-            };
+        match e.downcast_ref::<DeadlineExceeded>() {
+            Some(DeadlineExceeded::Guest) => {
+                return SandboxError::Deadline {
+                    driver: self.name.clone(),
+                    op: op.into(),
+                    deadline: self.limits.deadline,
+                };
+            }
+            Some(DeadlineExceeded::Wall) => {
+                return SandboxError::CallTimeout {
+                    driver: self.name.clone(),
+                    op: op.into(),
+                    limit: self.limits.call_timeout,
+                };
+            }
+            None => {}
         }
-        if chain.contains("forcing trap when growing memory") {
+        if e.downcast_ref::<BudgetExceeded>().is_some() {
             return SandboxError::OutOfMemory {
                 driver: self.name.clone(),
                 op: op.into(),

@@ -27,6 +27,9 @@
 //! | `error-text=TEXT`      | fails with `invalid-argument` carrying TEXT (e.g. escapes)   |
 //! | `log-text=TEXT`        | logs TEXT (warn), then creates the layer                    |
 //! | `panic-text=TEXT`      | prints TEXT to stderr and panics with it                    |
+//! | `sleep=SECS`           | `std::thread::sleep` (a blocking WASI wait)                 |
+//! | `host-loop=stat`       | `files.stat` forever (small host calls)                     |
+//! | `host-loop=copy`       | `copy.copy-tree` of `dir` forever (bulk host work)          |
 //!
 //! | option (on `init`)     | what the driver does                                        |
 //! |------------------------|-------------------------------------------------------------|
@@ -99,6 +102,35 @@ fn hostile_text(options: &Options) -> Option<Result<(), Error>> {
     None
 }
 
+/// The `sleep` and `host-loop` options: a driver that waits or keeps the host busy.
+fn hostile_time(id: &str, options: &Options) -> Option<Result<(), Error>> {
+    if let Some(secs) = options.get("sleep") {
+        let Ok(secs) = secs.parse::<u64>() else {
+            return Some(Err(error::invalid_argument("sleep=SECS")));
+        };
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        return Some(Ok(()));
+    }
+    match options.get("host-loop") {
+        Some("stat") => loop {
+            if let Err(e) = files::stat("dir") {
+                return Some(Err(e));
+            }
+        },
+        Some("copy") => {
+            let scratch = format!("scratch-{id}");
+            loop {
+                // Whatever the host answers (even `busy` once the call is out of time), ask
+                // again.
+                let _ = copy::copy_tree("dir", &scratch, copy::CopyMode::Copy);
+                let _ = files::remove_tree(&scratch);
+            }
+        }
+        Some(_) => Some(Err(error::invalid_argument("host-loop=stat|copy"))),
+        None => None,
+    }
+}
+
 impl Driver for Hostile {
     fn init(options: Options) -> Result<DriverInfo, Error> {
         ensure_dir("dir", 0o700)?;
@@ -154,6 +186,9 @@ impl Driver for Hostile {
             return btrfs::delete_subvolume(path);
         }
         if let Some(r) = hostile_zfs(id, &options) {
+            return r;
+        }
+        if let Some(r) = hostile_time(id, &options) {
             return r;
         }
         if options.get("loop").is_some() {
