@@ -24,6 +24,9 @@
 //! | `alloc=1`              | allocates without bound                                     |
 //! | `panic=1`              | panics                                                      |
 //! | `host-calls=N`         | (benign) makes N `files.stat` calls first, for benchmarks   |
+//! | `symlink=PATH=TARGET`  | makes PATH a symlink to TARGET (for plans through it)       |
+//! | `repoint=PATH=TARGET`  | renames PATH to `PATH.moved` and puts a symlink to TARGET   |
+//! |                        | in its place: re-points what an earlier plan named          |
 //!
 //! | option (on mount)      | the plan it returns                                         |
 //! |------------------------|-------------------------------------------------------------|
@@ -73,6 +76,24 @@ fn hostile_zfs(id: &str, options: &Options) -> Option<Result<(), Error>> {
     None
 }
 
+/// The `symlink` and `repoint` options: symlinks in the home, made after the fact.
+fn hostile_links(options: &Options) -> Option<Result<(), Error>> {
+    if let Some(spec) = options.get("symlink") {
+        let (path, target) = spec.split_once('=').unwrap_or((spec, "."));
+        return Some(files::symlink(target, path));
+    }
+    if let Some(spec) = options.get("repoint") {
+        let (path, target) = spec.split_once('=').unwrap_or((spec, "."));
+        let moved = format!("{path}.moved");
+        return Some(
+            std::fs::rename(path, &moved)
+                .map_err(|e| error::from_io(format!("renaming {path}"), e))
+                .and_then(|()| files::symlink(target, path)),
+        );
+    }
+    None
+}
+
 impl Driver for Hostile {
     fn init(_options: Options) -> Result<DriverInfo, Error> {
         ensure_dir("dir", 0o700)?;
@@ -115,6 +136,9 @@ impl Driver for Hostile {
             return btrfs::delete_subvolume(path);
         }
         if let Some(r) = hostile_zfs(id, &options) {
+            return r;
+        }
+        if let Some(r) = hostile_links(&options) {
             return r;
         }
         if options.get("loop").is_some() {
