@@ -418,10 +418,12 @@ impl LayerStore {
         for n in &new.names {
             validate_id("layer name", n)?;
         }
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(self.db("starting a transaction"))?;
+        // IMMEDIATE: this transaction reads before it writes, and a deferred one would fail
+        // with "database is locked" instead of waiting when another connection (a snapshot
+        // record, written without the store lock) commits in between.
+        let tx =
+            rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
+                .map_err(self.db("starting a transaction"))?;
         if self.exists(&id)? {
             return Err(StoreError::AlreadyExists(id));
         }
