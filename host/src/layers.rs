@@ -517,14 +517,13 @@ impl Strata {
             return Ok(self.store.decrement_mount(&layer.id, false)?);
         }
         match layer.mount_id {
-            Some(mount_id) if Path::new(&mount_point) == self.mounts.mount_point(&layer.id) => {
-                self.mounts
-                    .unmount(&layer.id, mount_id, force)
-                    .map_err(|cause| LayerError::Unmount {
-                        id: layer.id.clone(),
-                        cause: Box::new(cause),
-                    })?
-            }
+            Some(mount_id) if Path::new(&mount_point) == self.mounts.mount_point(&layer.id) => self
+                .mounts
+                .unmount(&layer.id, mount_id, force)
+                .map_err(|cause| LayerError::Unmount {
+                    id: layer.id.clone(),
+                    cause: Box::new(cause),
+                })?,
             // A record this host cannot verify: only the operator clears it.
             _ if force => {}
             _ => {

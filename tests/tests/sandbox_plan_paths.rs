@@ -102,13 +102,19 @@ fn a_plan_path_through_a_symlink_is_denied() {
     for (k, v) in plans {
         let err = s
             .mount("l", &[(k.to_string(), v.to_string())])
-            .expect_err(&format!("plan {k}={v} goes through a symlink and must be refused"));
+            .expect_err(&format!(
+                "plan {k}={v} goes through a symlink and must be refused"
+            ));
         match &err {
             LayerError::Plan(p) => assert!(p.is_denied(), "{k}={v}: {err}"),
             other => panic!("{k}={v}: expected a refused plan, got {other}"),
         }
         assert!(err.to_string().contains("symlink"), "{k}={v}: {err}");
-        assert_eq!(s.get("l").unwrap().mount_count, 0, "{k}={v}: nothing mounted");
+        assert_eq!(
+            s.get("l").unwrap().mount_count,
+            0,
+            "{k}={v}: nothing mounted"
+        );
     }
     let p = s.mount("l", &[]).expect("the honest plan still mounts");
     s.unmount("l", false).unwrap();
@@ -151,7 +157,11 @@ fn repointing_the_plan_after_mount_changes_nothing_the_host_hands_out_or_unmount
         Some(p.to_string_lossy().as_ref())
     );
     assert_eq!(std::fs::read(p.join("layer-file")).unwrap(), b"layer");
-    assert!(!p.join("host-secret").exists(), "{} shows host files", p.display());
+    assert!(
+        !p.join("host-secret").exists(),
+        "{} shows host files",
+        p.display()
+    );
     // A second mount returns the same, live mount.
     assert_eq!(s.mount("l", &[]).unwrap(), p);
     s.unmount("l", false).unwrap();
@@ -190,12 +200,14 @@ fn containerd_mounts_cannot_be_repointed_to_host_directories() {
         .build()
         .unwrap();
     let mounts = rt
-        .block_on(service.prepare(tonic::Request::new(pb::PrepareSnapshotRequest {
-            snapshotter: "strata".into(),
-            key: "active".into(),
-            parent: String::new(),
-            labels: Default::default(),
-        })))
+        .block_on(
+            service.prepare(tonic::Request::new(pb::PrepareSnapshotRequest {
+                snapshotter: "strata".into(),
+                key: "active".into(),
+                parent: String::new(),
+                labels: Default::default(),
+            })),
+        )
         .expect("prepare")
         .into_inner()
         .mounts;
@@ -238,7 +250,10 @@ fn containerd_mounts_cannot_be_repointed_to_host_directories() {
         std::fs::write(rootfs.join(format!("written-{n}")), b"container").unwrap();
         let status = Command::new("umount").arg("-R").arg(&rootfs).status();
         assert!(status.unwrap().success());
-        assert!(!leaked, "the container's rootfs is the host's directory: {ms:?}");
+        assert!(
+            !leaked,
+            "the container's rootfs is the host's directory: {ms:?}"
+        );
         assert!(
             !host.join(&layer).join(format!("written-{n}")).exists(),
             "a container write landed in the host's directory"
@@ -259,10 +274,12 @@ fn containerd_mounts_cannot_be_repointed_to_host_directories() {
     let home = s.driver().home_path();
     std::fs::remove_file(home.join("dir")).unwrap();
     std::fs::rename(home.join("dir.moved"), home.join("dir")).unwrap();
-    rt.block_on(service.remove(tonic::Request::new(pb::RemoveSnapshotRequest {
-        snapshotter: "strata".into(),
-        key: "active".into(),
-    })))
+    rt.block_on(
+        service.remove(tonic::Request::new(pb::RemoveSnapshotRequest {
+            snapshotter: "strata".into(),
+            key: "active".into(),
+        })),
+    )
     .expect("remove");
     assert!(
         !std::fs::read_to_string("/proc/self/mountinfo")

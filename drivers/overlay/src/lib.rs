@@ -203,7 +203,8 @@ fn checked_lowers(id: &str) -> Result<Vec<String>, Error> {
 /// The `<id>/diff` directory an `l/<LID>` link points to: mount plans name real directories
 /// (the host refuses a plan path through a symlink), so each lower is given by its target.
 fn link_target(link: &str) -> Result<String, Error> {
-    let target = std::fs::read_link(link).map_err(|e| error::from_io(format!("reading {link}"), e))?;
+    let target =
+        std::fs::read_link(link).map_err(|e| error::from_io(format!("reading {link}"), e))?;
     let target = target.to_string_lossy();
     match target
         .strip_prefix("../")

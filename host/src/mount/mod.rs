@@ -192,13 +192,15 @@ impl MountDir {
         self.dir.private_subdir(id).map_err(err)?;
         for _ in 0..MAX_STALE_MOUNTS {
             match sys::mount::mounted_id_at(self.dir.as_fd(), name).map_err(err)? {
-                Some(stale) => sys::mount::unmount_at(self.dir.as_fd(), name, stale, true)
-                    .map_err(err)?,
+                Some(stale) => {
+                    sys::mount::unmount_at(self.dir.as_fd(), name, stale, true).map_err(err)?
+                }
                 None => break,
             }
         }
         let at = self.dir.private_subdir(id).map_err(err)?;
-        plan.execute(id, &at).inspect_err(|_| self.remove_mount_point(id))
+        plan.execute(id, &at)
+            .inspect_err(|_| self.remove_mount_point(id))
     }
 
     /// Removes layer `id`'s mount point when it is an empty directory with nothing mounted.

@@ -341,7 +341,7 @@ impl LayerStore {
                 "UPDATE layers SET mount_count = 0, mount_point = NULL, mount_id = NULL",
                 [],
             )
-                .map_err(self.db("resetting mount counts after a reboot"))?;
+            .map_err(self.db("resetting mount counts after a reboot"))?;
             tx.execute(
                 "INSERT INTO meta(key, value) VALUES('boot_id', ?1)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -421,9 +421,11 @@ impl LayerStore {
         // IMMEDIATE: this transaction reads before it writes, and a deferred one would fail
         // with "database is locked" instead of waiting when another connection (a snapshot
         // record, written without the store lock) commits in between.
-        let tx =
-            rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
-                .map_err(self.db("starting a transaction"))?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(self.db("starting a transaction"))?;
         if self.exists(&id)? {
             return Err(StoreError::AlreadyExists(id));
         }

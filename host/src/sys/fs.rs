@@ -345,7 +345,8 @@ impl Dir {
             }
             if e == rustix::io::Errno::LOOP && self.confinement == Confinement::NoSymlinks {
                 err.kind = ErrorKind::Denied;
-                err.detail = Some("the path goes through a symlink, which is not allowed here".into());
+                err.detail =
+                    Some("the path goes through a symlink, which is not allowed here".into());
             }
             err
         })

@@ -129,11 +129,7 @@ pub fn bind(source: &Dir, target: &Dir, target_path: &Path, read_only: bool) -> 
     // `/proc/self/fd/N` of the attached tree is the new mount's root, whatever its path.
     let mounted = fd_path(&tree);
     if read_only
-        && let Err(e) = mount_remount(
-            mounted.as_str(),
-            MountFlags::BIND | MountFlags::RDONLY,
-            "",
-        )
+        && let Err(e) = mount_remount(mounted.as_str(), MountFlags::BIND | MountFlags::RDONLY, "")
     {
         let _ = sys_unmount(mounted.as_str(), UnmountFlags::DETACH);
         return Err(SysError::from_errno(
