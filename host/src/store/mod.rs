@@ -799,8 +799,11 @@ mod tests {
         }
         // Turn it back into what the first schema wrote.
         let conn = Connection::open(d.path().join("layers.db")).unwrap();
-        conn.execute_batch("ALTER TABLE layers DROP COLUMN template; PRAGMA user_version = 1;")
-            .unwrap();
+        conn.execute_batch(
+            "ALTER TABLE layers DROP COLUMN template; ALTER TABLE layers DROP COLUMN mount_id;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
         drop(conn);
         let s = store(d.path());
         let old = s.get("old").unwrap();
