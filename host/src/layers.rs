@@ -63,6 +63,22 @@ pub enum LayerError {
         driver: String,
         others: Vec<String>,
     },
+    #[error(
+        "layer {id} was mounted at {mount_point} by an older strata, which recorded no mount id; \
+         unmount it with umount(8), then clear the record with `strata layer unmount --force {id}`"
+    )]
+    UnverifiedMount { id: String, mount_point: String },
+    #[error(
+        "driver {driver}'s home {home} would overlap the host's mount directory {mounts}; \
+         load the driver under another name"
+    )]
+    HomeOverlapsMounts {
+        driver: String,
+        home: PathBuf,
+        mounts: PathBuf,
+    },
+    #[error("host mount directory {path}: {cause}")]
+    MountDir { path: PathBuf, cause: Box<SysError> },
     #[error("applying onto layer {id} failed, so the layer was removed: {cause}")]
     ApplyFailed { id: String, cause: Box<LayerError> },
 }
@@ -118,6 +134,8 @@ pub struct Applied {
 pub struct Strata {
     config: Config,
     store: LayerStore,
+    /// The host's own mount points (`<root>/mounts/<id>`): where layers appear.
+    mounts: mount::MountDir,
     driver: DriverRuntime,
     component: DriverComponent,
     info: DriverInfo,
@@ -198,6 +216,18 @@ impl Strata {
         let cache = ComponentCache::new(cache_dir);
         let component = DriverComponent::load(&engine, &cache, &location.name, &location.path)?;
         let home = crate::layout::driver_home(&config.root, &location.name);
+        let mounts_path = config.root.join(mount::MOUNTS_DIR);
+        if home.starts_with(&mounts_path) || mounts_path.starts_with(&home) {
+            return Err(LayerError::HomeOverlapsMounts {
+                driver: location.name.clone(),
+                home,
+                mounts: mounts_path,
+            });
+        }
+        let mounts = mount::MountDir::open(&config.root).map_err(|cause| LayerError::MountDir {
+            path: mounts_path.clone(),
+            cause: Box::new(cause),
+        })?;
         std::fs::create_dir_all(&home)
             .map_err(io(format!("creating driver home {}", home.display())))?;
         let limits = SandboxLimits {
@@ -230,6 +260,7 @@ impl Strata {
         let strata = Strata {
             config,
             store,
+            mounts,
             driver,
             component,
             info,
@@ -401,16 +432,38 @@ impl Strata {
         }
     }
 
-    /// Mounts layer `id` (or counts one more user of an existing mount); returns where.
+    /// Mounts layer `id` (or counts one more user of an existing mount); returns where: the
+    /// host's own mount point `<root>/mounts/<id>`, which no driver can re-point.
     pub fn mount(&self, id: &str, options: &[(String, String)]) -> Result<PathBuf> {
         let _lock = self.store.lock_exclusive()?;
         let layer = self.store.get(id)?;
-        if layer.mount_count > 0
-            && let Some(mp) = &layer.mount_point
-        {
-            self.store.increment_mount(&layer.id, mp)?;
+        if let Some(mp) = self.live_mount(&layer) {
+            self.store.increment_mount(&layer.id, &mp)?;
             return Ok(PathBuf::from(mp));
         }
+        self.mount_fresh(&layer, options, None)
+    }
+
+    /// The recorded mount point of `layer` when the mount the host recorded is still there.
+    /// A count whose mount went missing (unmounted behind the host's back, or a mount of an
+    /// older strata without a recorded id) is not a live mount: mounting again restarts it.
+    fn live_mount(&self, layer: &Layer) -> Option<String> {
+        if layer.mount_count == 0 {
+            return None;
+        }
+        let (mp, mount_id) = (layer.mount_point.as_ref()?, layer.mount_id?);
+        (Path::new(mp) == self.mounts.mount_point(&layer.id)
+            && self.mounts.holds(&layer.id, mount_id))
+        .then(|| mp.clone())
+    }
+
+    /// Checks the driver's plan and mounts it on the host's mount point; one user.
+    fn mount_fresh(
+        &self,
+        layer: &Layer,
+        options: &[(String, String)],
+        root_mode: Option<u32>,
+    ) -> Result<PathBuf> {
         let checked = self.checked_plan(
             &layer.id,
             &MountRequest {
@@ -418,10 +471,13 @@ impl Strata {
                 options: options.to_vec(),
             },
         )?;
-        checked.execute(&layer.id)?;
-        let target = checked.target_path().to_path_buf();
+        if let Some(mode) = root_mode {
+            checked.set_bind_root_mode(mode)?;
+        }
+        let mount_id = self.mounts.mount(&layer.id, &checked)?;
+        let target = self.mounts.mount_point(&layer.id);
         self.store
-            .increment_mount(&layer.id, &target.to_string_lossy())?;
+            .record_mount(&layer.id, &target.to_string_lossy(), mount_id)?;
         Ok(target)
     }
 
@@ -431,36 +487,38 @@ impl Strata {
         Ok(mount::check_plan(
             self.driver.name(),
             self.driver.home(),
-            self.driver.home_path(),
             &plan,
             request,
         )?)
     }
 
-    /// Layer `id`'s mount plan, checked, as mounts another process performs (containerd):
-    /// nothing is mounted here. `root_mode` sets the mode of a bind plan's source (a layer
-    /// without parent, whose root containerd expects to be `0755`).
-    pub fn external_mounts(
-        &self,
-        id: &str,
-        read_only: bool,
-        root_mode: Option<u32>,
-    ) -> Result<Vec<mount::ExternalMount>> {
-        let checked = self.checked_plan(
-            id,
-            &MountRequest {
-                read_only,
-                options: vec![],
-            },
-        )?;
-        if let Some(mode) = root_mode {
-            checked.set_bind_root_mode(mode)?;
+    /// Layer `id` mounted by the host for a runtime that keeps it while a record of its own
+    /// says so (containerd's active and view snapshots): one mount, made on the first call
+    /// and returned again by the next ones (made again when it went missing, as after a
+    /// reboot), on the host's mount point, read-only when the layer is. `root_mode` sets the
+    /// mode of a bind plan's source first (a layer without parent, whose root containerd
+    /// expects to be `0755`). [`Strata::release_mount`] ends it.
+    pub fn hold_mount(&self, id: &str, root_mode: Option<u32>) -> Result<PathBuf> {
+        let _lock = self.store.lock_exclusive()?;
+        let layer = self.store.get(id)?;
+        if let Some(mp) = self.live_mount(&layer) {
+            return Ok(PathBuf::from(mp));
         }
-        Ok(checked.external_mounts()?)
+        self.mount_fresh(&layer, &[], root_mode)
+    }
+
+    /// Ends layer `id`'s mount whatever its count (a lazy detach when busy); a layer that is
+    /// not mounted is fine.
+    pub fn release_mount(&self, id: &str) -> Result<()> {
+        match self.unmount(id, true) {
+            Ok(_) | Err(LayerError::NotMounted(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Drops one user of layer `id`'s mount, unmounting on the last; `force` unmounts now
-    /// whatever the count. Returns the users left.
+    /// whatever the count. Returns the users left. Only the mount the host recorded is
+    /// unmounted, through its pinned mount directory.
     pub fn unmount(&self, id: &str, force: bool) -> Result<u32> {
         let _lock = self.store.lock_exclusive()?;
         let layer = self.store.get(id)?;
@@ -470,10 +528,23 @@ impl Strata {
         if layer.mount_count > 1 && !force {
             return Ok(self.store.decrement_mount(&layer.id, false)?);
         }
-        mount::unmount(Path::new(&mount_point), force).map_err(|cause| LayerError::Unmount {
-            id: layer.id.clone(),
-            cause: Box::new(cause),
-        })?;
+        match layer.mount_id {
+            Some(mount_id) if Path::new(&mount_point) == self.mounts.mount_point(&layer.id) => self
+                .mounts
+                .unmount(&layer.id, mount_id, force)
+                .map_err(|cause| LayerError::Unmount {
+                    id: layer.id.clone(),
+                    cause: Box::new(cause),
+                })?,
+            // A record this host cannot verify: only the operator clears it.
+            _ if force => {}
+            _ => {
+                return Err(LayerError::UnverifiedMount {
+                    id: layer.id,
+                    mount_point,
+                });
+            }
+        }
         let left = self.store.decrement_mount(&layer.id, true)?;
         self.driver.unmounted(&layer.id)?;
         Ok(left)
@@ -525,6 +596,7 @@ impl Strata {
         self.store.check_removable(&layer.id)?;
         self.store.mark_incomplete(&layer.id)?;
         self.driver.remove(&layer.id)?;
+        self.mounts.remove_mount_point(&layer.id);
         self.store.delete_record(&layer.id)?;
         Ok(())
     }

@@ -68,7 +68,7 @@ fn watched(
 ) -> Outcome {
     let t = TempStore::new();
     let cfg = config(&t, section);
-    let home = t.root().join(NAME);
+    let home = t.home(NAME);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let s = t

@@ -200,6 +200,23 @@ fn checked_lowers(id: &str) -> Result<Vec<String>, Error> {
     Ok(lowers)
 }
 
+/// The `<id>/diff` directory an `l/<LID>` link points to: mount plans name real directories
+/// (the host refuses a plan path through a symlink), so each lower is given by its target.
+fn link_target(link: &str) -> Result<String, Error> {
+    let target =
+        std::fs::read_link(link).map_err(|e| error::from_io(format!("reading {link}"), e))?;
+    let target = target.to_string_lossy();
+    match target
+        .strip_prefix("../")
+        .and_then(|t| t.strip_suffix("/diff"))
+    {
+        Some(id) if validate_id(id).is_ok() => Ok(diff_dir(id)),
+        _ => Err(error::invalid_argument(format!(
+            "{link} points to {target}, not to a layer's diff directory"
+        ))),
+    }
+}
+
 /// Whether `parent` is the layer `id` was created on (then diffs come from `diff/` alone).
 fn is_direct_parent(id: &str, parent: Option<&str>) -> Result<bool, Error> {
     let lowers = lowers(id)?;
@@ -340,7 +357,10 @@ impl Driver for Overlay {
         let settings = Settings::load()?;
         let target = format!("{id}/merged");
         ensure_dir(&target, 0o700)?;
-        let lowers = checked_lowers(id)?;
+        let lowers = checked_lowers(id)?
+            .iter()
+            .map(|l| link_target(l))
+            .collect::<Result<Vec<_>, _>>()?;
         let kind = if lowers.is_empty() {
             // A base layer is its diff: bind it (overlayfs would need an empty lower).
             MountKind::Bind(BindMount {

@@ -1,12 +1,21 @@
 //! Mount plans: the driver decides, the host checks, then executes.
 //!
 //! A driver's [`MountPlan`] names directories relative to its home. Before any mount syscall
-//! every one of them is resolved beneath the home (an escape is `denied`), overlay options are
-//! checked against [`OVERLAY_OPTIONS`], and a plan that would give write access where the host
-//! asked for a read-only mount is refused. Only then are the resolved descriptors handed to
-//! [`crate::sys::mount`]. Reference counts live in the layer store; this module only mounts
-//! and unmounts.
+//! every one of them is resolved beneath the home without following any symlink (an escape
+//! or a symlink is `denied`), overlay options are checked against [`OVERLAY_OPTIONS`], and a
+//! plan that would give write access where the host asked for a read-only mount is refused.
+//! Only then are the resolved descriptors handed to [`crate::sys::mount`].
+//!
+//! The host mounts a layer on a mount point of its own, `<root>/mounts/<layer id>`
+//! ([`MountDir`]), never on a path in a driver home: everything the host prints, records,
+//! hands to a runtime or unmounts is in a directory no driver can write, so no later driver
+//! call can re-point it (a renamed directory or a symlink in the home changes nothing that
+//! was mounted from descriptors). The plan's `target` is still checked, as a directory the
+//! driver reserves for the layer, but nothing is mounted on it. A mount is identified by its
+//! mount id, recorded with the layer, and unmounted only through the pinned mount directory
+//! after checking that id. Reference counts live in the layer store.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crate::sandbox::{MountKind, MountPlan, MountRequest};
@@ -77,89 +86,16 @@ enum Resolved {
     },
 }
 
-/// A mount for another process to perform (containerd mounts what its snapshotter returns):
-/// host paths, `mount(8)`-style options.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExternalMount {
-    pub kind: String,
-    pub source: String,
-    pub options: Vec<String>,
-}
-
 /// A plan whose every path has been resolved beneath the driver home and whose options are
 /// allowed: safe to execute.
 pub struct CheckedPlan {
-    target: sys::Dir,
-    target_path: PathBuf,
     read_only: bool,
     resolved: Resolved,
 }
 
 impl CheckedPlan {
-    /// The absolute host path where the layer appears once mounted.
-    pub fn target_path(&self) -> &Path {
-        &self.target_path
-    }
-
     pub fn read_only(&self) -> bool {
         self.read_only
-    }
-
-    /// The plan as mounts for another process, by host path: a bind (`rbind`, `ro`/`rw`),
-    /// or an overlay with `lowerdir=` nearest layer first (one lower directory and no upper
-    /// is a read-only bind of it, as overlayfs wants two lowers without an upper). The paths
-    /// were resolved beneath the driver home when the plan was checked; one holding `:` or
-    /// `,` cannot be passed in overlay options and is refused.
-    pub fn external_mounts(&self) -> Result<Vec<ExternalMount>, PlanError> {
-        let path = |d: &sys::Dir| -> Result<String, PlanError> {
-            let p = d.path().to_string_lossy().into_owned();
-            if p.contains([':', ',']) {
-                return Err(PlanError::Invalid {
-                    driver: String::new(),
-                    reason: format!("path {p} holds `:` or `,` and cannot be an overlay option"),
-                });
-            }
-            Ok(p)
-        };
-        let bind = |source: &sys::Dir, read_only: bool| -> Result<ExternalMount, PlanError> {
-            Ok(ExternalMount {
-                kind: "bind".into(),
-                source: path(source)?,
-                options: vec![if read_only { "ro" } else { "rw" }.into(), "rbind".into()],
-            })
-        };
-        match &self.resolved {
-            Resolved::Bind { source } => Ok(vec![bind(source, self.read_only)?]),
-            Resolved::Overlay {
-                lower,
-                upper: None,
-                work: None,
-                ..
-            } if lower.len() == 1 => Ok(vec![bind(&lower[0], true)?]),
-            Resolved::Overlay {
-                lower,
-                upper,
-                work,
-                options,
-            } => {
-                let mut opts = Vec::new();
-                if let (Some(u), Some(w)) = (upper, work) {
-                    opts.push(format!("workdir={}", path(w)?));
-                    opts.push(format!("upperdir={}", path(u)?));
-                }
-                let lowers = lower.iter().map(path).collect::<Result<Vec<_>, _>>()?;
-                opts.push(format!("lowerdir={}", lowers.join(":")));
-                opts.extend(options.iter().cloned());
-                if self.read_only && upper.is_some() {
-                    opts.push("ro".into());
-                }
-                Ok(vec![ExternalMount {
-                    kind: "overlay".into(),
-                    source: "overlay".into(),
-                    options: opts,
-                }])
-            }
-        }
     }
 
     /// Sets the mode of a bind plan's source directory (the layer's root): containerd expects
@@ -176,12 +112,19 @@ impl CheckedPlan {
         Ok(())
     }
 
-    /// Performs the mount.
-    pub fn execute(&self, id: &str) -> Result<(), PlanError> {
+    /// Mounts the plan on `at` (a host-owned directory, named `at_path` in messages); returns
+    /// the new mount's id. An overlay of one lower directory and no upper is a read-only bind
+    /// of that directory (overlayfs wants two lowers without an upper).
+    pub fn execute(&self, id: &str, at: &sys::Dir) -> Result<u64, PlanError> {
+        let at_path = at.path();
         let r = match &self.resolved {
-            Resolved::Bind { source } => {
-                sys::mount::bind(source, &self.target, &self.target_path, self.read_only)
-            }
+            Resolved::Bind { source } => sys::mount::bind(source, at, at_path, self.read_only),
+            Resolved::Overlay {
+                lower,
+                upper: None,
+                work: None,
+                ..
+            } if lower.len() == 1 => sys::mount::bind(&lower[0], at, at_path, true),
             Resolved::Overlay {
                 lower,
                 upper,
@@ -195,26 +138,119 @@ impl CheckedPlan {
                     options,
                     read_only: self.read_only,
                 };
-                sys::mount::overlay(&spec, &self.target, &self.target_path)
+                sys::mount::overlay(&spec, at, at_path)
             }
         };
         r.map_err(|cause| PlanError::Mount {
             id: id.into(),
-            target: self.target_path.clone(),
+            target: at_path.to_path_buf(),
             cause,
         })
     }
 }
 
-/// Checks `plan` (from driver `driver`, whose home is `home` at `home_path`) against the
-/// sandbox and against `request`.
+/// The directory, beneath the store root, holding the host's mount points.
+pub const MOUNTS_DIR: &str = "mounts";
+/// The most mounts found stacked on one of the host's mount points that are detached before
+/// mounting there again (left by a crash between a mount and its record).
+pub const MAX_STALE_MOUNTS: usize = 16;
+
+/// The host's own mount points: `<root>/mounts/<layer id>`, mode 0700, owned by the host's
+/// user, outside every driver home. Opened once; every operation goes through its
+/// descriptor.
+pub struct MountDir {
+    dir: sys::Dir,
+}
+
+impl MountDir {
+    /// Opens (creating) `<root>/mounts`.
+    pub fn open(root: &Path) -> Result<MountDir, SysError> {
+        Ok(MountDir {
+            dir: sys::Dir::open_private(&root.join(MOUNTS_DIR))?,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Where layer `id` is mounted.
+    pub fn mount_point(&self, id: &str) -> PathBuf {
+        self.dir.path().join(id)
+    }
+
+    /// Mounts `plan` for layer `id` on its mount point (made if missing); returns the mount
+    /// id. Mounts already there belong to no record (the caller saw the layer unmounted):
+    /// they are left by a crash between a mount and its record, and are detached first.
+    pub fn mount(&self, id: &str, plan: &CheckedPlan) -> Result<u64, PlanError> {
+        let err = |cause: SysError| PlanError::Mount {
+            id: id.into(),
+            target: self.mount_point(id),
+            cause,
+        };
+        let name = std::ffi::OsStr::new(id);
+        self.dir.private_subdir(id).map_err(err)?;
+        for _ in 0..MAX_STALE_MOUNTS {
+            match sys::mount::mounted_id_at(self.dir.as_fd(), name).map_err(err)? {
+                Some(stale) => {
+                    sys::mount::unmount_at(self.dir.as_fd(), name, stale, true).map_err(err)?
+                }
+                None => break,
+            }
+        }
+        let at = self.dir.private_subdir(id).map_err(err)?;
+        plan.execute(id, &at)
+            .inspect_err(|_| self.remove_mount_point(id))
+    }
+
+    /// Removes layer `id`'s mount point when it is an empty directory with nothing mounted.
+    pub fn remove_mount_point(&self, id: &str) {
+        let _ = sys::fs::unlink_at(self.dir.as_fd(), std::ffi::OsStr::new(id), true);
+    }
+
+    /// Whether the mount `mount_id` is (still) the one at layer `id`'s mount point.
+    pub fn holds(&self, id: &str, mount_id: u64) -> bool {
+        sys::mount::mounted_id_at(self.dir.as_fd(), std::ffi::OsStr::new(id))
+            .is_ok_and(|m| m == Some(mount_id))
+    }
+
+    /// Unmounts layer `id`'s mount `mount_id` (only that one; `force` detaches it lazily
+    /// when busy) and removes the emptied mount point. Nothing mounted there any more counts
+    /// as unmounted.
+    pub fn unmount(&self, id: &str, mount_id: u64, force: bool) -> Result<(), SysError> {
+        let name = std::ffi::OsStr::new(id);
+        let r = match sys::mount::unmount_at(self.dir.as_fd(), name, mount_id, false) {
+            Err(e) if force && e.kind == sys::ErrorKind::Busy => {
+                sys::mount::unmount_at(self.dir.as_fd(), name, mount_id, true)
+            }
+            other => other,
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if e.kind == sys::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.remove_mount_point(id);
+        Ok(())
+    }
+}
+
+/// Checks `plan` (from driver `driver`, whose home is `home`) against the sandbox and against
+/// `request`.
 pub fn check_plan(
     driver: &str,
     home: &sys::Dir,
-    home_path: &Path,
     plan: &MountPlan,
     request: &MountRequest,
 ) -> Result<CheckedPlan, PlanError> {
+    // No symlink anywhere in a plan path: what was checked is what gets mounted.
+    let home = home
+        .with_confinement(sys::fs::Confinement::NoSymlinks)
+        .map_err(|cause| PlanError::Mount {
+            id: String::new(),
+            target: home.path().to_path_buf(),
+            cause,
+        })?;
     let resolve = |role: &'static str, path: &str| {
         home.open_dir(path).map_err(|e| PlanError::Path {
             driver: driver.into(),
@@ -238,7 +274,9 @@ pub fn check_plan(
             "the mount target may not be the driver home itself".into(),
         ));
     }
-    let target = resolve("target", &plan.target)?;
+    // The target is a directory the driver reserves for the layer; the host mounts on its
+    // own mount point instead (see the module doc), but a plan naming a bad one is refused.
+    resolve("target", &plan.target)?;
     let resolved = match &plan.kind {
         MountKind::Bind(bind) => Resolved::Bind {
             source: resolve("bind source", &bind.source)?,
@@ -292,17 +330,7 @@ pub fn check_plan(
         }
     };
     Ok(CheckedPlan {
-        target,
-        target_path: home_path.join(&plan.target),
         read_only: plan.read_only || request.read_only,
         resolved,
     })
-}
-
-/// Unmounts a layer's mount point; `force` detaches a busy mount lazily.
-pub fn unmount(target: &Path, force: bool) -> Result<(), SysError> {
-    match sys::mount::unmount(target, false) {
-        Err(e) if force && e.kind == sys::ErrorKind::Busy => sys::mount::unmount(target, true),
-        other => other,
-    }
 }

@@ -28,7 +28,7 @@ pub const MAX_CHAIN_DEPTH: usize = 1024;
 /// How long a writer waits for another process's transaction.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -94,6 +94,9 @@ pub struct Layer {
     pub incomplete: bool,
     pub mount_count: u32,
     pub mount_point: Option<String>,
+    /// The id of the mount the host made at `mount_point` (`statx` mount id): an unmount
+    /// acts only on that mount.
+    pub mount_id: Option<u64>,
     /// The layer this one was created from as a copy (`layer create --template`). The driver
     /// may build on the template's data, so the template cannot be removed before this layer.
     pub template: Option<String>,
@@ -168,7 +171,7 @@ pub(crate) fn current_boot_id() -> String {
 }
 
 const COLUMNS: &str = "id, parent, names, created, driver, read_write, compressed_digest, \
-     compressed_size, uncompressed_digest, uncompressed_size, incomplete, mount_count, mount_point, template";
+     compressed_size, uncompressed_digest, uncompressed_size, incomplete, mount_count, mount_point, template, mount_id";
 
 fn row_to_layer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Layer> {
     let names: String = row.get(2)?;
@@ -187,6 +190,7 @@ fn row_to_layer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Layer> {
         mount_count: row.get(11)?,
         mount_point: row.get(12)?,
         template: row.get(13)?,
+        mount_id: row.get::<_, Option<i64>>(14)?.map(|v| v as u64),
     })
 }
 
@@ -311,6 +315,16 @@ impl LayerStore {
                 .execute_batch(snapshots::SCHEMA_V4)
                 .map_err(self.db("adding containerd snapshots to the schema"))?;
         }
+        if version < 5 {
+            self.conn
+                .execute_batch(
+                    "BEGIN IMMEDIATE;
+                     ALTER TABLE layers ADD COLUMN mount_id INTEGER;
+                     PRAGMA user_version = 5;
+                     COMMIT;",
+                )
+                .map_err(self.db("adding mount ids to the schema"))?;
+        }
         let stored: Option<String> = self
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| {
@@ -323,8 +337,11 @@ impl LayerStore {
                 .conn
                 .unchecked_transaction()
                 .map_err(self.db("starting a transaction"))?;
-            tx.execute("UPDATE layers SET mount_count = 0, mount_point = NULL", [])
-                .map_err(self.db("resetting mount counts after a reboot"))?;
+            tx.execute(
+                "UPDATE layers SET mount_count = 0, mount_point = NULL, mount_id = NULL",
+                [],
+            )
+            .map_err(self.db("resetting mount counts after a reboot"))?;
             tx.execute(
                 "INSERT INTO meta(key, value) VALUES('boot_id', ?1)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -401,10 +418,14 @@ impl LayerStore {
         for n in &new.names {
             validate_id("layer name", n)?;
         }
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(self.db("starting a transaction"))?;
+        // IMMEDIATE: this transaction reads before it writes, and a deferred one would fail
+        // with "database is locked" instead of waiting when another connection (a snapshot
+        // record, written without the store lock) commits in between.
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(self.db("starting a transaction"))?;
         if self.exists(&id)? {
             return Err(StoreError::AlreadyExists(id));
         }
@@ -709,13 +730,34 @@ impl LayerStore {
         Ok(self.get_exact(id)?.map(|l| l.mount_count).unwrap_or(0))
     }
 
+    /// Layer `id`'s first user: the host mounted it at `mount_point` as mount `mount_id`.
+    pub fn record_mount(
+        &self,
+        id: &str,
+        mount_point: &str,
+        mount_id: u64,
+    ) -> Result<u32, StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE layers SET mount_count = 1, mount_point = ?2, mount_id = ?3 WHERE id = ?1",
+                params![id, mount_point, mount_id as i64],
+            )
+            .map_err(self.db("recording a mount"))?;
+        if n == 0 {
+            return Err(StoreError::NotFound(id.into()));
+        }
+        Ok(1)
+    }
+
     /// One user fewer (`force`: none); returns the count left.
     pub fn decrement_mount(&self, id: &str, force: bool) -> Result<u32, StoreError> {
         let sql = if force {
-            "UPDATE layers SET mount_count = 0, mount_point = NULL WHERE id = ?1"
+            "UPDATE layers SET mount_count = 0, mount_point = NULL, mount_id = NULL WHERE id = ?1"
         } else {
             "UPDATE layers SET mount_count = MAX(mount_count - 1, 0),
-               mount_point = CASE WHEN mount_count <= 1 THEN NULL ELSE mount_point END
+               mount_point = CASE WHEN mount_count <= 1 THEN NULL ELSE mount_point END,
+               mount_id = CASE WHEN mount_count <= 1 THEN NULL ELSE mount_id END
              WHERE id = ?1"
         };
         let n = self
@@ -789,8 +831,11 @@ mod tests {
         }
         // Turn it back into what the first schema wrote.
         let conn = Connection::open(d.path().join("layers.db")).unwrap();
-        conn.execute_batch("ALTER TABLE layers DROP COLUMN template; PRAGMA user_version = 1;")
-            .unwrap();
+        conn.execute_batch(
+            "ALTER TABLE layers DROP COLUMN template; ALTER TABLE layers DROP COLUMN mount_id;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
         drop(conn);
         let s = store(d.path());
         let old = s.get("old").unwrap();

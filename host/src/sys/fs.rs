@@ -119,6 +119,10 @@ pub enum Confinement {
     /// Absolute symlinks and `..` resolve against the directory as if it were `/` (tar
     /// entries of a layer).
     InRoot,
+    /// [`Confinement::Beneath`] without any symlink on the way (mount plan paths): a
+    /// directory handed to the kernel for a mount is reached through real directories only,
+    /// so the path that was checked is the path of what gets mounted.
+    NoSymlinks,
 }
 
 /// An open directory that confines every path resolved through it.
@@ -200,6 +204,64 @@ impl Dir {
         })
     }
 
+    /// Opens (creating, mode 0700) a directory that only this process's user may use: the
+    /// host's own mount points live in one. The directory must not be a symlink and must be
+    /// owned by the effective user; its mode is set back to 0700 when it is wider.
+    pub fn open_private(path: &Path) -> SysResult<Dir> {
+        match rustix::fs::mkdir(path, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(SysError::from_errno("mkdir", path, e)),
+        }
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io_err("open", path))?;
+        let st = rustix::fs::fstat(&fd).map_err(io_err("fstat", path))?;
+        if st.st_uid != rustix::process::geteuid().as_raw() {
+            return Err(SysError::without_errno(
+                ErrorKind::Denied,
+                "open",
+                path,
+                format!("owned by uid {}, not by the user running strata", st.st_uid),
+            ));
+        }
+        if st.st_mode & 0o077 != 0 {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700)).map_err(io_err("fchmod", path))?;
+        }
+        Ok(Dir {
+            fd,
+            path: path.to_path_buf(),
+            confinement: Confinement::NoSymlinks,
+        })
+    }
+
+    /// Opens (creating, mode 0700, owned by the effective user) the directory `name`, one
+    /// component, directly in this one; a symlink there is not followed (`denied`).
+    pub fn private_subdir(&self, name: &str) -> SysResult<Dir> {
+        let rel = self.checked(name)?;
+        if rel.components().count() != 1 {
+            return Err(SysError::invalid("mkdir", &rel, "not a single name"));
+        }
+        match rustix::fs::mkdirat(&self.fd, &rel, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(SysError::from_errno("mkdirat", self.path.join(&rel), e)),
+        }
+        let fd = rustix::fs::openat(
+            &self.fd,
+            &rel,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| SysError::from_errno("openat", self.path.join(&rel), e))?;
+        Ok(Dir {
+            fd,
+            path: self.path.join(&rel),
+            confinement: self.confinement,
+        })
+    }
+
     /// The root of a mount the host created (a detached mount from `fsmount`).
     pub fn from_mount(fd: OwnedFd, path: PathBuf) -> Dir {
         Dir {
@@ -235,6 +297,9 @@ impl Dir {
             // Driver paths may enter mounts inside the home: every one was made by the host
             // from a checked plan or dataset (zfs mounts a layer's dataset at `layers/ID`).
             Confinement::Beneath => ResolveFlags::NO_MAGICLINKS | ResolveFlags::BENEATH,
+            Confinement::NoSymlinks => {
+                ResolveFlags::NO_MAGICLINKS | ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS
+            }
             // A tar entry never leaves the layer's own filesystem.
             Confinement::InRoot => {
                 ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV | ResolveFlags::IN_ROOT
@@ -277,6 +342,11 @@ impl Dir {
             if e == rustix::io::Errno::XDEV {
                 err.kind = ErrorKind::Denied;
                 err.detail = Some("the path leads outside its directory".into());
+            }
+            if e == rustix::io::Errno::LOOP && self.confinement == Confinement::NoSymlinks {
+                err.kind = ErrorKind::Denied;
+                err.detail =
+                    Some("the path goes through a symlink, which is not allowed here".into());
             }
             err
         })

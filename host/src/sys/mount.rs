@@ -6,8 +6,15 @@
 //! the mount. Overlay layers are given one `lowerdir+` call each (kernel ≥ 6.8) as
 //! `/proc/self/fd/N` of those descriptors, so the one-page limit of the classic option string
 //! never applies.
+//!
+//! A mount the host makes is identified by its mount id (`statx` `STATX_MNT_ID_UNIQUE`, or
+//! `STATX_MNT_ID` on kernels before 6.8), and it is unmounted only through a pinned
+//! descriptor of its parent directory with `UMOUNT_NOFOLLOW`, after checking that the mount
+//! there is still the one recorded ([`unmount_at`]): never by a path text that something
+//! else could re-point.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::mount::{
@@ -16,6 +23,8 @@ use rustix::mount::{
     mount_remount, move_mount, open_tree, unmount as sys_unmount,
 };
 
+use rustix::fs::{AtFlags, StatxAttributes, StatxFlags, statx};
+
 use super::Dir;
 use super::error::{SysError, SysResult};
 
@@ -23,7 +32,77 @@ fn fd_path(fd: &impl AsRawFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-fn attach(mount: &OwnedFd, target: &Dir, target_path: &Path) -> SysResult<()> {
+/// `STATX_MNT_ID_UNIQUE` (Linux 6.8): a 64-bit mount id never reused within a boot. Older
+/// kernels ignore the bit and fill the classic (reusable) `STATX_MNT_ID`.
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+
+fn mount_id_flags() -> StatxFlags {
+    StatxFlags::MNT_ID | StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE)
+}
+
+/// The id of the mount whose root (or any file) `fd` is on.
+pub fn mount_id(fd: BorrowedFd<'_>, what: &Path) -> SysResult<u64> {
+    let st = statx(fd, "", AtFlags::EMPTY_PATH, mount_id_flags())
+        .map_err(|e| SysError::from_errno("statx(mnt_id)", what, e))?;
+    Ok(st.stx_mnt_id)
+}
+
+/// The id of the mount whose root is `name` in `dir` (the topmost one there), or `None` when
+/// `name` is not the root of a mount. `name` is not followed when it is a symlink.
+pub fn mounted_id_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Option<u64>> {
+    let st = statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS | mount_id_flags(),
+    )
+    .map_err(|e| SysError::from_errno("statx", name, e))?;
+    let root = st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+        && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT);
+    Ok(root.then_some(st.stx_mnt_id))
+}
+
+/// Unmounts the mount at `name` in the directory `dir` (an `O_PATH` descriptor the caller
+/// resolved and holds), provided it is the mount `expected` (its mount id); `detach` makes
+/// it lazy. The path given to `umount2` is `/proc/self/fd/DIR/NAME` with `UMOUNT_NOFOLLOW`:
+/// the descriptor's magic link is the pinned directory and the final name is not followed.
+/// A mount point with no mount on it is left alone and answered `not-found`; another mount
+/// there is answered `denied` and left alone.
+pub fn unmount_at(dir: BorrowedFd<'_>, name: &OsStr, expected: u64, detach: bool) -> SysResult<()> {
+    let mut path = PathBuf::from(fd_path(&dir));
+    path.push(name);
+    match mounted_id_at(dir, name)? {
+        None => {
+            return Err(SysError::without_errno(
+                super::ErrorKind::NotFound,
+                "umount2",
+                name,
+                "nothing is mounted there",
+            ));
+        }
+        Some(id) if id != expected => {
+            return Err(SysError::without_errno(
+                super::ErrorKind::Denied,
+                "umount2",
+                name,
+                format!(
+                    "the mount there (id {id}) is not the one the host made (id {expected}); \
+                     left alone"
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    let mut flags = UnmountFlags::NOFOLLOW;
+    if detach {
+        flags |= UnmountFlags::DETACH;
+    }
+    sys_unmount(&path, flags).map_err(|e| SysError::from_errno("umount2", name, e))
+}
+
+/// Attaches the detached `mount` onto the directory `target`; returns the mount's id.
+fn attach(mount: &OwnedFd, target: &Dir, target_path: &Path) -> SysResult<u64> {
+    let id = mount_id(mount.as_fd(), target_path)?;
     move_mount(
         mount.as_fd(),
         "",
@@ -31,12 +110,13 @@ fn attach(mount: &OwnedFd, target: &Dir, target_path: &Path) -> SysResult<()> {
         "",
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
-    .map_err(|e| SysError::from_errno("move_mount", target_path, e))
+    .map_err(|e| SysError::from_errno("move_mount", target_path, e))?;
+    Ok(id)
 }
 
-/// Binds the directory `source` onto `target` (`target_path` names it in messages and for
-/// the read-only remount).
-pub fn bind(source: &Dir, target: &Dir, target_path: &Path, read_only: bool) -> SysResult<()> {
+/// Binds the directory `source` onto `target` (`target_path` names it in messages); returns
+/// the new mount's id. The read-only remount goes through the new mount's own descriptor.
+pub fn bind(source: &Dir, target: &Dir, target_path: &Path, read_only: bool) -> SysResult<u64> {
     let tree = open_tree(
         source.as_fd(),
         "",
@@ -45,20 +125,20 @@ pub fn bind(source: &Dir, target: &Dir, target_path: &Path, read_only: bool) -> 
             | OpenTreeFlags::AT_EMPTY_PATH,
     )
     .map_err(|e| SysError::from_errno("open_tree", source.path(), e))?;
-    attach(&tree, target, target_path)?;
+    let id = attach(&tree, target, target_path)?;
+    // `/proc/self/fd/N` of the attached tree is the new mount's root, whatever its path.
+    let mounted = fd_path(&tree);
     if read_only
-        && let Err(e) = mount_remount(target_path, MountFlags::BIND | MountFlags::RDONLY, "")
+        && let Err(e) = mount_remount(mounted.as_str(), MountFlags::BIND | MountFlags::RDONLY, "")
     {
-        {
-            let _ = sys_unmount(target_path, UnmountFlags::DETACH);
-            return Err(SysError::from_errno(
-                "mount(MS_REMOUNT|MS_RDONLY)",
-                target_path,
-                e,
-            ));
-        }
+        let _ = sys_unmount(mounted.as_str(), UnmountFlags::DETACH);
+        return Err(SysError::from_errno(
+            "mount(MS_REMOUNT|MS_RDONLY)",
+            target_path,
+            e,
+        ));
     }
-    Ok(())
+    Ok(id)
 }
 
 /// What an overlay mount is made of, every directory already resolved.
@@ -170,8 +250,8 @@ fn overlay_mount_fd(
     fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err("fsmount"))
 }
 
-/// Mounts an overlay on `target`.
-pub fn overlay(spec: &OverlaySpec<'_>, target: &Dir, target_path: &Path) -> SysResult<()> {
+/// Mounts an overlay on `target`; returns the new mount's id.
+pub fn overlay(spec: &OverlaySpec<'_>, target: &Dir, target_path: &Path) -> SysResult<u64> {
     overlay_with(spec, LowerdirStyle::detect(), target, target_path)
 }
 
@@ -181,7 +261,7 @@ pub fn overlay_with(
     style: LowerdirStyle,
     target: &Dir,
     target_path: &Path,
-) -> SysResult<()> {
+) -> SysResult<u64> {
     let mnt = overlay_mount_fd(spec, style, target_path)?;
     attach(&mnt, target, target_path)
 }
@@ -201,7 +281,9 @@ pub fn overlay_view(lower: &[&Dir], options: &[String], name: &Path) -> SysResul
     Ok(Dir::from_mount(fd, name.to_path_buf()))
 }
 
-/// Unmounts `target`; `detach` makes it lazy (`MNT_DETACH`) for a forced unmount.
+/// Unmounts `target` by path; `detach` makes it lazy (`MNT_DETACH`). Only for paths no
+/// driver can reach (test and scratch directories the host made): layer mounts go through
+/// [`unmount_at`].
 pub fn unmount(target: &Path, detach: bool) -> SysResult<()> {
     let flags = if detach {
         UnmountFlags::DETACH

@@ -715,7 +715,9 @@ impl Zfs {
                     }
                 }
                 let source = Dir::open_ambient(&private)?;
-                mount::bind(&source, target, target.path(), false).map_err(|e| e.at(target_rel))
+                mount::bind(&source, target, target.path(), false)
+                    .map(|_| ())
+                    .map_err(|e| e.at(target_rel))
             }
         }
     }

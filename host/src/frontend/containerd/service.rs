@@ -2,8 +2,11 @@
 //!
 //! Each snapshot is a Strata layer named `sn<id>` (the record's id, kept across commit), on
 //! the layer of its parent: an active snapshot is a read-write layer, a view a read-only
-//! one. containerd mounts what `Prepare`, `View` and `Mounts` return: the driver's mount
-//! plan, checked by the host, turned into `bind`/`overlay` mounts by host path.
+//! one. The host mounts each active and view snapshot itself (the driver's mount plan,
+//! checked, mounted by descriptor on the host's mount point `<root>/mounts/sn<id>`) and
+//! `Prepare`, `View` and `Mounts` return a bind of that mount point: a directory no driver
+//! can write, so no later driver call can re-point what containerd mounts. The mount is
+//! released on `Commit` and `Remove`, and reconciled at start and on `Cleanup`.
 //!
 //! Ordering for crashes: the record is written first, then the layer (incomplete until the
 //! driver made it); on removal the layer is marked incomplete before the record goes. At
@@ -111,15 +114,14 @@ fn labels_of(map: std::collections::HashMap<String, String>) -> BTreeMap<String,
     map.into_iter().collect()
 }
 
-fn mounts_of(m: Vec<crate::mount::ExternalMount>) -> Vec<Mount> {
-    m.into_iter()
-        .map(|m| Mount {
-            r#type: m.kind,
-            source: m.source,
-            target: String::new(),
-            options: m.options,
-        })
-        .collect()
+/// What containerd mounts for a snapshot: a bind of the host's mount of its layer.
+fn mounts_of(path: std::path::PathBuf, read_only: bool) -> Vec<Mount> {
+    vec![Mount {
+        r#type: "bind".into(),
+        source: path.to_string_lossy().into_owned(),
+        target: String::new(),
+        options: vec![if read_only { "ro" } else { "rw" }.into(), "rbind".into()],
+    }]
 }
 
 impl SnapshotService {
@@ -181,11 +183,12 @@ impl SnapshotService {
                 .and_then(|_| {
                     // containerd's snapshots start as an empty 0755 directory.
                     let root_mode = info.parent.is_none().then_some(0o755);
-                    s.external_mounts(&layer, kind == SnapshotKind::View, root_mode)
+                    s.hold_mount(&layer, root_mode)
                 });
             match made {
-                Ok(mounts) => Ok(mounts_of(mounts)),
+                Ok(path) => Ok(mounts_of(path, kind == SnapshotKind::View)),
                 Err(e) => {
+                    let _ = s.release_mount(&layer);
                     let _ = s.remove(&layer);
                     let _ = s.store().remove_snapshot(&key);
                     Err(layer_status(e))
@@ -214,7 +217,16 @@ pub fn reconcile(s: &Strata) -> Result<(), Status> {
     for info in &snapshots {
         if !complete.contains(layer_id(info.id).as_str()) {
             let _ = s.store().remove_snapshot(&info.key);
+            continue;
         }
+        // Active and view snapshots keep the host's mount (made again after a reboot);
+        // committed ones hold none (a crash between the commit and the release left one).
+        // Failures here show again in the snapshot's next `Mounts` or `Remove`.
+        let layer = layer_id(info.id);
+        let _ = match info.kind {
+            SnapshotKind::Committed => s.release_mount(&layer),
+            SnapshotKind::Active | SnapshotKind::View => s.hold_mount(&layer, None).map(|_| ()),
+        };
     }
     let known: std::collections::HashSet<String> =
         snapshots.iter().map(|i| layer_id(i.id)).collect();
@@ -226,6 +238,7 @@ pub fn reconcile(s: &Strata) -> Result<(), Status> {
     orphans
         .sort_by_key(|l| std::cmp::Reverse(s.store().chain(&l.id).map(|c| c.len()).unwrap_or(0)));
     for l in orphans {
+        s.release_mount(&l.id).map_err(layer_status)?;
         s.remove(&l.id).map_err(layer_status)?;
     }
     Ok(())
@@ -268,8 +281,8 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
                         "snapshot {key} is committed: not active or view"
                     )));
                 }
-                s.external_mounts(&layer_id(info.id), info.kind == SnapshotKind::View, None)
-                    .map(mounts_of)
+                s.hold_mount(&layer_id(info.id), None)
+                    .map(|path| mounts_of(path, info.kind == SnapshotKind::View))
                     .map_err(layer_status)
             })
             .await?;
@@ -292,6 +305,9 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
             s.store()
                 .commit_snapshot(&r.name, &r.key, &labels_of(r.labels), rebase, usage)
                 .map_err(status_of)?;
+            // A committed snapshot is not mounted; a failure here is retried by the next
+            // reconcile (start, `Cleanup`).
+            let _ = s.release_mount(&layer_id(active.id));
             Ok(())
         })
         .await?;
@@ -309,6 +325,7 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
             // The record goes first (refused while it has children); a crash before the
             // layer is gone leaves an `sn` layer without a record, removed at the next start.
             s.store().remove_snapshot(&key).map_err(status_of)?;
+            s.release_mount(&layer).map_err(layer_status)?;
             s.remove(&layer).map_err(layer_status)?;
             Ok(())
         })

@@ -30,6 +30,9 @@
 //! | `sleep=SECS`           | `std::thread::sleep` (a blocking WASI wait)                 |
 //! | `host-loop=stat`       | `files.stat` forever (small host calls)                     |
 //! | `host-loop=copy`       | `copy.copy-tree` of `dir` forever (bulk host work)          |
+//! | `symlink=PATH=TARGET`  | makes PATH a symlink to TARGET (for plans through it)       |
+//! | `repoint=PATH=TARGET`  | renames PATH to `PATH.moved` and puts a symlink to TARGET   |
+//! |                        | in its place: re-points what an earlier plan named          |
 //!
 //! | option (on `init`)     | what the driver does                                        |
 //! |------------------------|-------------------------------------------------------------|
@@ -131,6 +134,24 @@ fn hostile_time(id: &str, options: &Options) -> Option<Result<(), Error>> {
     }
 }
 
+/// The `symlink` and `repoint` options: symlinks in the home, made after the fact.
+fn hostile_links(options: &Options) -> Option<Result<(), Error>> {
+    if let Some(spec) = options.get("symlink") {
+        let (path, target) = spec.split_once('=').unwrap_or((spec, "."));
+        return Some(files::symlink(target, path));
+    }
+    if let Some(spec) = options.get("repoint") {
+        let (path, target) = spec.split_once('=').unwrap_or((spec, "."));
+        let moved = format!("{path}.moved");
+        return Some(
+            std::fs::rename(path, &moved)
+                .map_err(|e| error::from_io(format!("renaming {path}"), e))
+                .and_then(|()| files::symlink(target, path)),
+        );
+    }
+    None
+}
+
 impl Driver for Hostile {
     fn init(options: Options) -> Result<DriverInfo, Error> {
         ensure_dir("dir", 0o700)?;
@@ -189,6 +210,9 @@ impl Driver for Hostile {
             return r;
         }
         if let Some(r) = hostile_time(id, &options) {
+            return r;
+        }
+        if let Some(r) = hostile_links(&options) {
             return r;
         }
         if options.get("loop").is_some() {
