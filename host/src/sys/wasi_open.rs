@@ -215,3 +215,141 @@ impl From<WasiOpenError> for io::Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    /// A directory with `file` ("hello"), `sub/`, `link -> file`, `abs -> /etc/passwd`,
+    /// `fifo`.
+    fn tree() -> (tempfile::TempDir, File) {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("file"), b"hello").unwrap();
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink("file", t.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", t.path().join("abs")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            t.path().join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let dir = File::open(t.path()).unwrap();
+        (t, dir)
+    }
+
+    fn read() -> WasiOpen {
+        WasiOpen {
+            read: true,
+            follow: true,
+            ..WasiOpen::default()
+        }
+    }
+
+    fn errno(r: Result<WasiOpened, WasiOpenError>) -> Option<i32> {
+        match r {
+            Err(WasiOpenError::Os(e)) => e.raw_os_error(),
+            Err(WasiOpenError::Refused(k)) => panic!("refused a {k:?}"),
+            Ok(_) => panic!("opened"),
+        }
+    }
+
+    #[test]
+    fn regular_files_and_directories_open_as_asked() {
+        let (t, d) = tree();
+        let Ok(WasiOpened::File(mut f)) = open_regular_or_dir(d.as_fd(), "link", &read()) else {
+            panic!("link to a file")
+        };
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "hello");
+        assert!(matches!(
+            open_regular_or_dir(d.as_fd(), "sub", &read()),
+            Ok(WasiOpened::Dir(_))
+        ));
+        let write = WasiOpen {
+            write: true,
+            create: true,
+            truncate: true,
+            ..read()
+        };
+        let Ok(WasiOpened::File(mut f)) = open_regular_or_dir(d.as_fd(), "file", &write) else {
+            panic!("truncating a file")
+        };
+        f.write_all(b"x").unwrap();
+        assert_eq!(std::fs::read(t.path().join("file")).unwrap(), b"x");
+        let Ok(WasiOpened::File(mut f)) = open_regular_or_dir(d.as_fd(), "sub/new", &write) else {
+            panic!("creating a file")
+        };
+        f.write_all(b"new").unwrap();
+        assert_eq!(std::fs::read(t.path().join("sub/new")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn errors_are_what_the_kernel_says_for_the_same_open() {
+        let (_t, d) = tree();
+        let nofollow = WasiOpen {
+            follow: false,
+            ..read()
+        };
+        let exclusive = WasiOpen {
+            write: true,
+            create: true,
+            exclusive: true,
+            ..read()
+        };
+        let directory = WasiOpen {
+            directory: true,
+            ..read()
+        };
+        let write = WasiOpen {
+            write: true,
+            ..read()
+        };
+        let e = |p, how: &WasiOpen| errno(open_regular_or_dir(d.as_fd(), p, how));
+        assert_eq!(e("link", &nofollow), Some(Errno::LOOP.raw_os_error()));
+        assert_eq!(e("file", &exclusive), Some(Errno::EXIST.raw_os_error()));
+        assert_eq!(e("link", &exclusive), Some(Errno::EXIST.raw_os_error()));
+        assert_eq!(e("file", &directory), Some(Errno::NOTDIR.raw_os_error()));
+        assert_eq!(e("sub", &write), Some(Errno::ISDIR.raw_os_error()));
+        assert_eq!(e("missing", &read()), Some(Errno::NOENT.raw_os_error()));
+        assert_eq!(
+            e("missing/x", &exclusive),
+            Some(Errno::NOENT.raw_os_error())
+        );
+        let long = "a".repeat(MAX_PATH_LEN + 1);
+        assert_eq!(e(&long, &read()), Some(Errno::NAMETOOLONG.raw_os_error()));
+        // Leaving the directory: wasmtime-wasi's escape error (PermissionDenied, no errno).
+        for out in ["abs", "../x", "/etc/passwd"] {
+            match open_regular_or_dir(d.as_fd(), out, &read()) {
+                Err(WasiOpenError::Os(e)) => {
+                    assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{out}");
+                    assert_eq!(e.raw_os_error(), None, "{out}");
+                }
+                other => panic!("{out}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_being_opened() {
+        let (_t, d) = tree();
+        for how in [
+            read(),
+            WasiOpen {
+                write: true,
+                create: true,
+                ..read()
+            },
+        ] {
+            assert!(matches!(
+                open_regular_or_dir(d.as_fd(), "fifo", &how),
+                Err(WasiOpenError::Refused(FileKind::Fifo))
+            ));
+        }
+    }
+}
