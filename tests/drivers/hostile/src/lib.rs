@@ -33,7 +33,7 @@
 //! | `symlink=PATH=TARGET`  | makes PATH a symlink to TARGET (for plans through it)       |
 //! | `repoint=PATH=TARGET`  | renames PATH to `PATH.moved` and puts a symlink to TARGET   |
 //! |                        | in its place: re-points what an earlier plan named          |
-//! | `wasi-read=PATH`       | WASI `File::open(PATH)`, reads up to 16 bytes into `wasi-out` |
+//! | `wasi-read=PATH`       | WASI `File::open(PATH)`, up to 16 bytes read into `wasi-out` |
 //! | `wasi-write=PATH`      | WASI open of PATH for writing (created if missing), writes  |
 //! |                        | `hostile` at its start                                      |
 //! | `wasi-list=PATH`       | WASI `read_dir(PATH)`, the sorted names into `wasi-out`     |
@@ -184,6 +184,7 @@ fn hostile_wasi_files(options: &Options) -> Option<Result<(), Error>> {
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
+            .truncate(false)
             .open(path)
             .and_then(|mut f| f.write_all(b"hostile"));
         return Some(written.map_err(|e| fail("wasi-write", path, e)));
