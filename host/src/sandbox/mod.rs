@@ -21,6 +21,7 @@ pub mod cache;
 pub mod host;
 pub mod limits;
 mod runtime;
+mod wasi_files;
 
 pub use cache::ComponentCache;
 pub use host::ZfsAccess;

@@ -13,6 +13,7 @@ use super::bindings::{StrataDriver, StrataDriverPre, strata::driver as wit};
 use super::cache::ComponentCache;
 use super::host::{DeadlineExceeded, HostState, LayerDiff, ZfsAccess};
 use super::limits::{BudgetExceeded, CallBudget, link_bounded_poll};
+use super::wasi_files::{WASI_BLOCKING_CURRENT_THREAD, link_checked_open};
 use super::{
     CallError, Capability, DriverInfo, EPOCH_TICK, MAX_DRIVER_STDERR, MAX_HOST_RESOURCES,
     MAX_HOSTCALL_BYTES, MountPlan, MountRequest, SandboxError, WIT_PACKAGE, WIT_VERSION,
@@ -232,6 +233,7 @@ impl DriverRuntime {
         let mut linker: Linker<HostState> = Linker::new(&engine.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
         link_bounded_poll(&mut linker).map_err(setup)?;
+        link_checked_open(&mut linker).map_err(setup)?;
         type Data = wasmtime::component::HasSelf<HostState>;
         wit::types::add_to_linker::<HostState, Data>(&mut linker, |s| s).map_err(setup)?;
         for cap in grants {
@@ -317,6 +319,7 @@ impl DriverRuntime {
         let stderr = MemoryOutputPipe::new(MAX_DRIVER_STDERR);
         let mut wasi = WasiCtx::builder();
         wasi.stderr(stderr.clone());
+        wasi.allow_blocking_current_thread(WASI_BLOCKING_CURRENT_THREAD);
         wasi.preopened_dir(&self.home_path, "/", FsPerms::ReadWrite)
             .map_err(|e| SandboxError::Home {
                 driver: self.name.clone(),

@@ -43,7 +43,7 @@ pub enum FileKind {
 }
 
 impl FileKind {
-    fn from_type(t: FileType) -> FileKind {
+    pub(super) fn from_type(t: FileType) -> FileKind {
         match t {
             FileType::Directory => FileKind::Directory,
             FileType::Symlink => FileKind::Symlink,

@@ -33,6 +33,10 @@
 //! | `symlink=PATH=TARGET`  | makes PATH a symlink to TARGET (for plans through it)       |
 //! | `repoint=PATH=TARGET`  | renames PATH to `PATH.moved` and puts a symlink to TARGET   |
 //! |                        | in its place: re-points what an earlier plan named          |
+//! | `wasi-read=PATH`       | WASI `File::open(PATH)`, up to 16 bytes read into `wasi-out` |
+//! | `wasi-write=PATH`      | WASI open of PATH for writing (created if missing), writes  |
+//! |                        | `hostile` at its start                                      |
+//! | `wasi-list=PATH`       | WASI `read_dir(PATH)`, the sorted names into `wasi-out`     |
 //!
 //! | option (on `init`)     | what the driver does                                        |
 //! |------------------------|-------------------------------------------------------------|
@@ -152,6 +156,57 @@ fn hostile_links(options: &Options) -> Option<Result<(), Error>> {
     None
 }
 
+/// Where the `wasi-*` options leave what they read, for the test to compare.
+const WASI_OUT_FILE: &str = "wasi-out";
+
+/// The `wasi-*` options: plain WASI file access (`std::fs`) to a path in the home, as any
+/// driver code does; a failure is returned as `invalid-argument` with the I/O error's kind
+/// and text.
+fn hostile_wasi_files(options: &Options) -> Option<Result<(), Error>> {
+    use std::io::{Read, Write};
+    let fail = |what: &str, path: &str, e: std::io::Error| {
+        error::invalid_argument(format!("{what} {path}: {:?}: {e}", e.kind()))
+    };
+    if let Some(path) = options.get("wasi-read") {
+        let read = std::fs::File::open(path).and_then(|f| {
+            let mut buf = Vec::new();
+            f.take(16).read_to_end(&mut buf)?;
+            Ok(buf)
+        });
+        return Some(match read {
+            Ok(buf) => {
+                std::fs::write(WASI_OUT_FILE, buf).map_err(|e| fail("write", WASI_OUT_FILE, e))
+            }
+            Err(e) => Err(fail("wasi-read", path, e)),
+        });
+    }
+    if let Some(path) = options.get("wasi-write") {
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .and_then(|mut f| f.write_all(b"hostile"));
+        return Some(written.map_err(|e| fail("wasi-write", path, e)));
+    }
+    if let Some(path) = options.get("wasi-list") {
+        let listed = std::fs::read_dir(path).and_then(|entries| {
+            let mut names = entries
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<Vec<_>, _>>()?;
+            names.sort();
+            Ok(names.join("\n"))
+        });
+        return Some(match listed {
+            Ok(names) => {
+                std::fs::write(WASI_OUT_FILE, names).map_err(|e| fail("write", WASI_OUT_FILE, e))
+            }
+            Err(e) => Err(fail("wasi-list", path, e)),
+        });
+    }
+    None
+}
+
 impl Driver for Hostile {
     fn init(options: Options) -> Result<DriverInfo, Error> {
         ensure_dir("dir", 0o700)?;
@@ -213,6 +268,9 @@ impl Driver for Hostile {
             return r;
         }
         if let Some(r) = hostile_links(&options) {
+            return r;
+        }
+        if let Some(r) = hostile_wasi_files(&options) {
             return r;
         }
         if options.get("loop").is_some() {
