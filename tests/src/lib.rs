@@ -107,6 +107,40 @@ pub fn configure_driver(mut config: Config, wasm: &Path) -> (String, Config) {
     (name, config)
 }
 
+/// The hostile test driver's crate file stem, which tests also configure it under.
+pub const HOSTILE: &str = "strata_test_driver_hostile";
+/// Every interface the hostile driver imports, as a config line.
+pub const HOSTILE_GRANTS: &str = r#"grants = ["files", "copy", "archive", "btrfs", "zfs", "log"]"#;
+
+/// The config of a store in `t` running the hostile driver, its `[drivers.…]` section
+/// holding `section` and, unless `section` names its own `grants`, [`HOSTILE_GRANTS`].
+pub fn hostile_config(t: &TempStore, section: &str) -> Config {
+    let grants = if section.contains("grants") {
+        ""
+    } else {
+        HOSTILE_GRANTS
+    };
+    let text = format!(
+        "root = {:?}\nrun_root = {:?}\n[drivers.{HOSTILE}]\n{grants}\n{section}\n",
+        t.root(),
+        t.dir.path().join("run")
+    );
+    Config::from_str(&text, "test.toml").expect("test config")
+}
+
+/// Creates layer `id` (no parent, read-only) with driver options `opts`.
+pub fn create_with(s: &Strata, id: &str, opts: &[(&str, &str)]) -> strata_host::layers::Result<()> {
+    s.create_layer(strata_host::layers::CreateLayer {
+        id: Some(id.into()),
+        options: opts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    })
+    .map(|_| ())
+}
+
 /// A temporary store root (removed on drop, unmounting anything left mounted).
 pub struct TempStore {
     pub dir: tempfile::TempDir,

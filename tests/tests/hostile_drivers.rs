@@ -3,48 +3,17 @@
 
 use std::time::{Duration, Instant};
 
-use strata_host::config::Config;
-use strata_host::layers::{CreateLayer, LayerError, Strata};
+use strata_host::layers::{LayerError, Strata};
 use strata_host::sandbox::{CallError, DriverError, SandboxError};
-use strata_tests::{TempStore, hostile_wasm, root_or_skip};
+use strata_tests::{TempStore, create_with, hostile_config, hostile_wasm, root_or_skip};
 
-const NAME: &str = "strata_test_driver_hostile";
+const NAME: &str = strata_tests::HOSTILE;
 
-/// Every interface the hostile driver imports; a section naming its own `grants` replaces
-/// these.
-const ALL_GRANTS: &str = r#"grants = ["files", "copy", "archive", "btrfs", "zfs", "log"]"#;
-
-/// The config of a store running the hostile driver with `driver_section` (all its imports
-/// granted unless the section names `grants`).
-fn config(t: &TempStore, driver_section: &str) -> Config {
-    let grants = if driver_section.contains("grants") {
-        ""
-    } else {
-        ALL_GRANTS
-    };
-    let text = format!(
-        "root = {:?}\nrun_root = {:?}\n[drivers.{NAME}]\n{grants}\n{driver_section}\n",
-        t.root(),
-        t.dir.path().join("run")
-    );
-    Config::from_str(&text, "test.toml").expect("test config")
-}
-
+/// The hostile driver with `driver_section` (all its imports granted unless the section
+/// names `grants`).
 fn open(t: &TempStore, driver_section: &str) -> Strata {
-    t.open_with(&hostile_wasm(), config(t, driver_section))
+    t.open_with(&hostile_wasm(), hostile_config(t, driver_section))
         .expect("opening the hostile driver")
-}
-
-fn create_with(s: &Strata, id: &str, opts: &[(&str, &str)]) -> Result<(), LayerError> {
-    s.create_layer(CreateLayer {
-        id: Some(id.into()),
-        options: opts
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    })
-    .map(|_| ())
 }
 
 fn assert_serves(s: &Strata, id: &str) {
@@ -191,7 +160,7 @@ fn an_ungranted_capability_fails_the_load_naming_it() {
     let err = t
         .open_with(
             &hostile_wasm(),
-            config(&t, "grants = [\"log\", \"files\", \"archive\"]"),
+            hostile_config(&t, "grants = [\"log\", \"files\", \"archive\"]"),
         )
         .err()
         .expect("the driver imports `copy`, which is not granted");

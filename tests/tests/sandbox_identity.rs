@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use strata_host::config::Config;
-use strata_host::layers::{CreateLayer, LayerError, StoreOptions, Strata};
+use strata_host::layers::{LayerError, StoreOptions, Strata};
 use strata_host::sandbox::{
     CallError, ComponentCache, DriverComponent, DriverError, SandboxEngine,
 };
-use strata_tests::{TempStore, hostile_wasm, root_or_skip, vfs_wasm};
+use strata_tests::{TempStore, create_with, hostile_wasm, root_or_skip, vfs_wasm};
 
 const ALL_GRANTS: &str = r#"grants = ["files", "copy", "archive", "btrfs", "zfs", "log"]"#;
 
@@ -30,18 +30,6 @@ fn config(t: &TempStore, sections: &str) -> Config {
         t.dir.path().join("run")
     );
     Config::from_str(&text, "test.toml").expect("test config")
-}
-
-fn create_with(s: &Strata, id: &str, opts: &[(&str, &str)]) -> Result<(), LayerError> {
-    s.create_layer(CreateLayer {
-        id: Some(id.into()),
-        options: opts
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    })
-    .map(|_| ())
 }
 
 fn files_beneath(dir: &Path) -> Vec<String> {

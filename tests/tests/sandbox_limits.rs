@@ -16,41 +16,17 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use strata_host::config::Config;
-use strata_host::layers::{CreateLayer, LayerError, Strata};
+use strata_host::layers::{LayerError, Strata};
 use strata_host::sandbox::{
     CallError, ComponentCache, DriverComponent, DriverRuntime, SandboxEngine, SandboxError,
     SandboxLimits,
 };
-use strata_tests::{TempStore, cache_dir, hostile_wasm, root_or_skip};
+use strata_tests::{TempStore, cache_dir, create_with, hostile_config, hostile_wasm, root_or_skip};
 
-const NAME: &str = "strata_test_driver_hostile";
+const NAME: &str = strata_tests::HOSTILE;
 
 /// How long a call may take before the watchdog calls the test hung.
 const WATCHDOG: Duration = Duration::from_secs(30);
-
-fn config(t: &TempStore, driver_section: &str) -> Config {
-    let text = format!(
-        "root = {:?}\nrun_root = {:?}\n[drivers.{NAME}]\n\
-         grants = [\"files\", \"copy\", \"archive\", \"btrfs\", \"zfs\", \"log\"]\n\
-         {driver_section}\n",
-        t.root(),
-        t.dir.path().join("run")
-    );
-    Config::from_str(&text, "test.toml").expect("test config")
-}
-
-fn create_with(s: &Strata, id: &str, opts: &[(&str, &str)]) -> Result<(), LayerError> {
-    s.create_layer(CreateLayer {
-        id: Some(id.into()),
-        options: opts
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    })
-    .map(|_| ())
-}
 
 /// What a watched call reported: its error, how long it took, and whether the store served
 /// a plain create right after it (the lock released, the store consistent).
@@ -67,7 +43,7 @@ fn watched(
     attack: impl FnOnce(&Strata) -> Result<(), LayerError> + Send + 'static,
 ) -> Outcome {
     let t = TempStore::new();
-    let cfg = config(&t, section);
+    let cfg = hostile_config(&t, section);
     let home = t.home(NAME);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -10,41 +10,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use strata_host::config::Config;
 use strata_host::frontend::containerd::api::snapshots as pb;
 use strata_host::frontend::containerd::api::snapshots::snapshots_server::Snapshots;
 use strata_host::frontend::containerd::service::{SnapshotService, layer_id};
-use strata_host::layers::{CreateLayer, LayerError, Strata};
+use strata_host::layers::{LayerError, Strata};
 use strata_host::sys::mount::is_mount_point;
-use strata_tests::{TempStore, hostile_wasm, root_or_skip};
-
-const NAME: &str = "strata_test_driver_hostile";
-
-fn config(t: &TempStore) -> Config {
-    let text = format!(
-        "root = {:?}\nrun_root = {:?}\n[drivers.{NAME}]\n\
-         grants = [\"files\", \"copy\", \"archive\", \"btrfs\", \"zfs\", \"log\"]\n",
-        t.root(),
-        t.dir.path().join("run")
-    );
-    Config::from_str(&text, "test.toml").expect("test config")
-}
+use strata_tests::{TempStore, create_with, hostile_config, hostile_wasm, root_or_skip};
 
 fn open(t: &TempStore) -> Strata {
-    t.open_with(&hostile_wasm(), config(t))
+    t.open_with(&hostile_wasm(), hostile_config(t, ""))
         .expect("opening the hostile driver")
-}
-
-fn create_with(s: &Strata, id: &str, opts: &[(&str, &str)]) -> Result<(), LayerError> {
-    s.create_layer(CreateLayer {
-        id: Some(id.into()),
-        options: opts
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    })
-    .map(|_| ())
 }
 
 /// `dest` as a symlink target relative to the driver home (the driver may only make

@@ -13,28 +13,16 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use strata_host::config::Config;
-use strata_host::layers::{CreateLayer, LayerError, Strata};
 use strata_tests::targen::{Entry, tar_of};
-use strata_tests::{TempStore, hostile_wasm, root_or_skip};
+use strata_tests::{TempStore, create_with, hostile_config, hostile_wasm, root_or_skip};
 
-const NAME: &str = "strata_test_driver_hostile";
+const NAME: &str = strata_tests::HOSTILE;
 
 /// How long one driver call may take before the test calls it hung.
 const WATCHDOG: Duration = Duration::from_secs(30);
 
 /// The first bytes of the regular file in the layer.
 const FILE_BODY: &[u8] = b"hello layers, a regular file\n";
-
-fn config(t: &TempStore) -> Config {
-    let text = format!(
-        "root = {:?}\nrun_root = {:?}\n[drivers.{NAME}]\n\
-         grants = [\"files\", \"copy\", \"archive\", \"btrfs\", \"zfs\", \"log\"]\n",
-        t.root(),
-        t.dir.path().join("run")
-    );
-    Config::from_str(&text, "test.toml").expect("test config")
-}
 
 /// The layer the attacks are made on: every kind of file a tar can hold.
 fn layer_tree() -> Vec<Entry> {
@@ -64,7 +52,7 @@ type Outcome = Result<(), String>;
 /// per attempt with the attempt's option, on a worker thread; returns the outcomes in order.
 /// Fails the test if any call does not return within [`WATCHDOG`].
 fn run(t: TempStore, attempts: Vec<Attempt>) -> (TempStore, Vec<Outcome>) {
-    let cfg = config(&t);
+    let cfg = hostile_config(&t, "");
     let n = attempts.len();
     let (tx, rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
@@ -95,18 +83,6 @@ fn run(t: TempStore, attempts: Vec<Attempt>) -> (TempStore, Vec<Outcome>) {
     }
     let t = done_rx.recv_timeout(WATCHDOG).expect("closing the store");
     (t, outcomes)
-}
-
-fn create_with(s: &Strata, id: &str, opts: &[(&str, &str)]) -> Result<(), LayerError> {
-    s.create_layer(CreateLayer {
-        id: Some(id.into()),
-        options: opts
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    })
-    .map(|_| ())
 }
 
 fn home(t: &TempStore) -> std::path::PathBuf {
