@@ -10,6 +10,7 @@
 //! - [`decompressed`]: gzip and zstd detected by their magic bytes, on a plain stream.
 
 mod apply;
+mod bookkeeping;
 mod compare;
 mod export;
 mod overlay;
@@ -17,6 +18,7 @@ mod overlay;
 pub use apply::{
     ApplyStats, MAX_ENTRIES, MAX_PAX_EXTENSION_SIZE, MAX_XATTRS_PER_ENTRY, apply_layer_tar,
 };
+pub use bookkeeping::{APPLY_BOOKKEEPING_BUDGET, MAX_CREATED_BYTES, MAX_DIR_TIMES_BYTES};
 pub use compare::{Change, ChangeKind, changes, diff_size};
 pub use export::write_diff_tar;
 pub use overlay::{merged_view, opaque_xattr, upper_changes, write_upper_tar};
@@ -34,6 +36,15 @@ pub enum WhiteoutFormat {
     OverlayTrusted,
     /// overlayfs with `userxattr`: char device 0:0 and `user.overlay.opaque=y`.
     OverlayUser,
+}
+
+/// xattrs that describe how overlayfs stores a layer (`opaque`, `redirect`, `metacopy`,
+/// `origin`, …), never what the layer holds. The host writes them itself (from `.wh.`
+/// entries) and never takes them from a tar or puts them in one: a tar says the same with
+/// `.wh.` entries, and a forged `redirect` or `metacopy` would make overlayfs show another
+/// file's data.
+pub(crate) fn is_overlay_xattr(key: &str) -> bool {
+    key.starts_with("trusted.overlay.") || key.starts_with("user.overlay.")
 }
 
 /// The prefix of a whiteout file name in a layer tar.
