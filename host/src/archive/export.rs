@@ -10,7 +10,7 @@ use tar::{Builder, EntryType, Header};
 
 use super::compare::{ChangeKind, Changed, compare};
 use super::{ArchiveError, OPAQUE_MARKER, WHITEOUT_PREFIX, is_overlay_xattr};
-use crate::sys::fs::{Dir, FileKind, open_file_at, readlink_at, stat_at, xattrs_at};
+use crate::sys::fs::{Dir, FileKind, open_regular_checked, readlink_at, stat_at, xattrs_at};
 
 struct Counting<W> {
     inner: W,
@@ -124,7 +124,8 @@ pub(super) fn write_changes_tar(
             FileKind::Regular => {
                 h.set_entry_type(EntryType::Regular);
                 h.set_size(st.size);
-                let f = open_file_at(pfd, &name).map_err(|e| ArchiveError::Sys(e.at(&rel)))?;
+                let f = open_regular_checked(pfd, &name, &st)
+                    .map_err(|e| ArchiveError::Sys(e.at(&rel)))?;
                 builder
                     .append_data(&mut h, &rel, std::io::Read::take(f, st.size))
                     .map_err(w)?;
