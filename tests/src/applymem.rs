@@ -32,32 +32,110 @@ fn dir_header() -> Header {
     h
 }
 
-/// The same directory entry (a ~4 KiB path) `n` times.
-pub fn repeated_dir(n: usize) -> Vec<u8> {
+/// Writes the same directory entry (a ~4 KiB path) `n` times as a tar to `out`.
+pub fn write_repeated_dir<W: Write>(out: W, n: usize) -> std::io::Result<W> {
     let path = long_path(4000, "leaf");
-    let mut b = Builder::new(Vec::new());
+    let mut b = Builder::new(out);
     for _ in 0..n {
-        b.append_data(&mut dir_header(), &path, std::io::empty())
-            .expect("writing a tar entry");
+        b.append_data(&mut dir_header(), &path, std::io::empty())?;
     }
-    b.into_inner().expect("finishing the tar")
+    b.into_inner()
 }
 
-/// `n` distinct directories, each with a ~4 KiB path (siblings under one deep parent).
-pub fn distinct_dirs(n: usize) -> Vec<u8> {
-    let mut b = Builder::new(Vec::new());
+/// Writes `n` distinct directories, each with a ~4 KiB path (siblings under one deep
+/// parent), as a tar to `out`.
+pub fn write_distinct_dirs<W: Write>(out: W, n: usize) -> std::io::Result<W> {
+    let mut b = Builder::new(out);
     for i in 0..n {
         let path = long_path(4000, &format!("{i:09}"));
-        b.append_data(&mut dir_header(), &path, std::io::empty())
-            .expect("writing a tar entry");
+        b.append_data(&mut dir_header(), &path, std::io::empty())?;
     }
-    b.into_inner().expect("finishing the tar")
+    b.into_inner()
 }
 
-pub fn gzip(tar: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(tar).expect("gzip");
-    gz.finish().expect("gzip")
+/// Writes a legitimate big layer: `n` small files with short paths, 1,000 to a directory
+/// (a distro's shape, many times over), as a tar to `out`.
+pub fn write_many_files<W: Write>(out: W, n: usize) -> std::io::Result<W> {
+    let mut b = Builder::new(out);
+    for i in 0..n {
+        if i % 1000 == 0 {
+            b.append_data(
+                &mut dir_header(),
+                format!("usr/d{:06}", i / 1000),
+                std::io::empty(),
+            )?;
+        }
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(8);
+        h.set_mtime(1_600_000_000);
+        let body = format!("{i:08}");
+        b.append_data(
+            &mut h,
+            format!("usr/d{:06}/file-{i}", i / 1000),
+            body.as_bytes(),
+        )?;
+    }
+    b.into_inner()
+}
+
+/// The same directory entry (a ~4 KiB path) `n` times.
+pub fn repeated_dir(n: usize) -> Vec<u8> {
+    write_repeated_dir(Vec::new(), n).expect("writing a tar")
+}
+
+/// `n` distinct directories, each with a ~4 KiB path.
+pub fn distinct_dirs(n: usize) -> Vec<u8> {
+    write_distinct_dirs(Vec::new(), n).expect("writing a tar")
+}
+
+/// A layer file's compression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// gzip -9.
+    Gzip,
+    /// zstd -19 --long (long-distance matching, a 128 MiB window).
+    ZstdLong,
+    /// zstd -3.
+    Zstd,
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip -9",
+            Compression::ZstdLong => "zstd -19 --long",
+            Compression::Zstd => "zstd -3",
+        }
+    }
+}
+
+/// Writes the tar that `write` produces into file `path`, compressed; returns its size.
+pub fn write_compressed(
+    path: &Path,
+    compression: Compression,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<u64> {
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    match compression {
+        Compression::Gzip => {
+            let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::best());
+            write(&mut gz)?;
+            gz.finish()?.into_inner().map_err(|e| e.into_error())?;
+        }
+        Compression::Zstd | Compression::ZstdLong => {
+            let long = compression == Compression::ZstdLong;
+            let mut e = zstd::stream::Encoder::new(file, if long { 19 } else { 3 })?;
+            if long {
+                e.long_distance_matching(true)?;
+                e.window_log(27)?;
+            }
+            write(&mut e)?;
+            e.finish()?.into_inner().map_err(|e| e.into_error())?;
+        }
+    }
+    Ok(std::fs::metadata(path)?.len())
 }
 
 /// zstd at `level`; `long` as `zstd --long` (long-distance matching, a 128 MiB window).

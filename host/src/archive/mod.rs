@@ -91,6 +91,12 @@ impl ArchiveError {
     }
 }
 
+/// The largest zstd window (log2 bytes) a layer may ask the decoder for: 128 MiB, what `zstd
+/// --long` and `--ultra -22` write and zstd's own default limit. The decoder keeps a window
+/// this large in memory, so it is part of the host's figure for applying a layer
+/// (docs/sandbox.md); a frame asking for more is refused.
+pub const MAX_ZSTD_WINDOW_LOG: u32 = 27;
+
 /// Wraps `input` in a gzip or zstd decoder when its first bytes say so.
 pub fn decompressed(input: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
     let mut buffered = BufReader::with_capacity(256 * 1024, input);
@@ -98,9 +104,9 @@ pub fn decompressed(input: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::read::MultiGzDecoder::new(buffered)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(
-            buffered,
-        )?))
+        let mut d = zstd::stream::read::Decoder::with_buffer(buffered)?;
+        d.window_log_max(MAX_ZSTD_WINDOW_LOG)?;
+        Ok(Box::new(d))
     } else {
         Ok(Box::new(buffered))
     }
