@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use crate::sys::fs::{
     self as sfs, Dir, FileKind, MAX_TREE_DEPTH, Stat, check_relative, chmod_at, chown_at,
-    create_file_at, is_mount_root_at, link_at, mkdir_at, mknod_at, open_dir_at, open_file_at,
-    read_dir_names, readlink_at, set_times_at, set_xattr_at, stat_at, symlink_at, xattrs_at,
+    create_file_at, link_at, mkdir_at, mknod_at, open_dir_at, read_dir_names, readlink_at,
+    set_times_at, set_xattr_at, stat_at, symlink_at, xattrs_at,
 };
 use crate::sys::{ErrorKind, SysError};
 
@@ -205,9 +205,11 @@ impl Copier {
         }
         match st.kind {
             FileKind::Directory => {
+                // Opened and checked before anything is made: the lstat that chose this
+                // branch must still describe what is read.
+                let sfd = sfs::open_dir_checked(sdir, sname, st).map_err(err)?;
                 mkdir_at(ddir, dname, 0o700, 0, 0).map_err(err)?;
-                if !is_mount_root_at(sdir, sname).map_err(err)? {
-                    let sfd = open_dir_at(sdir, sname).map_err(err)?;
+                if !sfs::is_mount_root_fd(sfd.as_fd()).map_err(err)? {
                     let dfd = open_dir_at(ddir, dname).map_err(err)?;
                     for child in read_dir_names(sfd.as_fd()).map_err(err)? {
                         let cst = stat_at(sfd.as_fd(), &child)
@@ -226,7 +228,7 @@ impl Copier {
                 }
             }
             FileKind::Regular => {
-                let mut from = open_file_at(sdir, sname).map_err(err)?;
+                let mut from = sfs::open_regular_checked(sdir, sname, st).map_err(err)?;
                 let mut to = create_file_at(ddir, dname, 0o600).map_err(err)?;
                 let reflinked = match self.mode {
                     CopyMode::Copy => false,

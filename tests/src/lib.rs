@@ -11,6 +11,7 @@ use strata_host::config::Config;
 use strata_host::conformance::{self, Outcome, Report, SuiteOptions};
 use strata_host::layers::{StoreOptions, Strata};
 
+pub mod applymem;
 pub mod oci;
 pub mod targen;
 

@@ -2,8 +2,9 @@
 //!
 //! - `ls`: warm `strata layer ls` wall time (component cached, 10 layers in the store) against
 //!   spawning `/bin/true` — the floor of any command. Target: ≤ 20 ms.
-//! - `host-call`, `lifecycle`, `overlay`, `btrfs`, `zfs`, `import`, `containerd`: from the
-//!   `strata-bench` binary (see tests/src/bin/strata-bench). `import` times
+//! - `host-call`, `lifecycle`, `overlay`, `btrfs`, `zfs`, `apply-memory`, `import`,
+//!   `containerd`: from the `strata-bench` binary (see tests/src/bin/strata-bench; its
+//!   `strata-peak-rss` helper measures a command's peak memory). `import` times
 //!   `target/release/strata image import` (built here by `build_all`, drivers found through
 //!   `STRATA_DRIVER_DIR`) against `tar -xf`, skopeo and containerd; as root it installs what
 //!   it needs with apt-get and caches a debootstrapped image in `target/bench-cache`.
@@ -83,6 +84,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "overlay",
         "btrfs",
         "zfs",
+        "apply-memory",
         "import",
         "containerd",
     ]
@@ -100,6 +102,8 @@ pub fn run(args: &[String]) -> Result<()> {
                     "strata-tests",
                     "--bin",
                     "strata-bench",
+                    "--bin",
+                    "strata-peak-rss",
                 ]),
         )?;
         run_bench_binary(&rest)?;

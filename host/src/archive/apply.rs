@@ -1,6 +1,5 @@
 //! Unpacking a layer tar onto a layer directory.
 
-use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::os::fd::AsFd;
@@ -11,7 +10,8 @@ use std::rc::Rc;
 
 use tar::EntryType;
 
-use super::{ArchiveError, OPAQUE_MARKER, WHITEOUT_PREFIX, WhiteoutFormat};
+use super::bookkeeping::{Created, DirTimes, Insert};
+use super::{ArchiveError, OPAQUE_MARKER, WHITEOUT_PREFIX, WhiteoutFormat, is_overlay_xattr};
 use crate::sys::fs::{
     Confinement, Dir, FileKind, MAX_PATH_LEN, MAX_XATTR_VALUE, chmod_at, chown_at, create_file_at,
     link_at, mkdir_at, mknod_at, read_dir_names, remove_tree_at, remove_xattr_at,
@@ -65,10 +65,10 @@ pub(super) fn tests_normalise(raw: &[u8]) -> Result<String, String> {
 struct Applier<'a> {
     root: &'a Dir,
     whiteouts: WhiteoutFormat,
-    /// Paths this tar created or updated: an opaque marker keeps them.
-    created: HashSet<PathBuf>,
+    /// Paths this tar created or updated: an opaque marker keeps them (delete format only).
+    created: Option<Created>,
     /// Directory mtimes, set at the end (later entries inside would change them).
-    dir_times: Vec<(PathBuf, (i64, u32))>,
+    dir_times: DirTimes,
     stats: ApplyStats,
     /// The directory the last entry went into, resolved once for the entries after it in
     /// the same directory (a tar lists a directory's files together). Dropped whenever
@@ -87,8 +87,8 @@ pub fn apply_layer_tar(
     let mut a = Applier {
         root: &root,
         whiteouts,
-        created: HashSet::new(),
-        dir_times: Vec::new(),
+        created: (whiteouts == WhiteoutFormat::Delete).then(Created::default),
+        dir_times: DirTimes::default(),
         stats: ApplyStats::default(),
         parent_cache: None,
         buffer: vec![0; COPY_BUFFER_SIZE],
@@ -163,6 +163,12 @@ fn read_pax<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Pax, ArchiveError>
                     "xattr {name} larger than {MAX_XATTR_VALUE} bytes"
                 )));
             }
+            // overlayfs metadata (opaque, redirect, metacopy, origin, …) is the host's to
+            // write, from whiteout entries: from a tar it would forge what overlayfs does
+            // with the layer. Dropped, as export drops it.
+            if is_overlay_xattr(name) {
+                continue;
+            }
             pax.xattrs.push((name.to_string(), value.to_vec()));
         } else {
             let text = String::from_utf8_lossy(value);
@@ -193,9 +199,7 @@ fn parse_pax_time(text: &str) -> Option<(i64, u32)> {
 /// xattrs a tar never describes: overlay's own markers (set from whiteouts) and the security
 /// label the filesystem assigns.
 fn host_managed_xattr(key: &str) -> bool {
-    key.starts_with("trusted.overlay.")
-        || key.starts_with("user.overlay.")
-        || key == "security.selinux"
+    is_overlay_xattr(key) || key == "security.selinux"
 }
 
 fn sys(e: SysError) -> ArchiveError {
@@ -217,7 +221,7 @@ impl Applier<'_> {
                     let (pfd, name) = self.root.parent(&prefix).map_err(sys)?;
                     match mkdir_at(pfd.as_fd(), &name, 0o755, 0, 0) {
                         Ok(()) => {
-                            self.created.insert(prefix.clone());
+                            self.mark_created(&prefix)?;
                         }
                         Err(e) if e.kind == ErrorKind::AlreadyExists => {}
                         Err(e) => return Err(sys(e.at(&prefix))),
@@ -316,7 +320,7 @@ impl Applier<'_> {
                 for (k, v) in &pax.xattrs {
                     self.root.set_xattr(".", k, v)?;
                 }
-                self.dir_times.push((PathBuf::new(), mtime));
+                self.defer_dir_time(Path::new(""), mtime)?;
             }
             return Ok(());
         }
@@ -369,7 +373,7 @@ impl Applier<'_> {
                 for (k, v) in &pax.xattrs {
                     set_xattr_at(pfd, &fname, k, v).map_err(at)?;
                 }
-                self.created.insert(rel.to_path_buf());
+                self.mark_created(rel)?;
                 return Ok(());
             }
             EntryType::Symlink => {
@@ -396,7 +400,7 @@ impl Applier<'_> {
                     return Err(ArchiveError::invalid("hardlink to a directory"));
                 }
                 link_at(tpfd.as_fd(), &tname, pfd, &fname).map_err(at)?;
-                self.created.insert(rel.to_path_buf());
+                self.mark_created(rel)?;
                 return Ok(());
             }
             EntryType::Char | EntryType::Block => {
@@ -426,11 +430,11 @@ impl Applier<'_> {
             set_xattr_at(pfd, &fname, k, v).map_err(at)?;
         }
         if want_dir {
-            self.dir_times.push((rel.to_path_buf(), mtime));
+            self.defer_dir_time(rel, mtime)?;
         } else {
             set_times_at(pfd, &fname, mtime, mtime).map_err(at)?;
         }
-        self.created.insert(rel.to_path_buf());
+        self.mark_created(rel)?;
         Ok(())
     }
 
@@ -484,7 +488,6 @@ impl Applier<'_> {
                 mknod_at(pfd.as_fd(), &tname, FileKind::CharDevice, 0, 0)
                     .and_then(|_| chown_at(pfd.as_fd(), &tname, uid, gid))
                     .map_err(|e| sys(e.at(&trel)))?;
-                self.created.insert(trel);
                 Ok(())
             }
         }
@@ -502,7 +505,7 @@ impl Applier<'_> {
                     .map_err(sys)?;
                 for child in read_dir_names(fd.as_fd()).map_err(sys)? {
                     let crel = dir.join(&child);
-                    if !self.created.contains(&crel) {
+                    if !self.created.as_ref().is_some_and(|c| c.contains(&crel)) {
                         remove_tree_at(fd.as_fd(), &child, 0).map_err(|e| sys(e.at(&crel)))?;
                     }
                 }
@@ -524,10 +527,30 @@ impl Applier<'_> {
         }
     }
 
-    fn finish(&mut self) -> Result<(), ArchiveError> {
-        self.dir_times
-            .sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-        for (rel, mtime) in std::mem::take(&mut self.dir_times) {
+    /// Notes that this tar created or updated `rel` (kept for opaque markers of the delete
+    /// format); fails past the bookkeeping budget.
+    fn mark_created(&mut self, rel: &Path) -> Result<(), ArchiveError> {
+        match &mut self.created {
+            Some(c) => c.insert(rel).map_err(ArchiveError::Invalid),
+            None => Ok(()),
+        }
+    }
+
+    /// Defers directory `rel`'s mtime to the end; past the budget, sets every pending time
+    /// now instead (a directory's content may follow and change it: see `bookkeeping`).
+    fn defer_dir_time(&mut self, rel: &Path, mtime: (i64, u32)) -> Result<(), ArchiveError> {
+        if let Insert::Flush = self.dir_times.insert(rel, mtime) {
+            self.set_dir_times()?;
+            // Empty now: it takes any one path.
+            let _ = self.dir_times.insert(rel, mtime);
+        }
+        Ok(())
+    }
+
+    /// Sets and forgets every pending directory time.
+    fn set_dir_times(&mut self) -> Result<(), ArchiveError> {
+        // Setting a directory's times changes nothing of its parent: any order will do.
+        for (rel, mtime) in self.dir_times.take() {
             let shown = if rel.as_os_str().is_empty() {
                 ".".to_string()
             } else {
@@ -541,5 +564,9 @@ impl Applier<'_> {
             }
         }
         Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), ArchiveError> {
+        self.set_dir_times()
     }
 }

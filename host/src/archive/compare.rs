@@ -15,7 +15,7 @@ use std::path::Path;
 use super::ArchiveError;
 use crate::sys::SysError;
 use crate::sys::fs::{
-    Dir, FileKind, MAX_TREE_DEPTH, Stat, is_mount_root_at, open_dir_at, read_dir_names,
+    Dir, FileKind, MAX_TREE_DEPTH, Stat, is_mount_root_fd, open_dir_checked, read_dir_names,
     readlink_at, stat_at, xattrs_at,
 };
 
@@ -177,11 +177,11 @@ fn walk(
                 });
                 any = true;
                 let ldir = l.expect("layer side exists");
-                if ls.kind == FileKind::Directory
-                    && !is_mount_root_at(ldir, &name).map_err(sys(&child))?
-                {
-                    let sub = open_dir_at(ldir, &name).map_err(sys(&child))?;
-                    walk(Some(sub.as_fd()), None, &child, out, depth + 1)?;
+                if ls.kind == FileKind::Directory {
+                    let sub = open_dir_checked(ldir, &name, &ls).map_err(sys(&child))?;
+                    if !is_mount_root_fd(sub.as_fd()).map_err(sys(&child))? {
+                        walk(Some(sub.as_fd()), None, &child, out, depth + 1)?;
+                    }
                 }
             }
             (Some(ls), Some(ps)) => {
@@ -189,12 +189,15 @@ fn walk(
                 let changed = differs(&ls, &ps, ldir, pdir, &name, &child)?;
                 let index = out.len();
                 let mut below = false;
-                if ls.kind == FileKind::Directory
-                    && !is_mount_root_at(ldir, &name).map_err(sys(&child))?
-                {
-                    let lsub = open_dir_at(ldir, &name).map_err(sys(&child))?;
+                let lsub = if ls.kind == FileKind::Directory {
+                    let fd = open_dir_checked(ldir, &name, &ls).map_err(sys(&child))?;
+                    (!is_mount_root_fd(fd.as_fd()).map_err(sys(&child))?).then_some(fd)
+                } else {
+                    None
+                };
+                if let Some(lsub) = lsub {
                     let psub = if ps.kind == FileKind::Directory {
-                        Some(open_dir_at(pdir, &name).map_err(sys(&child))?)
+                        Some(open_dir_checked(pdir, &name, &ps).map_err(sys(&child))?)
                     } else {
                         None
                     };

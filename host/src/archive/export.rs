@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use tar::{Builder, EntryType, Header};
 
 use super::compare::{ChangeKind, Changed, compare};
-use super::{ArchiveError, OPAQUE_MARKER, WHITEOUT_PREFIX};
-use crate::sys::fs::{Dir, FileKind, open_file_at, readlink_at, stat_at, xattrs_at};
+use super::{ArchiveError, OPAQUE_MARKER, WHITEOUT_PREFIX, is_overlay_xattr};
+use crate::sys::fs::{Dir, FileKind, open_regular_checked, readlink_at, stat_at, xattrs_at};
 
 struct Counting<W> {
     inner: W,
@@ -38,12 +38,6 @@ pub fn write_diff_tar(
 ) -> Result<u64, ArchiveError> {
     let changes = compare(layer, parent)?;
     write_changes_tar(layer, &changes, &BTreeSet::new(), out)
-}
-
-/// xattrs that describe how overlayfs stores a layer, never what the layer holds: they are
-/// not exported (the tar says the same with `.wh.` entries).
-fn is_overlay_xattr(key: &str) -> bool {
-    key.starts_with("trusted.overlay.") || key.starts_with("user.overlay.")
 }
 
 fn whiteout_header(mode: u32, uid: u32, gid: u32) -> Header {
@@ -130,7 +124,8 @@ pub(super) fn write_changes_tar(
             FileKind::Regular => {
                 h.set_entry_type(EntryType::Regular);
                 h.set_size(st.size);
-                let f = open_file_at(pfd, &name).map_err(|e| ArchiveError::Sys(e.at(&rel)))?;
+                let f = open_regular_checked(pfd, &name, &st)
+                    .map_err(|e| ArchiveError::Sys(e.at(&rel)))?;
                 builder
                     .append_data(&mut h, &rel, std::io::Read::take(f, st.size))
                     .map_err(w)?;

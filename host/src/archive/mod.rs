@@ -10,6 +10,7 @@
 //! - [`decompressed`]: gzip and zstd detected by their magic bytes, on a plain stream.
 
 mod apply;
+mod bookkeeping;
 mod compare;
 mod export;
 mod overlay;
@@ -17,6 +18,7 @@ mod overlay;
 pub use apply::{
     ApplyStats, MAX_ENTRIES, MAX_PAX_EXTENSION_SIZE, MAX_XATTRS_PER_ENTRY, apply_layer_tar,
 };
+pub use bookkeeping::{APPLY_BOOKKEEPING_BUDGET, MAX_CREATED_BYTES, MAX_DIR_TIMES_BYTES};
 pub use compare::{Change, ChangeKind, changes, diff_size};
 pub use export::write_diff_tar;
 pub use overlay::{merged_view, opaque_xattr, upper_changes, write_upper_tar};
@@ -34,6 +36,15 @@ pub enum WhiteoutFormat {
     OverlayTrusted,
     /// overlayfs with `userxattr`: char device 0:0 and `user.overlay.opaque=y`.
     OverlayUser,
+}
+
+/// xattrs that describe how overlayfs stores a layer (`opaque`, `redirect`, `metacopy`,
+/// `origin`, …), never what the layer holds. The host writes them itself (from `.wh.`
+/// entries) and never takes them from a tar or puts them in one: a tar says the same with
+/// `.wh.` entries, and a forged `redirect` or `metacopy` would make overlayfs show another
+/// file's data.
+pub(crate) fn is_overlay_xattr(key: &str) -> bool {
+    key.starts_with("trusted.overlay.") || key.starts_with("user.overlay.")
 }
 
 /// The prefix of a whiteout file name in a layer tar.
@@ -80,6 +91,12 @@ impl ArchiveError {
     }
 }
 
+/// The largest zstd window (log2 bytes) a layer may ask the decoder for: 128 MiB, what `zstd
+/// --long` and `--ultra -22` write and zstd's own default limit. The decoder keeps a window
+/// this large in memory, so it is part of the host's figure for applying a layer
+/// (docs/sandbox.md); a frame asking for more is refused.
+pub const MAX_ZSTD_WINDOW_LOG: u32 = 27;
+
 /// Wraps `input` in a gzip or zstd decoder when its first bytes say so.
 pub fn decompressed(input: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
     let mut buffered = BufReader::with_capacity(256 * 1024, input);
@@ -87,13 +104,15 @@ pub fn decompressed(input: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::read::MultiGzDecoder::new(buffered)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(
-            buffered,
-        )?))
+        let mut d = zstd::stream::read::Decoder::with_buffer(buffered)?;
+        d.window_log_max(MAX_ZSTD_WINDOW_LOG)?;
+        Ok(Box::new(d))
     } else {
         Ok(Box::new(buffered))
     }
 }
 
+#[cfg(test)]
+mod checked_open_tests;
 #[cfg(test)]
 mod tests;

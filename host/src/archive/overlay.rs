@@ -21,7 +21,7 @@ use super::compare::{ChangeKind, Changed};
 use super::export::write_changes_tar;
 use super::{ArchiveError, Change, WhiteoutFormat};
 use crate::sys::fs::{
-    Dir, FileKind, MAX_TREE_DEPTH, get_xattr_at, open_dir_at, read_dir_names, stat_at,
+    Dir, FileKind, MAX_TREE_DEPTH, get_xattr_at, open_dir_checked, read_dir_names, stat_at,
 };
 use crate::sys::{ErrorKind, SysError};
 
@@ -120,7 +120,7 @@ impl UpperWalk<'_> {
             if st.kind != FileKind::Directory {
                 continue;
             }
-            let sub = open_dir_at(upper, &name).map_err(sys(&child))?;
+            let sub = open_dir_checked(upper, &name, &st).map_err(sys(&child))?;
             let opaque = get_xattr_at(upper, &name, self.opaque_key)
                 .map_err(sys(&child))?
                 .is_some_and(|v| v == b"y");
@@ -128,9 +128,9 @@ impl UpperWalk<'_> {
             if opaque && below_dir {
                 self.opaque_dirs.insert(child.clone());
             }
-            let lower_sub = match lower {
-                Some(l) if below_dir && !opaque => {
-                    Some(open_dir_at(l, &name).map_err(sys(&child))?)
+            let lower_sub = match (lower, below) {
+                (Some(l), Some(b)) if below_dir && !opaque => {
+                    Some(open_dir_checked(l, &name, &b).map_err(sys(&child))?)
                 }
                 _ => None,
             };

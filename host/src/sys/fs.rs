@@ -763,6 +763,100 @@ pub fn open_file_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<File> {
     .map_err(|e| SysError::from_errno("openat", name, e))
 }
 
+/// How a file found by name differs from what an earlier `lstat` of the name said, if it does:
+/// another kind, or another inode.
+fn changed_since(now: &Stat, expected: &Stat) -> Option<String> {
+    if now.kind != expected.kind {
+        Some(format!(
+            "changed while being opened: now a {:?}, was a {:?}",
+            now.kind, expected.kind
+        ))
+    } else if (now.dev, now.ino) != (expected.dev, expected.ino) {
+        Some("changed while being opened: another file took its name".into())
+    } else {
+        None
+    }
+}
+
+/// Opens regular file `name` in `dir` for reading, provided it is still the file an earlier
+/// `lstat` described (`expected`: a regular file, same device and inode); else `denied`.
+///
+/// Between that `lstat` and an open by name, a driver could put a device node, a fifo or a
+/// symlink in its place: opening a device can have effects of its own (a tape rewinds, a
+/// watchdog arms) and reading a fifo blocks. So the name is opened `O_PATH | O_NOFOLLOW` —
+/// which opens nothing, follows nothing and cannot block — checked with `fstat`, and only then
+/// reopened for reading through `/proc/self/fd`, which reaches that same inode whatever the
+/// name points at by then.
+pub fn open_regular_checked(dir: BorrowedFd<'_>, name: &OsStr, expected: &Stat) -> SysResult<File> {
+    if expected.kind != FileKind::Regular {
+        return Err(SysError::invalid("open", name, "not a regular file"));
+    }
+    let pinned = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| SysError::from_errno("openat(O_PATH)", name, e))?;
+    let now = rustix::fs::fstat(&pinned)
+        .map(|st| Stat::from_raw(&st))
+        .map_err(|e| SysError::from_errno("fstat", name, e))?;
+    if let Some(why) = changed_since(&now, expected) {
+        return Err(SysError::without_errno(
+            ErrorKind::Denied,
+            "open",
+            name,
+            why,
+        ));
+    }
+    let file = rustix::fs::open(
+        proc_path(pinned.as_fd(), OsStr::new("")),
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map(File::from)
+    .map_err(|e| SysError::from_errno("open(/proc/self/fd)", name, e))?;
+    let opened = rustix::fs::fstat(&file)
+        .map(|st| Stat::from_raw(&st))
+        .map_err(|e| SysError::from_errno("fstat", name, e))?;
+    if let Some(why) = changed_since(&opened, expected) {
+        return Err(SysError::without_errno(
+            ErrorKind::Denied,
+            "open",
+            name,
+            why,
+        ));
+    }
+    Ok(file)
+}
+
+/// Opens directory `name` in `dir` for reading, provided it is still the directory an
+/// earlier `lstat` described (same device and inode); else `denied`. For walks that decide
+/// from the `lstat` whether and how to descend.
+pub fn open_dir_checked(dir: BorrowedFd<'_>, name: &OsStr, expected: &Stat) -> SysResult<OwnedFd> {
+    let fd = open_dir_at(dir, name)?;
+    let now = rustix::fs::fstat(&fd)
+        .map(|st| Stat::from_raw(&st))
+        .map_err(|e| SysError::from_errno("fstat", name, e))?;
+    if let Some(why) = changed_since(&now, expected) {
+        return Err(SysError::without_errno(
+            ErrorKind::Denied,
+            "open",
+            name,
+            why,
+        ));
+    }
+    Ok(fd)
+}
+
+/// Whether the directory open at `fd` is the root of a mount.
+pub fn is_mount_root_fd(fd: BorrowedFd<'_>) -> SysResult<bool> {
+    let st = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
+        .map_err(|e| SysError::from_errno("statx", "", e))?;
+    Ok(st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+        && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
+}
+
 /// Creates regular file `name` in `dir` (which must not exist) for writing.
 pub fn create_file_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> SysResult<File> {
     rustix::fs::openat(

@@ -21,11 +21,16 @@
 //!   overlay and vfs drivers, next to `tar -xf` of its layers, skopeo into containers-storage
 //!   and `ctr images import` into containerd, each on a fresh loop-mounted ext4 per run (needs
 //!   root; see `import.rs`).
+//! - `apply-memory`: the peak memory of `strata layer apply` on small hostile layers (a
+//!   directory entry repeated 50,000 and 200,000 times, gzip and zstd --long; 50,000 distinct
+//!   directories) and a legitimate big one, against applying a one-entry layer (needs root;
+//!   see `apply_memory.rs`).
 //! - `containerd`: `ctr images import` and `ctr run --rm … /bin/true` of the same image with
 //!   containerd's proxy snapshotter `strata serve --containerd-socket`, against containerd's
 //!   built-in overlayfs snapshotter, each on a fresh loop-mounted ext4 with fresh daemons per
 //!   run (needs root; see `containerd.rs`).
 
+mod apply_memory;
 mod containerd;
 mod import;
 
@@ -650,6 +655,9 @@ fn main() {
     }
     if all || which.iter().any(|w| w == "zfs") {
         zfs_listing();
+    }
+    if all || which.iter().any(|w| w == "apply-memory") {
+        apply_memory::run();
     }
     if (all || which.iter().any(|w| w == "import"))
         && let Err(e) = import::run()
