@@ -170,6 +170,24 @@ pub fn locate_driver(spec: &str, config: &Config) -> Result<DriverLocation> {
     Ok(registry::locate(spec, config)?)
 }
 
+/// Driver options that name the zfs parent dataset (`fsname`, `zfs.fsname`): removed from
+/// `options`, the last one checked and returned.
+fn take_fsname_option(options: &mut Vec<(String, String)>) -> Result<Option<String>> {
+    let mut found = None;
+    let mut kept = Vec::with_capacity(options.len());
+    for (k, v) in options.drain(..) {
+        if k == "fsname" || k == "zfs.fsname" {
+            crate::sys::zfs::check_parent_name(&v)
+                .map_err(|m| StoreError::Invalid(format!("driver option {k}: {m}")))?;
+            found = Some(v);
+        } else {
+            kept.push((k, v));
+        }
+    }
+    *options = kept;
+    Ok(found)
+}
+
 fn grants(names: &[String]) -> Result<Vec<Capability>> {
     names
         .iter()
@@ -239,13 +257,21 @@ impl Strata {
         let run_dir = crate::layout::driver_run_dir(&config.run_root, &location.name);
         let mut driver = DriverRuntime::new(&engine, &component, &granted, &home, limits)?
             .with_run_dir(run_dir.clone());
+        let mut init_options = settings.options.clone();
+        init_options.extend(options.driver_options);
+        let mut fsname = settings.fsname.clone();
         if granted.contains(&Capability::Zfs) {
-            let access = match settings.fsname.as_deref() {
+            // containers/storage users pass the parent dataset as a driver option; it is the
+            // host's setting (it confines the zfs grant), so the driver never sees it.
+            if let Some(parent) = take_fsname_option(&mut init_options)? {
+                fsname = Some(parent);
+            }
+            let access = match fsname.as_deref() {
                 None => Err((
                     crate::sys::ErrorKind::Unsupported,
                     format!(
                         "no parent dataset for zfs: set `fsname` in [drivers.{}] of the config \
-                         (e.g. fsname = \"tank/strata\")",
+                         (e.g. fsname = \"tank/strata\"), or pass --driver-opt fsname=...",
                         location.name
                     ),
                 )),
@@ -254,8 +280,6 @@ impl Strata {
             };
             driver = driver.with_zfs(std::sync::Arc::new(access));
         }
-        let mut init_options = settings.options.clone();
-        init_options.extend(options.driver_options);
         let info = driver.init(&init_options)?;
         let strata = Strata {
             config,

@@ -345,3 +345,46 @@ fn a_missing_parent_dataset_is_reported_with_the_command_that_makes_it() {
         "{e}"
     );
 }
+
+/// containers/storage users pass the parent dataset as a driver option: `--driver-opt
+/// fsname=…` (or `zfs.fsname`) works like the config key, is checked like it, and never
+/// reaches the driver.
+#[test]
+fn fsname_is_accepted_as_a_driver_option() {
+    if !zfs_or_skip("fsname_is_accepted_as_a_driver_option") {
+        return;
+    }
+    let pool = ZfsPool::new(256 << 20);
+    let t = TempStore::new();
+    for key in ["fsname", "zfs.fsname"] {
+        let opt = format!("{key}={}", pool.fsname());
+        let (ok, out, err) = t.cli(&["--driver", "zfs", "--driver-opt", &opt, "status"]);
+        assert!(ok, "{key}: {err}");
+        assert!(
+            out.contains(&format!("Parent Dataset: {}", pool.fsname())),
+            "{out}"
+        );
+    }
+    let opt = format!("fsname={}", pool.fsname());
+    let (ok, _, err) = t.cli(&[
+        "--driver",
+        "zfs",
+        "--driver-opt",
+        &opt,
+        "layer",
+        "create",
+        "--id",
+        "base",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        pool.datasets()
+            .iter()
+            .any(|d| d.starts_with(&pool.fsname()) && d.ends_with("/base")),
+        "{:?}",
+        pool.datasets()
+    );
+    let (ok, _, err) = t.cli(&["--driver", "zfs", "--driver-opt", "fsname=/abs/x", "status"]);
+    assert!(!ok);
+    assert!(err.contains("driver option fsname"), "{err}");
+}

@@ -227,10 +227,7 @@ impl LayerStore {
         for n in &image.names {
             validate_image_name(n)?;
         }
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(self.db("starting a transaction"))?;
+        let tx = self.immediate_transaction()?;
         let exists = self.image_row(&image.id)?.is_some();
         if !exists {
             tx.execute(
@@ -307,10 +304,7 @@ impl LayerStore {
                 containers,
             });
         }
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(self.db("starting a transaction"))?;
+        let tx = self.immediate_transaction()?;
         tx.execute("DELETE FROM images WHERE id = ?1", params![image.id])
             .map_err(self.db("deleting an image"))?;
         let mut freed: Vec<String> = Vec::new();
@@ -358,10 +352,7 @@ impl LayerStore {
     /// Records a container and marks its layer (made incomplete) complete, in one transaction.
     pub fn commit_container(&self, c: &NewContainer) -> Result<Container, StoreError> {
         self.check_container_names(&c.names)?;
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(self.db("starting a transaction"))?;
+        let tx = self.immediate_transaction()?;
         tx.execute(
             "INSERT INTO containers(id, image, layer, created) VALUES(?1, ?2, ?3, ?4)",
             params![c.id, c.image, c.layer, now()],
@@ -445,10 +436,7 @@ impl LayerStore {
         let c = self
             .container_row(id)?
             .ok_or_else(|| StoreError::ContainerNotFound(id.into()))?;
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(self.db("starting a transaction"))?;
+        let tx = self.immediate_transaction()?;
         tx.execute("DELETE FROM containers WHERE id = ?1", params![c.id])
             .map_err(self.db("deleting a container"))?;
         tx.execute(
@@ -566,5 +554,54 @@ mod tests {
             s.check_removable("l0"),
             Err(StoreError::InImage { ref images, .. }) if images == &["img2"]
         ));
+    }
+
+    /// Handles of one store (as `strata serve` pools them, or two processes) committing and
+    /// deleting images and containers at once: every write transaction starts as a writer,
+    /// so none fails with "database is locked" because another committed in between.
+    #[test]
+    fn concurrent_image_and_container_records_never_fail_as_locked() {
+        const HANDLES: usize = 4;
+        const ROUNDS: usize = 60;
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = LayerStore::open_with_boot_id(d.path(), "b").unwrap();
+            layer(&s, "base", None, true);
+        }
+        let threads: Vec<_> = (0..HANDLES)
+            .map(|h| {
+                let dir = d.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let s = LayerStore::open_with_boot_id(&dir, "b").unwrap();
+                    for r in 0..ROUNDS {
+                        let img = format!("img-{h}-{r}");
+                        let top = format!("l-{h}-{r}");
+                        layer(&s, &top, Some("base"), false);
+                        // The same name moves between handles' images: reads, then writes.
+                        s.commit_image(
+                            &image(&img, &["base", &top], &["shared:latest"]),
+                            std::slice::from_ref(&top),
+                        )?;
+                        let c = format!("c-{h}-{r}");
+                        layer(&s, &c, Some(&top), false);
+                        s.commit_container(&NewContainer {
+                            id: c.clone(),
+                            names: vec![],
+                            image: img.clone(),
+                            layer: c.clone(),
+                        })?;
+                        s.delete_container(&c)?;
+                        s.delete_record(&c)?;
+                        s.delete_image(&img)?;
+                    }
+                    Ok::<(), StoreError>(())
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join()
+                .unwrap()
+                .expect("no request fails because another one ran");
+        }
     }
 }

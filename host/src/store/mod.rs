@@ -242,6 +242,15 @@ impl LayerStore {
         }
     }
 
+    /// A write transaction that takes the database's write lock at once. Every transaction
+    /// that reads before it writes starts this way: a deferred one that read first fails at
+    /// once with "database is locked" when another handle committed in between (the busy
+    /// timeout does not apply to that upgrade), so no request fails because another ran.
+    pub(super) fn immediate_transaction(&self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.db("starting a transaction"))
+    }
+
     fn init_schema(&self, boot_id: &str) -> Result<(), StoreError> {
         self.conn
             .busy_timeout(BUSY_TIMEOUT)
@@ -333,10 +342,7 @@ impl LayerStore {
             .optional()
             .map_err(self.db("reading the boot id"))?;
         if stored.as_deref() != Some(boot_id) {
-            let tx = self
-                .conn
-                .unchecked_transaction()
-                .map_err(self.db("starting a transaction"))?;
+            let tx = self.immediate_transaction()?;
             tx.execute(
                 "UPDATE layers SET mount_count = 0, mount_point = NULL, mount_id = NULL",
                 [],
@@ -418,14 +424,8 @@ impl LayerStore {
         for n in &new.names {
             validate_id("layer name", n)?;
         }
-        // IMMEDIATE: this transaction reads before it writes, and a deferred one would fail
-        // with "database is locked" instead of waiting when another connection (a snapshot
-        // record, written without the store lock) commits in between.
-        let tx = rusqlite::Transaction::new_unchecked(
-            &self.conn,
-            rusqlite::TransactionBehavior::Immediate,
-        )
-        .map_err(self.db("starting a transaction"))?;
+        // Reads before it writes: see `immediate_transaction`.
+        let tx = self.immediate_transaction()?;
         if self.exists(&id)? {
             return Err(StoreError::AlreadyExists(id));
         }

@@ -156,13 +156,6 @@ fn row_to_snapshot(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotInfo> {
 }
 
 impl LayerStore {
-    /// A write transaction that takes the database's write lock at once, so that two
-    /// handles checking and then changing the same record cannot interleave.
-    fn immediate_transaction(&self) -> Result<rusqlite::Transaction<'_>, StoreError> {
-        rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
-            .map_err(self.db("starting a transaction"))
-    }
-
     fn snapshot_row(&self, key: &str) -> Result<Option<SnapshotInfo>, StoreError> {
         self.conn
             .query_row(
