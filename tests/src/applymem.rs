@@ -172,6 +172,44 @@ pub fn run_measured(
     )
 }
 
+/// The store an apply is measured on: its roots and the driver to open it with.
+pub struct MeasuredStore<'a> {
+    pub root: &'a Path,
+    pub run_root: &'a Path,
+    pub driver: &'a str,
+}
+
+/// `strata layer apply ID LAYER` (the binary `strata`) on `store`, measured by
+/// [`run_measured`]; fails the caller when the apply fails. The peak resident set in bytes.
+pub fn apply_peak(
+    peak_rss_tool: &Path,
+    strata: &Path,
+    store: &MeasuredStore<'_>,
+    id: &str,
+    layer: &Path,
+) -> u64 {
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "--root".as_ref(),
+        store.root.as_os_str(),
+        "--run-root".as_ref(),
+        store.run_root.as_os_str(),
+        "--driver".as_ref(),
+        store.driver.as_ref(),
+        "layer".as_ref(),
+        "apply".as_ref(),
+        id.as_ref(),
+        layer.as_os_str(),
+    ];
+    let (ok, err, peak) = run_measured(peak_rss_tool, strata, &args, &crate::strata_env());
+    assert!(
+        ok,
+        "applying {} onto {id} ({}): {err}",
+        layer.display(),
+        store.driver
+    );
+    peak
+}
+
 /// Writes `bytes` to `dir/name` and returns the path.
 pub fn write_layer(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let p = dir.join(name);

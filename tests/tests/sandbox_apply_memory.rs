@@ -8,12 +8,11 @@
 //! layer below (a ~60 KB zstd) grew it by about 50 MiB (100 MiB for distinct directories on
 //! vfs, which also kept every created path).
 
-use std::ffi::OsStr;
 use std::path::Path;
 
 use strata_host::archive::MAX_DIR_TIMES_BYTES;
-use strata_tests::applymem::{distinct_dirs, mib, repeated_dir, run_measured, write_layer, zstd};
-use strata_tests::{TempStore, root_or_skip, strata_bin, strata_env};
+use strata_tests::applymem::{MeasuredStore, distinct_dirs, mib, repeated_dir, write_layer, zstd};
+use strata_tests::{TempStore, root_or_skip, strata_bin};
 
 /// Entries of each hostile layer: enough that keeping a path per entry (about 4 KiB each)
 /// exceeds the bound twice over, few enough for a debug build to apply in seconds.
@@ -27,30 +26,18 @@ fn apply_peak(t: &TempStore, driver: &str, id: &str, layer: &Path) -> u64 {
     let (ok, _, err) = t.cli(&["--driver", driver, "layer", "create", "--id", id]);
     assert!(ok, "creating {id} with {driver}: {err}");
     let (root, run) = (t.root(), t.dir.path().join("run"));
-    let args: Vec<&OsStr> = vec![
-        "--root".as_ref(),
-        root.as_os_str(),
-        "--run-root".as_ref(),
-        run.as_os_str(),
-        "--driver".as_ref(),
-        driver.as_ref(),
-        "layer".as_ref(),
-        "apply".as_ref(),
-        id.as_ref(),
-        layer.as_os_str(),
-    ];
-    let (ok, err, peak) = run_measured(
+    let store = MeasuredStore {
+        root: &root,
+        run_root: &run,
+        driver,
+    };
+    strata_tests::applymem::apply_peak(
         Path::new(env!("CARGO_BIN_EXE_strata-peak-rss")),
         &strata_bin(),
-        &args,
-        &strata_env(),
-    );
-    assert!(
-        ok,
-        "applying {} onto {id} ({driver}): {err}",
-        layer.display()
-    );
-    peak
+        &store,
+        id,
+        layer,
+    )
 }
 
 fn check(driver: &str, shape: &str, tar: Vec<u8>) {

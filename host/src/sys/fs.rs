@@ -798,17 +798,7 @@ pub fn open_regular_checked(dir: BorrowedFd<'_>, name: &OsStr, expected: &Stat) 
         Mode::empty(),
     )
     .map_err(|e| SysError::from_errno("openat(O_PATH)", name, e))?;
-    let now = rustix::fs::fstat(&pinned)
-        .map(|st| Stat::from_raw(&st))
-        .map_err(|e| SysError::from_errno("fstat", name, e))?;
-    if let Some(why) = changed_since(&now, expected) {
-        return Err(SysError::without_errno(
-            ErrorKind::Denied,
-            "open",
-            name,
-            why,
-        ));
-    }
+    check_unchanged(pinned.as_fd(), name, expected)?;
     let file = rustix::fs::open(
         proc_path(pinned.as_fd(), OsStr::new("")),
         OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
@@ -816,18 +806,25 @@ pub fn open_regular_checked(dir: BorrowedFd<'_>, name: &OsStr, expected: &Stat) 
     )
     .map(File::from)
     .map_err(|e| SysError::from_errno("open(/proc/self/fd)", name, e))?;
-    let opened = rustix::fs::fstat(&file)
+    check_unchanged(file.as_fd(), name, expected)?;
+    Ok(file)
+}
+
+/// `denied` unless the file open at `fd` is still what `expected` (an earlier `lstat` of
+/// `name`) described: same kind, device and inode.
+fn check_unchanged(fd: BorrowedFd<'_>, name: &OsStr, expected: &Stat) -> SysResult<()> {
+    let now = rustix::fs::fstat(fd)
         .map(|st| Stat::from_raw(&st))
         .map_err(|e| SysError::from_errno("fstat", name, e))?;
-    if let Some(why) = changed_since(&opened, expected) {
-        return Err(SysError::without_errno(
+    match changed_since(&now, expected) {
+        Some(why) => Err(SysError::without_errno(
             ErrorKind::Denied,
             "open",
             name,
             why,
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(file)
 }
 
 /// Opens directory `name` in `dir` for reading, provided it is still the directory an
@@ -835,17 +832,7 @@ pub fn open_regular_checked(dir: BorrowedFd<'_>, name: &OsStr, expected: &Stat) 
 /// from the `lstat` whether and how to descend.
 pub fn open_dir_checked(dir: BorrowedFd<'_>, name: &OsStr, expected: &Stat) -> SysResult<OwnedFd> {
     let fd = open_dir_at(dir, name)?;
-    let now = rustix::fs::fstat(&fd)
-        .map(|st| Stat::from_raw(&st))
-        .map_err(|e| SysError::from_errno("fstat", name, e))?;
-    if let Some(why) = changed_since(&now, expected) {
-        return Err(SysError::without_errno(
-            ErrorKind::Denied,
-            "open",
-            name,
-            why,
-        ));
-    }
+    check_unchanged(fd.as_fd(), name, expected)?;
     Ok(fd)
 }
 

@@ -11,15 +11,14 @@
 //! decoder's window for zstd layers (up to 128 MiB, `MAX_ZSTD_WINDOW_LOG`: a one-entry layer
 //! needs no window, a large `--long` one the whole of it).
 
-use std::ffi::OsStr;
 use std::path::Path;
 
 use strata_host::archive::{APPLY_BOOKKEEPING_BUDGET, MAX_ZSTD_WINDOW_LOG};
 use strata_tests::applymem::{
-    Compression, mib, run_measured, write_compressed, write_distinct_dirs, write_many_files,
-    write_repeated_dir,
+    Compression, MeasuredStore, apply_peak, mib, write_compressed, write_distinct_dirs,
+    write_many_files, write_repeated_dir,
 };
-use strata_tests::{TempStore, strata_env, target_dir};
+use strata_tests::{TempStore, target_dir};
 
 struct Shape {
     name: &'static str,
@@ -96,21 +95,12 @@ fn peak(bin: &Path, tool: &Path, driver: &str, layer: &Path) -> u64 {
     };
     cli(&["layer", "create", "--id", "base"]);
     cli(&["layer", "create", "--id", "top", "--parent", "base"]);
-    let args: Vec<&OsStr> = vec![
-        "--root".as_ref(),
-        root.as_os_str(),
-        "--run-root".as_ref(),
-        run.as_os_str(),
-        "--driver".as_ref(),
-        driver.as_ref(),
-        "layer".as_ref(),
-        "apply".as_ref(),
-        "top".as_ref(),
-        layer.as_os_str(),
-    ];
-    let (ok, err, peak) = run_measured(tool, bin, &args, &strata_env());
-    assert!(ok, "applying {} with {driver}: {err}", layer.display());
-    peak
+    let store = MeasuredStore {
+        root: &root,
+        run_root: &run,
+        driver,
+    };
+    apply_peak(tool, bin, &store, "top", layer)
 }
 
 pub fn run() {
