@@ -81,6 +81,9 @@ pub enum LayerError {
     MountDir { path: PathBuf, cause: Box<SysError> },
     #[error("applying onto layer {id} failed, so the layer was removed: {cause}")]
     ApplyFailed { id: String, cause: Box<LayerError> },
+    /// The apply failed and the layer is exactly as it was before it.
+    #[error("applying onto layer {id} failed; the layer was left as it was: {cause}")]
+    ApplyUndone { id: String, cause: Box<LayerError> },
 }
 
 impl From<crate::layout::LayoutError> for LayerError {
@@ -386,20 +389,19 @@ impl Strata {
             template: template.map(|t| t.id),
             parent_may_be_incomplete: false,
         })?;
-        if let Err(e) = self
-            .driver
-            .create(&layer.id, base.as_deref(), req.read_write, &req.options)
-        {
-            let _ = self.driver.remove(&layer.id);
-            self.store.delete_record(&layer.id)?;
-            return Err(e.into());
-        }
+        let pending = PendingLayer::new(&self.store, &self.driver, &layer.id);
+        self.driver
+            .create(&layer.id, base.as_deref(), req.read_write, &req.options)?;
         self.store.finish_create(&layer.id)?;
+        pending.keep();
         Ok(self.store.get(&layer.id)?)
     }
 
-    /// Applies a layer tar (plain, gzip or zstd) read from `input` onto layer `id`. On failure
-    /// the layer is removed: a half-applied layer is never left behind.
+    /// Applies a layer tar (plain, gzip or zstd) read from `input` onto layer `id`. All or
+    /// nothing: on failure the layer is left exactly as it was ([`LayerError::ApplyUndone`];
+    /// the host's apply undoes itself, see `archive::undo`). Only when that cannot be (undoing
+    /// failed, or the driver failed after an apply that went through) is the layer removed
+    /// ([`LayerError::ApplyFailed`]): a half-applied layer is never left behind.
     pub fn apply(&self, id: &str, input: Box<dyn Read + Send>) -> Result<Applied> {
         let _lock = self.store.lock_exclusive()?;
         let layer = self.store.get(id)?;
@@ -423,10 +425,12 @@ impl Strata {
         })?;
         let uncompressed = HashingReader::new(tar);
         let uncompressed_tally = uncompressed.tally();
-        match self
-            .driver
-            .apply_diff(&layer.id, layer.parent.as_deref(), Box::new(uncompressed))
-        {
+        let (result, trace) = self.driver.apply_diff_traced(
+            &layer.id,
+            layer.parent.as_deref(),
+            Box::new(uncompressed),
+        );
+        match result {
             Ok(size) => {
                 let applied = Applied {
                     size,
@@ -445,9 +449,19 @@ impl Strata {
                 self.store.finish_create(&layer.id)?;
                 Ok(applied)
             }
+            Err(e) if trace.left_nothing() => {
+                if !layer.incomplete {
+                    self.store.finish_create(&layer.id)?;
+                }
+                Err(LayerError::ApplyUndone {
+                    id: layer.id,
+                    cause: Box::new(e.into()),
+                })
+            }
             Err(e) => {
-                let _ = self.driver.remove(&layer.id);
-                self.store.delete_record(&layer.id)?;
+                // The record is incomplete already; if removing the data fails it stays so,
+                // and the next open's recovery finishes.
+                let _ = discard_layer(&self.store, &self.driver, &layer.id);
                 Err(LayerError::ApplyFailed {
                     id: layer.id,
                     cause: Box::new(e.into()),
@@ -628,6 +642,54 @@ impl Strata {
     /// The driver's status lines, fresh from the driver.
     pub fn status(&self) -> Result<Vec<(String, String)>> {
         Ok(self.driver.status()?)
+    }
+}
+
+/// Throws away layer `id`, record last: the record is marked incomplete, the driver's data
+/// removed, and only then the record deleted. When removing the data fails, the error is
+/// returned and the record stays, incomplete, so the store's recovery (at the next open)
+/// removes the data and the record; driver data is never left without a record.
+pub(crate) fn discard_layer(store: &LayerStore, driver: &DriverRuntime, id: &str) -> Result<()> {
+    store.mark_incomplete(id)?;
+    driver.remove(id)?;
+    store.delete_record(id)?;
+    Ok(())
+}
+
+/// A layer being made ("record, then driver data"): discarded ([`discard_layer`]) when
+/// dropped before [`PendingLayer::keep`], on every error path of the code making it. The one
+/// rollback of layer creation (plain layers, containers, committed containers; image import
+/// discards its chain with [`discard_layer`]).
+#[must_use]
+pub(crate) struct PendingLayer<'a> {
+    store: &'a LayerStore,
+    driver: &'a DriverRuntime,
+    id: String,
+    kept: bool,
+}
+
+impl<'a> PendingLayer<'a> {
+    pub(crate) fn new(store: &'a LayerStore, driver: &'a DriverRuntime, id: &str) -> Self {
+        PendingLayer {
+            store,
+            driver,
+            id: id.to_string(),
+            kept: false,
+        }
+    }
+
+    /// The layer is made: nothing to undo.
+    pub(crate) fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for PendingLayer<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            // A failure leaves the record incomplete: recovery finishes the job.
+            let _ = discard_layer(self.store, self.driver, &self.id);
+        }
     }
 }
 

@@ -11,11 +11,12 @@ use std::rc::Rc;
 use tar::EntryType;
 
 use super::bookkeeping::{Created, DirTimes, Insert};
+use super::undo::Undo;
 use super::{ArchiveError, OPAQUE_MARKER, WHITEOUT_PREFIX, WhiteoutFormat, is_overlay_xattr};
 use crate::sys::fs::{
     Confinement, Dir, FileKind, MAX_PATH_LEN, MAX_XATTR_VALUE, chmod_at, chown_at, create_file_at,
-    link_at, mkdir_at, mknod_at, read_dir_names, remove_tree_at, remove_xattr_at,
-    set_file_metadata, set_times_at, set_xattr_at, stat_at, symlink_at, write_all, xattrs_at,
+    link_at, mkdir_at, mknod_at, read_dir_names, remove_xattr_at, set_file_metadata, set_times_at,
+    set_xattr_at, stat_at, symlink_at, write_all, xattrs_at,
 };
 use crate::sys::{ErrorKind, SysError};
 
@@ -75,15 +76,20 @@ struct Applier<'a> {
     /// anything is removed, so it never names a directory that was replaced.
     parent_cache: Option<(PathBuf, Rc<OwnedFd>)>,
     buffer: Vec<u8>,
+    /// How to put the layer back as it was if the apply fails.
+    undo: Undo,
 }
 
-/// Unpacks the (uncompressed) layer tar `reader` onto `dest`.
+/// Unpacks the (uncompressed) layer tar `reader` onto `dest`. All or nothing: when it fails,
+/// `dest` is put back as it was (see `undo`) and the error says so
+/// ([`ArchiveError::Undone`]), or says that it could not be ([`ArchiveError::NotUndone`]).
 pub fn apply_layer_tar(
     reader: impl Read,
     dest: &Dir,
     whiteouts: WhiteoutFormat,
 ) -> Result<ApplyStats, ArchiveError> {
     let root = dest.with_confinement(Confinement::InRoot)?;
+    let undo = Undo::start(&root)?;
     let mut a = Applier {
         root: &root,
         whiteouts,
@@ -92,39 +98,64 @@ pub fn apply_layer_tar(
         stats: ApplyStats::default(),
         parent_cache: None,
         buffer: vec![0; COPY_BUFFER_SIZE],
+        undo,
     };
-    let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries().map_err(ArchiveError::Read)? {
-        let mut entry = entry.map_err(ArchiveError::Read)?;
-        a.stats.entries += 1;
-        if a.stats.entries > MAX_ENTRIES {
-            return Err(ArchiveError::invalid(format!(
-                "more than {MAX_ENTRIES} entries"
-            )));
+    let result = a.run(reader);
+    let Applier { undo, stats, .. } = a;
+    match result {
+        Ok(()) => {
+            undo.commit(&root).map_err(ArchiveError::Sys)?;
+            Ok(stats)
         }
-        let raw_name = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw_name).into_owned();
-        let rel = normalise(&raw_name).map_err(|reason| ArchiveError::BadEntry {
-            entry: shown.clone(),
-            reason,
-        })?;
-        a.entry(&mut entry, &rel).map_err(|e| match e {
-            ArchiveError::Sys(cause) => ArchiveError::Entry {
-                entry: shown.clone(),
-                cause,
-            },
-            ArchiveError::Invalid(reason) => ArchiveError::BadEntry {
-                entry: shown.clone(),
-                reason,
-            },
-            other => other,
-        })?;
+        Err(cause) => match undo.rollback(&root) {
+            Ok(()) => Err(ArchiveError::Undone(Box::new(cause))),
+            Err(undoing) => Err(ArchiveError::NotUndone {
+                cause: Box::new(cause),
+                undoing,
+            }),
+        },
     }
-    a.finish()?;
-    // Read the end-of-archive blocks and any padding too, so that digests taken over the
-    // stream cover all of it.
-    std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(ArchiveError::Read)?;
-    Ok(a.stats)
+}
+
+impl Applier<'_> {
+    fn run(&mut self, reader: impl Read) -> Result<(), ArchiveError> {
+        let a = self;
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries().map_err(ArchiveError::Read)? {
+            let mut entry = entry.map_err(ArchiveError::Read)?;
+            a.stats.entries += 1;
+            if a.stats.entries > MAX_ENTRIES {
+                return Err(ArchiveError::invalid(format!(
+                    "more than {MAX_ENTRIES} entries"
+                )));
+            }
+            let raw_name = entry.path_bytes().into_owned();
+            let shown = String::from_utf8_lossy(&raw_name).into_owned();
+            let rel = normalise(&raw_name)
+                .and_then(|rel| a.undo.check_entry(&rel).map(|()| rel))
+                .map_err(|reason| ArchiveError::BadEntry {
+                    entry: shown.clone(),
+                    reason,
+                })?;
+            a.entry(&mut entry, &rel).map_err(|e| match e {
+                ArchiveError::Sys(cause) => ArchiveError::Entry {
+                    entry: shown.clone(),
+                    cause,
+                },
+                ArchiveError::Invalid(reason) => ArchiveError::BadEntry {
+                    entry: shown.clone(),
+                    reason,
+                },
+                other => other,
+            })?;
+        }
+        a.finish()?;
+        // Read the end-of-archive blocks and any padding too, so that digests taken over the
+        // stream cover all of it.
+        std::io::copy(&mut archive.into_inner(), &mut std::io::sink())
+            .map_err(ArchiveError::Read)?;
+        Ok(())
+    }
 }
 
 /// PAX records of an entry: xattrs and the overrides we honour.
@@ -219,6 +250,7 @@ impl Applier<'_> {
                 Ok(_) => {}
                 Err(e) if e.kind == ErrorKind::NotFound => {
                     let (pfd, name) = self.root.parent(&prefix).map_err(sys)?;
+                    self.undo.before_create(self.root, &prefix)?;
                     match mkdir_at(pfd.as_fd(), &name, 0o755, 0, 0) {
                         Ok(()) => {
                             self.mark_created(&prefix)?;
@@ -259,10 +291,26 @@ impl Applier<'_> {
         Ok((fd, name))
     }
 
-    /// Removes `name` from `dir` (a whole tree), forgetting the cached directory.
-    fn remove_at(&mut self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), SysError> {
+    /// Takes `name` (the layer's `rel`) out of `dir`, a whole tree, in a way the undo
+    /// journal can put back; forgets the cached directory.
+    fn remove_at(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+    ) -> Result<(), ArchiveError> {
         self.parent_cache = None;
-        remove_tree_at(dir, name, 0)
+        self.undo.take_away(self.root, dir, name, rel)
+    }
+
+    /// Notes, for the undo journal, that `rel` is about to be created.
+    fn before_create(&mut self, rel: &Path) -> Result<(), ArchiveError> {
+        self.undo.before_create(self.root, rel)
+    }
+
+    /// Notes, for the undo journal, directory `rel`'s metadata before it changes.
+    fn before_meta(&mut self, rel: &Path) -> Result<(), ArchiveError> {
+        self.undo.before_meta(self.root, rel)
     }
 
     /// Copies a regular file's content from the tar.
@@ -315,6 +363,7 @@ impl Applier<'_> {
         if rel.as_os_str().is_empty() {
             // The layer root itself: metadata only.
             if kind.is_dir() {
+                self.before_meta(rel)?;
                 self.root.lchown(".", uid, gid)?;
                 self.root.chmod(".", mode)?;
                 for (k, v) in &pax.xattrs {
@@ -339,10 +388,14 @@ impl Applier<'_> {
             Err(e) => return Err(sys(e.at(rel))),
         };
         let want_dir = kind.is_dir();
-        if let Some(st) = existing
-            && !(want_dir && st.kind == FileKind::Directory)
-        {
-            self.remove_at(pfd, &fname).map_err(|e| sys(e.at(rel)))?;
+        let keeps_dir = existing.is_some_and(|st| want_dir && st.kind == FileKind::Directory);
+        if existing.is_some() && !keeps_dir {
+            self.remove_at(pfd, &fname, rel)?;
+        }
+        if keeps_dir {
+            self.before_meta(rel)?;
+        } else {
+            self.before_create(rel)?;
         }
         let at = |e: SysError| sys(e.at(rel));
         match kind {
@@ -471,8 +524,8 @@ impl Applier<'_> {
                     Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
                     Err(e) => return Err(sys(e)),
                 };
-                match remove_tree_at(pfd.as_fd(), &tname, 0) {
-                    Ok(()) => Ok(()),
+                match stat_at(pfd.as_fd(), &tname) {
+                    Ok(_) => self.remove_at(pfd.as_fd(), &tname, &trel),
                     Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
                     Err(e) => Err(sys(e.at(&trel))),
                 }
@@ -480,11 +533,12 @@ impl Applier<'_> {
             WhiteoutFormat::OverlayTrusted | WhiteoutFormat::OverlayUser => {
                 self.ensure_parents(&trel)?;
                 let (pfd, tname) = self.root.parent(&trel).map_err(sys)?;
-                match remove_tree_at(pfd.as_fd(), &tname, 0) {
-                    Ok(()) => {}
+                match stat_at(pfd.as_fd(), &tname) {
+                    Ok(_) => self.remove_at(pfd.as_fd(), &tname, &trel)?,
                     Err(e) if e.kind == ErrorKind::NotFound => {}
                     Err(e) => return Err(sys(e.at(&trel))),
                 }
+                self.before_create(&trel)?;
                 mknod_at(pfd.as_fd(), &tname, FileKind::CharDevice, 0, 0)
                     .and_then(|_| chown_at(pfd.as_fd(), &tname, uid, gid))
                     .map_err(|e| sys(e.at(&trel)))?;
@@ -505,8 +559,10 @@ impl Applier<'_> {
                     .map_err(sys)?;
                 for child in read_dir_names(fd.as_fd()).map_err(sys)? {
                     let crel = dir.join(&child);
-                    if !self.created.as_ref().is_some_and(|c| c.contains(&crel)) {
-                        remove_tree_at(fd.as_fd(), &child, 0).map_err(|e| sys(e.at(&crel)))?;
+                    if !self.created.as_ref().is_some_and(|c| c.contains(&crel))
+                        && !self.undo.is_scratch(&crel)
+                    {
+                        self.remove_at(fd.as_fd(), &child, &crel)?;
                     }
                 }
                 Ok(())
@@ -517,6 +573,7 @@ impl Applier<'_> {
                 } else {
                     "user.overlay.opaque"
                 };
+                self.before_meta(dir)?;
                 let path = if dir.as_os_str().is_empty() {
                     ".".to_string()
                 } else {

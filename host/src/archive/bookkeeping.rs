@@ -32,15 +32,16 @@ use std::path::{Path, PathBuf};
 pub const MAX_DIR_TIMES_BYTES: usize = 16 << 20;
 /// Bytes the set of created paths (delete format) may take before the apply fails.
 pub const MAX_CREATED_BYTES: usize = 48 << 20;
-/// Everything an apply keeps across entries.
-pub const APPLY_BOOKKEEPING_BUDGET: usize = MAX_DIR_TIMES_BYTES + MAX_CREATED_BYTES;
+/// Everything an apply keeps across entries, its undo journal included.
+pub const APPLY_BOOKKEEPING_BUDGET: usize =
+    MAX_DIR_TIMES_BYTES + MAX_CREATED_BYTES + super::undo::MAX_UNDO_BYTES;
 
 /// What the allocator adds to each heap allocation (a path's bytes), conservatively.
-const ALLOCATION_OVERHEAD: usize = 16;
+pub(super) const ALLOCATION_OVERHEAD: usize = 16;
 
 /// Bytes of a hash table able to hold `capacity` entries of `slot` bytes: a power-of-two
 /// number of buckets at most 7/8 full, each with its slot and one control byte.
-fn table_bytes(capacity: usize, slot: usize) -> usize {
+pub(super) fn table_bytes(capacity: usize, slot: usize) -> usize {
     if capacity == 0 {
         return 0;
     }
@@ -49,7 +50,7 @@ fn table_bytes(capacity: usize, slot: usize) -> usize {
 }
 
 /// The capacity a full table of `len` entries grows to.
-fn grown(len: usize) -> usize {
+pub(super) fn grown(len: usize) -> usize {
     (len.saturating_mul(2)).max(64)
 }
 

@@ -14,6 +14,7 @@ mod bookkeeping;
 mod compare;
 mod export;
 mod overlay;
+mod undo;
 
 pub use apply::{
     ApplyStats, MAX_ENTRIES, MAX_PAX_EXTENSION_SIZE, MAX_XATTRS_PER_ENTRY, apply_layer_tar,
@@ -22,6 +23,7 @@ pub use bookkeeping::{APPLY_BOOKKEEPING_BUDGET, MAX_CREATED_BYTES, MAX_DIR_TIMES
 pub use compare::{Change, ChangeKind, changes, diff_size};
 pub use export::write_diff_tar;
 pub use overlay::{merged_view, opaque_xattr, upper_changes, write_upper_tar};
+pub use undo::MAX_UNDO_BYTES;
 
 use std::io::{BufRead, BufReader, Read};
 
@@ -66,6 +68,15 @@ pub enum ArchiveError {
     Sys(#[from] SysError),
     #[error("{0}")]
     Invalid(String),
+    /// The apply failed and what it had done was undone: the layer is as it was.
+    #[error("{0} (the layer was left as it was)")]
+    Undone(Box<ArchiveError>),
+    /// The apply failed and undoing it failed too: the layer is neither as it was nor whole.
+    #[error("{cause}; undoing the apply failed too ({undoing}), so the layer is damaged")]
+    NotUndone {
+        cause: Box<ArchiveError>,
+        undoing: SysError,
+    },
 }
 
 impl ArchiveError {
@@ -75,6 +86,7 @@ impl ArchiveError {
 
     pub fn kind(&self) -> ErrorKind {
         match self {
+            ArchiveError::Undone(cause) | ArchiveError::NotUndone { cause, .. } => cause.kind(),
             ArchiveError::Entry { cause, .. } | ArchiveError::Sys(cause) => cause.kind,
             ArchiveError::BadEntry { .. } | ArchiveError::Invalid(_) => ErrorKind::InvalidArgument,
             ArchiveError::Read(_) => ErrorKind::InvalidArgument,
@@ -84,6 +96,7 @@ impl ArchiveError {
 
     pub fn errno(&self) -> i32 {
         match self {
+            ArchiveError::Undone(cause) | ArchiveError::NotUndone { cause, .. } => cause.errno(),
             ArchiveError::Entry { cause, .. } | ArchiveError::Sys(cause) => cause.errno,
             ArchiveError::Read(e) | ArchiveError::Write(e) => e.raw_os_error().unwrap_or(0),
             _ => 0,

@@ -461,7 +461,9 @@ pub(crate) fn same_tree(expected: &Path, actual: &Path) -> Check {
 pub(crate) fn driver_error(e: &LayerError) -> Option<&DriverError> {
     match e {
         LayerError::Call(CallError::Driver { error, .. }) => Some(error),
-        LayerError::ApplyFailed { cause, .. } => driver_error(cause),
+        LayerError::ApplyFailed { cause, .. } | LayerError::ApplyUndone { cause, .. } => {
+            driver_error(cause)
+        }
         _ => None,
     }
 }

@@ -4,7 +4,7 @@
 use std::io::Read;
 
 use super::ImageError;
-use crate::layers::{HashingReader, LayerError, Strata};
+use crate::layers::{HashingReader, LayerError, PendingLayer, Strata};
 use crate::store::{Container, Image, Layer, NewContainer, NewLayer};
 
 /// What `container create` takes besides the image.
@@ -93,6 +93,7 @@ impl Strata {
             read_write: true,
             ..Default::default()
         })?;
+        let pending = PendingLayer::new(store, self.driver(), &layer.id);
         let made = self
             .driver()
             .create(
@@ -110,9 +111,8 @@ impl Strata {
                     layer: layer.id.clone(),
                 })?)
             });
-        if made.is_err() {
-            let _ = self.driver().remove(&layer.id);
-            let _ = store.delete_record(&layer.id);
+        if made.is_ok() {
+            pending.keep();
         }
         made
     }
@@ -168,6 +168,7 @@ impl Strata {
             driver: self.driver().name().to_string(),
             ..Default::default()
         })?;
+        let pending = PendingLayer::new(store, self.driver(), &layer.id);
         let result = (|| -> Result<u64, ImageError> {
             self.driver()
                 .create(&layer.id, top.as_deref(), false, &[])
@@ -203,16 +204,11 @@ impl Strata {
             store.finish_create(&layer.id)?;
             Ok(size)
         })();
-        match result {
-            Ok(size) => Ok(CommittedLayer {
-                layer: store.get(&layer.id)?,
-                size,
-            }),
-            Err(e) => {
-                let _ = self.driver().remove(&layer.id);
-                let _ = store.delete_record(&layer.id);
-                Err(e)
-            }
-        }
+        let size = result?;
+        pending.keep();
+        Ok(CommittedLayer {
+            layer: store.get(&layer.id)?,
+            size,
+        })
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use super::source::ImageSource;
 use super::stream::{self, BlobStream, Expected};
 use super::{ImageError, LayerBlob, ResolvedImage, resolve};
-use crate::layers::{LayerError, Strata};
+use crate::layers::{LayerError, Strata, discard_layer};
 use crate::store::{Image, NewImage, NewLayer, StoreError};
 
 /// What the caller asks of an import.
@@ -293,11 +293,16 @@ impl Strata {
         })
     }
 
-    /// Removes the layers a failed import made, top first.
+    /// Removes the layers a failed import made, top first. Stops at the first that cannot be
+    /// removed: it and those below stay, incomplete, for the store's recovery (leaves first).
     fn discard(&self, created: &[String]) {
         for id in created.iter().rev() {
-            let _ = self.driver().remove(id);
-            let _ = self.store().delete_record(id);
+            if discard_layer(self.store(), self.driver(), id).is_err() {
+                for below in created.iter().rev() {
+                    let _ = self.store().mark_incomplete(below);
+                }
+                return;
+            }
         }
     }
 }

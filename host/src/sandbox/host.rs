@@ -77,6 +77,25 @@ pub struct HostState {
     run_dir: Option<Arc<std::path::PathBuf>>,
     /// The `zfs` capability's confined command, for drivers granted it.
     zfs: Option<ZfsAccess>,
+    /// What the host's applies did to layers in this call.
+    pub(super) applies: ApplyTrace,
+}
+
+/// What the host's `archive.apply` did during one driver call: whether a layer may have been
+/// changed by it, which the caller needs when the call fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyTrace {
+    /// Applies that succeeded (their changes stay).
+    pub committed: u32,
+    /// Applies that failed and could not be undone.
+    pub not_undone: u32,
+}
+
+impl ApplyTrace {
+    /// Whether no host apply of this call left a change behind.
+    pub fn left_nothing(&self) -> bool {
+        self.committed == 0 && self.not_undone == 0
+    }
 }
 
 impl HostState {
@@ -101,6 +120,7 @@ impl HostState {
             call_timeout: Duration::MAX,
             run_dir: None,
             zfs: None,
+            applies: ApplyTrace::default(),
         }
     }
 
@@ -512,7 +532,13 @@ impl wit_archive::Host for HostState {
         };
         Ok(self.timed(|s| {
             let dest_dir = s.open_dir(&dest)?;
-            archive::apply_layer_tar(reader, &dest_dir, whiteout_format(whiteouts))
+            let applied = archive::apply_layer_tar(reader, &dest_dir, whiteout_format(whiteouts));
+            match &applied {
+                Ok(_) => s.applies.committed += 1,
+                Err(archive::ArchiveError::Undone(_)) => {}
+                Err(_) => s.applies.not_undone += 1,
+            }
+            applied
                 .map(|st| wit_archive::ApplyStats {
                     size: st.size,
                     entries: st.entries,

@@ -25,7 +25,7 @@ mod wasi_files;
 
 pub use cache::ComponentCache;
 pub use host::ZfsAccess;
-pub use host::{HostState, LayerDiff};
+pub use host::{ApplyTrace, HostState, LayerDiff};
 pub use runtime::{
     DriverComponent, DriverRuntime, MAX_LAYERS_PER_METADATA_CALL, SandboxEngine, SandboxLimits,
 };

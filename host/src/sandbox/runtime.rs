@@ -11,7 +11,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use super::bindings::{StrataDriver, StrataDriverPre, strata::driver as wit};
 use super::cache::ComponentCache;
-use super::host::{DeadlineExceeded, HostState, LayerDiff, ZfsAccess};
+use super::host::{ApplyTrace, DeadlineExceeded, HostState, LayerDiff, ZfsAccess};
 use super::limits::{BudgetExceeded, CallBudget, link_bounded_poll};
 use super::wasi_files::{WASI_BLOCKING_CURRENT_THREAD, link_checked_open};
 use super::{
@@ -478,15 +478,30 @@ impl DriverRuntime {
         parent: Option<&str>,
         tar: Box<dyn std::io::Read + Send>,
     ) -> Result<u64, CallError> {
-        self.op("apply-diff", |s, d| {
+        self.apply_diff_traced(id, parent, tar).0
+    }
+
+    /// [`DriverRuntime::apply_diff`], and what the host's applies did in the call: when the
+    /// call failed and [`ApplyTrace::left_nothing`], the layer is as it was (every host apply
+    /// was undone), as far as the host's own writes go.
+    pub fn apply_diff_traced(
+        &self,
+        id: &str,
+        parent: Option<&str>,
+        tar: Box<dyn std::io::Read + Send>,
+    ) -> (Result<u64, CallError>, ApplyTrace) {
+        let mut trace = ApplyTrace::default();
+        let result = self.op("apply-diff", |s, d| {
             let diff: Resource<LayerDiff> = s.data_mut().push_diff(LayerDiff::input(tar))?;
             let borrowed = Resource::new_borrow(diff.rep());
             let r = d
                 .strata_driver_driver()
                 .call_apply_diff(&mut *s, id, parent, borrowed);
+            trace = s.data().applies;
             s.data_mut().take_diff(diff)?;
             r
-        })
+        });
+        (result, trace)
     }
 
     /// The driver's diff of `id` against `parent`, as the host-side description the driver

@@ -731,6 +731,24 @@ pub fn link_at(
         .map_err(|e| SysError::from_errno("linkat", new, e))
 }
 
+/// Renames `old` in `old_dir` to `new` in `new_dir` (the same filesystem), never replacing
+/// anything already at `new` (`RENAME_NOREPLACE`).
+pub fn rename_noreplace_at(
+    old_dir: BorrowedFd<'_>,
+    old: &OsStr,
+    new_dir: BorrowedFd<'_>,
+    new: &OsStr,
+) -> SysResult<()> {
+    rustix::fs::renameat_with(
+        old_dir,
+        old,
+        new_dir,
+        new,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(|e| SysError::from_errno("renameat2", old, e))
+}
+
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> SysResult<()> {
     let flags = if is_dir {
         AtFlags::REMOVEDIR

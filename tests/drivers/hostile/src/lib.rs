@@ -37,6 +37,8 @@
 //! | `wasi-write=PATH`      | WASI open of PATH for writing (created if missing), writes  |
 //! |                        | `hostile` at its start                                      |
 //! | `wasi-list=PATH`       | WASI `read_dir(PATH)`, the sorted names into `wasi-out`     |
+//! | `fail-remove-once=1`   | makes the layer, then fails; the next `remove` of it fails  |
+//! |                        | (leaving its data), the one after works                     |
 //!
 //! | option (on `init`)     | what the driver does                                        |
 //! |------------------------|-------------------------------------------------------------|
@@ -88,6 +90,24 @@ fn hostile_zfs(id: &str, options: &Options) -> Option<Result<(), Error>> {
         return Some(zfs::unmount(path));
     }
     None
+}
+
+/// The marker of `fail-remove-once`: while it exists, `remove(id)` fails (once).
+fn remove_fails_marker(id: &str) -> String {
+    format!("fail-remove-{id}")
+}
+
+/// `fail-remove-once=1`: the layer is made, then `create` fails, and the `remove` the host
+/// rolls back with fails too (once): a failed rollback, for the host to leave recoverable.
+fn fail_remove_once(id: &str, options: &Options) -> Option<Result<(), Error>> {
+    options.get("fail-remove-once")?;
+    Some((|| {
+        files::mkdir(&Hostile::layer_dir(id), 0o755, 0, 0)?;
+        files::mkdir(&remove_fails_marker(id), 0o755, 0, 0)?;
+        Err(error::invalid_argument(
+            "create fails on request (fail-remove-once)",
+        ))
+    })())
 }
 
 /// Where `init` keeps its `status-text` option for `status`.
@@ -243,6 +263,9 @@ impl Driver for Hostile {
         if let Some(r) = hostile_text(&options) {
             return r;
         }
+        if let Some(r) = fail_remove_once(id, &options) {
+            return r;
+        }
         if let Some(path) = options.get("escape") {
             return files::mkdir(path, 0o755, 0, 0);
         }
@@ -301,6 +324,12 @@ impl Driver for Hostile {
     }
 
     fn remove(id: &str) -> Result<(), Error> {
+        if files::stat(&remove_fails_marker(id)).is_ok() {
+            remove_if_exists(&remove_fails_marker(id))?;
+            return Err(error::invalid_argument(
+                "remove fails once, on request (fail-remove-once)",
+            ));
+        }
         remove_if_exists(&Self::layer_dir(id))?;
         remove_bind_target(id)
     }
