@@ -7,7 +7,7 @@
 //! files (a legitimate big layer). Each runs on vfs (the delete format, which also records
 //! created paths) and on an overlay layer above a parent (overlay whiteouts).
 //!
-//! Target: every peak ≤ its baseline + `APPLY_BOOKKEEPING_BUDGET` (64 MiB), + the zstd
+//! Target: every peak ≤ its baseline + `APPLY_BOOKKEEPING_BUDGET` (96 MiB), + the zstd
 //! decoder's window for zstd layers (up to 128 MiB, `MAX_ZSTD_WINDOW_LOG`: a one-entry layer
 //! needs no window, a large `--long` one the whole of it).
 
