@@ -179,14 +179,16 @@ fn write_tar(t: &TempStore, name: &str, bytes: &[u8]) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// Applies each failing tar onto `layer` of the store in `t` (driver `driver`), checking the
-/// driver's whole home is untouched and the error says so.
-fn fails_leaving_all(t: &TempStore, driver: &str, layer: &str, failing: &[(&str, Vec<u8>)]) {
+/// Applies each failing tar onto `layer` of the store in `t` (driver `d[1]`, `d` the
+/// arguments choosing it), checking the driver's whole home is untouched and the error says
+/// so.
+fn fails_leaving_all(t: &TempStore, d: &[&str], layer: &str, failing: &[(&str, Vec<u8>)]) {
+    let driver = d[1];
     let home = t.home(driver);
     for (what, bytes) in failing {
         let before = tree_state(&home);
         let path = write_tar(t, &format!("{what}.tar"), bytes);
-        let (success, _, err) = t.cli(&["--driver", driver, "layer", "apply", layer, &path]);
+        let (success, _, err) = t.cli(&[d, &["layer", "apply", layer, &path]].concat());
         assert!(!success, "{driver}: applying the {what} tar succeeded");
         assert!(
             err.contains("left as it was"),
@@ -199,7 +201,7 @@ fn fails_leaving_all(t: &TempStore, driver: &str, layer: &str, failing: &[(&str,
             &after,
             &format!("{driver}, {what} tar onto {layer}"),
         );
-        let listed = ok(t, &["--driver", driver, "layer", "ls"]);
+        let listed = ok(t, &[d, &["layer", "ls"]].concat());
         assert!(
             listed.contains(layer),
             "{driver}: {layer} is gone: {listed}"
@@ -207,17 +209,17 @@ fn fails_leaving_all(t: &TempStore, driver: &str, layer: &str, failing: &[(&str,
     }
 }
 
-/// Base and child layers of `driver` with content, then every failing tar onto each.
-fn failed_applies_keep_the_layer(t: &TempStore, driver: &str, full_disk: Option<usize>) {
-    let d = ["--driver", driver];
+/// Base and child layers of the driver `d` chooses (`--driver NAME …`) with content, then
+/// every failing tar onto each.
+fn failed_applies_keep_the_layer(t: &TempStore, d: &[&str], full_disk: Option<usize>) {
     let base = write_tar(t, "base.tar", &good_base());
-    ok(t, &[&d[..], &["layer", "create", "--id", "base"]].concat());
-    ok(t, &[&d[..], &["layer", "apply", "base", &base]].concat());
+    ok(t, &[d, &["layer", "create", "--id", "base"]].concat());
+    ok(t, &[d, &["layer", "apply", "base", &base]].concat());
     let mut failing = vec![("truncated", truncated()), ("refused", refused())];
     if let Some(bytes) = full_disk {
         failing = vec![("full-disk", too_big(bytes))];
     }
-    fails_leaving_all(t, driver, "base", &failing);
+    fails_leaving_all(t, d, "base", &failing);
 
     // A child (overlay: whiteouts as 0:0 devices, opacity as an xattr) that has content of
     // its own.
@@ -241,13 +243,13 @@ fn failed_applies_keep_the_layer(t: &TempStore, driver: &str, full_disk: Option<
             Entry::file("opt/lib/b.so", 0o644, b"elf2"),
         ]),
     );
-    ok(t, &[&d[..], &["layer", "apply", "top", &top]].concat());
-    fails_leaving_all(t, driver, "top", &failing);
+    ok(t, &[d, &["layer", "apply", "top", &top]].concat());
+    fails_leaving_all(t, d, "top", &failing);
 
     // The layer still takes a good tar, and still holds what it held.
     let more = write_tar(t, "more.tar", &tar_of(&[Entry::file("more", 0o644, b"1")]));
-    ok(t, &[&d[..], &["layer", "apply", "top", &more]].concat());
-    let mp = ok(t, &[&d[..], &["layer", "mount", "top"]].concat());
+    ok(t, &[d, &["layer", "apply", "top", &more]].concat());
+    let mp = ok(t, &[d, &["layer", "mount", "top"]].concat());
     let mp = PathBuf::from(mp.trim());
     assert_eq!(
         std::fs::read(mp.join("etc/hosts")).unwrap(),
@@ -257,7 +259,7 @@ fn failed_applies_keep_the_layer(t: &TempStore, driver: &str, full_disk: Option<
     assert_eq!(std::fs::read(mp.join("srv/data")).unwrap(), b"data");
     assert!(!mp.join("etc/motd").exists());
     assert!(mp.join("opt/lib/b.so").exists() && !mp.join("opt/lib/a.so").exists());
-    ok(t, &[&d[..], &["layer", "unmount", "top"]].concat());
+    ok(t, &[d, &["layer", "unmount", "top"]].concat());
 }
 
 #[test]
@@ -269,7 +271,7 @@ fn a_failed_apply_leaves_a_vfs_layer_as_it_was() {
         return;
     }
     let t = TempStore::new();
-    failed_applies_keep_the_layer(&t, "vfs", None);
+    failed_applies_keep_the_layer(&t, &["--driver", "vfs"], None);
 }
 
 #[test]
@@ -281,7 +283,7 @@ fn a_failed_apply_leaves_an_overlay_layer_as_it_was() {
         return;
     }
     let t = TempStore::new();
-    failed_applies_keep_the_layer(&t, "overlay", None);
+    failed_applies_keep_the_layer(&t, &["--driver", "overlay"], None);
 }
 
 /// The store root on a 24 MiB tmpfs; the failing tar writes a 48 MiB file.
@@ -300,7 +302,7 @@ fn on_a_small_filesystem(driver: &str) {
         .status()
         .expect("running mount");
     assert!(status.success(), "mounting a tmpfs");
-    failed_applies_keep_the_layer(&t, driver, Some(48 << 20));
+    failed_applies_keep_the_layer(&t, &["--driver", driver], Some(48 << 20));
 }
 
 #[test]
@@ -323,6 +325,35 @@ fn a_full_disk_during_apply_leaves_an_overlay_layer_as_it_was() {
         return;
     }
     on_a_small_filesystem("overlay");
+}
+
+#[test]
+fn a_failed_apply_leaves_a_btrfs_layer_as_it_was() {
+    if !strata_tests::btrfs_or_skip("a_failed_apply_leaves_a_btrfs_layer_as_it_was") {
+        return;
+    }
+    let fs = strata_tests::LoopBtrfs::new(512 << 20);
+    let t = TempStore::new();
+    std::fs::create_dir_all(t.root()).unwrap();
+    let status = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(fs.mnt())
+        .arg(t.root())
+        .status()
+        .expect("running mount");
+    assert!(status.success(), "bind-mounting the btrfs");
+    failed_applies_keep_the_layer(&t, &["--driver", "btrfs"], None);
+}
+
+#[test]
+fn a_failed_apply_leaves_a_zfs_layer_as_it_was() {
+    if !strata_tests::zfs_or_skip("a_failed_apply_leaves_a_zfs_layer_as_it_was") {
+        return;
+    }
+    let pool = strata_tests::ZfsPool::new(512 << 20);
+    let t = TempStore::new();
+    let fsname = format!("fsname={}", pool.fsname());
+    failed_applies_keep_the_layer(&t, &["--driver", "zfs", "--driver-opt", &fsname], None);
 }
 
 /// Item 4: a driver whose `remove` fails during a rollback leaves the layer's record,

@@ -732,21 +732,33 @@ pub fn link_at(
 }
 
 /// Renames `old` in `old_dir` to `new` in `new_dir` (the same filesystem), never replacing
-/// anything already at `new` (`RENAME_NOREPLACE`).
+/// anything already at `new` (`RENAME_NOREPLACE`). On a filesystem without
+/// `RENAME_NOREPLACE` (zfs-fuse, older FUSE filesystems: `EINVAL`), checks that `new` is free
+/// and renames plainly: callers hold the store's lock over directories only they write.
 pub fn rename_noreplace_at(
     old_dir: BorrowedFd<'_>,
     old: &OsStr,
     new_dir: BorrowedFd<'_>,
     new: &OsStr,
 ) -> SysResult<()> {
-    rustix::fs::renameat_with(
-        old_dir,
-        old,
-        new_dir,
-        new,
-        rustix::fs::RenameFlags::NOREPLACE,
-    )
-    .map_err(|e| SysError::from_errno("renameat2", old, e))
+    let flags = rustix::fs::RenameFlags::NOREPLACE;
+    match rustix::fs::renameat_with(old_dir, old, new_dir, new, flags) {
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            match stat_at(new_dir, new) {
+                Ok(_) => Err(SysError::from_errno(
+                    "renameat",
+                    new,
+                    rustix::io::Errno::EXIST,
+                )),
+                Err(s) if s.kind == ErrorKind::NotFound => {
+                    rustix::fs::renameat(old_dir, old, new_dir, new)
+                        .map_err(|e| SysError::from_errno("renameat", old, e))
+                }
+                Err(s) => Err(s),
+            }
+        }
+        r => r.map_err(|e| SysError::from_errno("renameat2", old, e)),
+    }
 }
 
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> SysResult<()> {
