@@ -141,3 +141,81 @@ fn hostile_entries_stay_inside() {
     assert!(err.to_string().contains("../../escaped"), "{err}");
     assert!(!tmp.path().join("escaped").exists());
 }
+
+/// Names of every path beneath `root`, with their content for files.
+fn listing(root: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let path = e.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            if path.is_dir() {
+                stack.push(path);
+                out.push((rel, Vec::new()));
+            } else {
+                out.push((rel, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn an_undo_journal_past_its_budget_fails_the_apply_and_undoes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let top = Dir::open_ambient(tmp.path()).unwrap();
+    std::fs::create_dir(tmp.path().join("layer")).unwrap();
+    // An existing directory with a long path (names under NAME_MAX, about 3.8 KiB in all),
+    // so that each entry the tar adds into it costs the journal a note of that size.
+    let component = "d".repeat(200);
+    let deep: Vec<&str> = std::iter::repeat_n(component.as_str(), 19).collect();
+    let deep = deep.join("/");
+    std::fs::create_dir_all(tmp.path().join("layer").join(&deep)).unwrap();
+    std::fs::write(tmp.path().join("layer/kept"), b"kept").unwrap();
+    let before = listing(&tmp.path().join("layer"));
+    let layer = top.open_dir("layer").unwrap();
+    let count = undo::MAX_UNDO_BYTES / deep.len() + 100;
+    let names: Vec<String> = (0..count).map(|i| format!("{deep}/f{i}")).collect();
+    let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+    let err = apply_layer_tar(
+        Cursor::new(tar_with(&entries)),
+        &layer,
+        WhiteoutFormat::Delete,
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("more of what the layer held than an apply can undo"),
+        "{msg}"
+    );
+    assert!(msg.contains("left as it was"), "{msg}");
+    assert_eq!(listing(&tmp.path().join("layer")), before);
+}
+
+#[test]
+fn a_replacing_apply_leaves_no_scratch_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let top = Dir::open_ambient(tmp.path()).unwrap();
+    std::fs::create_dir(tmp.path().join("layer")).unwrap();
+    std::fs::write(tmp.path().join("layer/a"), b"old").unwrap();
+    let layer = top.open_dir("layer").unwrap();
+    // The scratch name is random per apply (an entry naming it exactly is refused): a tar
+    // guessing at the prefix writes an ordinary directory.
+    let ok = apply_layer_tar(
+        Cursor::new(tar_with(&[("a", b"new"), (".strata-apply-x/y", b"1")])),
+        &layer,
+        WhiteoutFormat::Delete,
+    )
+    .unwrap();
+    assert_eq!(ok.entries, 2);
+    assert_eq!(std::fs::read(tmp.path().join("layer/a")).unwrap(), b"new");
+    // No scratch directory is left after a successful apply that replaced a file.
+    let names: Vec<_> = std::fs::read_dir(tmp.path().join("layer"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".strata-apply-") && n != ".strata-apply-x")
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
