@@ -225,11 +225,7 @@ fn failed_applies_keep_the_layer(t: &TempStore, d: &[&str], full_disk: Option<us
     // its own.
     ok(
         t,
-        &[
-            &d[..],
-            &["layer", "create", "--id", "top", "--parent", "base"],
-        ]
-        .concat(),
+        &[d, &["layer", "create", "--id", "top", "--parent", "base"]].concat(),
     );
     let top = write_tar(
         t,
