@@ -416,13 +416,14 @@ impl Strata {
             }
             .into());
         }
-        self.store.mark_incomplete(&layer.id)?;
         let compressed = HashingReader::new(input);
         let compressed_tally = compressed.tally();
         let tar = archive::decompressed(Box::new(compressed)).map_err(|e| LayerError::Io {
             what: format!("reading the tar for layer {}", layer.id),
             cause: e,
         })?;
+        // Incomplete while the driver works: a crash now leaves it to recovery.
+        self.store.mark_incomplete(&layer.id)?;
         let uncompressed = HashingReader::new(tar);
         let uncompressed_tally = uncompressed.tally();
         let (result, trace) = self.driver.apply_diff_traced(
