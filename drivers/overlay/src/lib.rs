@@ -35,9 +35,15 @@ const OPTIONS_FILE: &str = ".options";
 const STATUS_FILE: &str = ".status";
 /// Length of a short layer name, as containers/storage uses.
 const LID_LEN: usize = 26;
-/// Most layers below a layer: overlayfs stacks at most 500 lower directories, and a
-/// read-only view of a layer stacks its own `diff/` too.
-pub const MAX_DEPTH: usize = 499;
+/// Lower directories one overlayfs mount stacks at most (the kernel's `OVL_MAX_STACK`),
+/// besides an upper directory.
+pub const MAX_LOWERS: usize = 500;
+/// Most layers below a layer: a read-write layer mounts its `diff/` as the upper over all of
+/// them, as containerd's overlayfs snapshotter does, so a container runs on a 500-layer
+/// image. A read-only view stacks its own `diff/` as a lower too, which fits below this
+/// depth; at this depth the view mounts `diff/` as the upper of a read-only mount instead
+/// (see `plan_mount`).
+pub const MAX_DEPTH: usize = MAX_LOWERS;
 /// Mode of a base layer's root.
 const EMPTY_ROOT_MODE: u32 = 0o555;
 /// Overlay options an operator may set with `mountopt` (the host checks them again).
@@ -315,7 +321,8 @@ impl Driver for Overlay {
                 chain.extend(lowers(p)?);
                 if chain.len() > MAX_DEPTH {
                     return Err(error::invalid_argument(format!(
-                        "layer {id} would have {} layers below it; overlayfs stacks at most {MAX_DEPTH}",
+                        "layer {id} would have {} layers below it; overlayfs stacks at most {MAX_DEPTH} \
+                         lower layers",
                         chain.len()
                     )));
                 }
@@ -366,13 +373,27 @@ impl Driver for Overlay {
             MountKind::Bind(BindMount {
                 source: diff_dir(id),
             })
-        } else if request.read_only {
+        } else if request.read_only && lowers.len() < MAX_LOWERS {
             let mut lower = vec![diff_dir(id)];
             lower.extend(lowers);
             MountKind::Overlay(OverlayMount {
                 lower,
                 upper: None,
                 work: None,
+                options: settings.mount_options(),
+            })
+        } else if request.read_only {
+            // `diff/` over MAX_LOWERS lowers is one directory more than overlayfs stacks:
+            // `diff/` becomes the upper of a mount the host makes read-only (the plan says
+            // so, and the host refuses a writable plan for a read-only request). A read-only
+            // layer is never mounted read-write, so nothing else uses `work/` meanwhile.
+            if settings.mountopt.iter().any(|o| o == "volatile") {
+                remove_if_exists(&format!("{id}/work/work/incompat"))?;
+            }
+            MountKind::Overlay(OverlayMount {
+                lower: lowers,
+                upper: Some(diff_dir(id)),
+                work: Some(format!("{id}/work")),
                 options: settings.mount_options(),
             })
         } else {

@@ -6,6 +6,11 @@
 //! Modify when its type, mode, owner, device number, size, mtime, link target or xattrs
 //! differ, and a directory when its type, mode, owner or xattrs differ — or when anything
 //! beneath it changed, so that exporting the changes carries the directory's metadata.
+//!
+//! Unlike containers/storage, a regular file whose size and mtime agree is not trusted to
+//! be unchanged: its bytes are compared (see [`same_bytes`]), because mtimes are coarse on
+//! some filesystems and equal for two writes in the same tick, and a diff must never lose a
+//! change.
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
@@ -15,8 +20,8 @@ use std::path::Path;
 use super::ArchiveError;
 use crate::sys::SysError;
 use crate::sys::fs::{
-    Dir, FileKind, MAX_TREE_DEPTH, Stat, is_mount_root_fd, open_dir_checked, read_dir_names,
-    readlink_at, stat_at, xattrs_at,
+    Dir, FileKind, MAX_TREE_DEPTH, Stat, is_mount_root_fd, open_dir_checked, open_regular_checked,
+    read_dir_names, readlink_at, same_content, stat_at, xattrs_at,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -129,6 +134,12 @@ fn differs(
     {
         return Ok(true);
     }
+    if l.kind == FileKind::Regular
+        && (l.dev, l.ino) != (p.dev, p.ino)
+        && !same_bytes(l, p, ldir, pdir, name, path)?
+    {
+        return Ok(true);
+    }
     if l.kind == FileKind::Symlink
         && readlink_at(ldir, name).map_err(sys(path))?
             != readlink_at(pdir, name).map_err(sys(path))?
@@ -136,6 +147,30 @@ fn differs(
         return Ok(true);
     }
     Ok(xattrs_at(ldir, name).map_err(sys(path))? != xattrs_at(pdir, name).map_err(sys(path))?)
+}
+
+/// Whether two regular files whose metadata agree (size, mtime) hold the same bytes.
+///
+/// Metadata cannot decide: mtimes are whole seconds on some filesystems (zfs-fuse, ext3,
+/// some network filesystems), two writes in the same tick leave the same mtime, and anyone
+/// may set an mtime back with `utimensat`. A diff must never lose a change, so equal
+/// metadata is confirmed by reading both files (two [`crate::sys::fs::COMPARE_CHUNK`]
+/// buffers, stopping at the first difference). The same inode on both sides (a hardlink, a
+/// shared tree) is the same content without reading.
+fn same_bytes(
+    l: &Stat,
+    p: &Stat,
+    ldir: BorrowedFd<'_>,
+    pdir: BorrowedFd<'_>,
+    name: &OsStr,
+    path: &str,
+) -> Result<bool, ArchiveError> {
+    if l.size == 0 {
+        return Ok(true);
+    }
+    let lf = open_regular_checked(ldir, name, l).map_err(sys(path))?;
+    let pf = open_regular_checked(pdir, name, p).map_err(sys(path))?;
+    same_content(&lf, &pf, name).map_err(sys(path))
 }
 
 /// Compares directory `l` (layer side) with `p` (parent side); returns whether anything

@@ -22,6 +22,7 @@ pub use apply::{
 pub use bookkeeping::{APPLY_BOOKKEEPING_BUDGET, MAX_CREATED_BYTES, MAX_DIR_TIMES_BYTES};
 pub use compare::{Change, ChangeKind, changes, diff_size};
 pub use export::write_diff_tar;
+pub use overlay::MAX_VIEW_DIRS;
 pub use overlay::{merged_view, opaque_xattr, upper_changes, write_upper_tar};
 pub use undo::MAX_UNDO_BYTES;
 

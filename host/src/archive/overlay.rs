@@ -20,6 +20,7 @@ use std::path::Path;
 use super::compare::{ChangeKind, Changed};
 use super::export::write_changes_tar;
 use super::{ArchiveError, Change, WhiteoutFormat};
+use crate::mount::MAX_OVERLAY_LOWERS;
 use crate::sys::fs::{
     Dir, FileKind, MAX_TREE_DEPTH, get_xattr_at, open_dir_checked, read_dir_names, stat_at,
 };
@@ -52,6 +53,23 @@ pub fn merged_view(
     match dirs.len() {
         0 => Ok(None),
         1 => Ok(dirs.into_iter().next()),
+        n if n > MAX_OVERLAY_LOWERS => {
+            // One directory more than a mount stacks (a layer over 500: a container on a
+            // 500-layer image): the topmost over a view of the rest, an overlay on an
+            // overlay, which the kernel allows one level of.
+            if n > MAX_VIEW_DIRS {
+                return Err(ArchiveError::invalid(format!(
+                    "a view of {n} layers: at most {MAX_VIEW_DIRS} are merged"
+                )));
+            }
+            let mut dirs = dirs;
+            let rest = dirs.split_off(1);
+            let below = merged_view(rest, format, name)?.expect("more than one directory");
+            let top = dirs.pop().expect("one directory");
+            crate::sys::mount::overlay_view(&[&top, &below], &view_options(format), name)
+                .map(Some)
+                .map_err(ArchiveError::Sys)
+        }
         _ => {
             let refs: Vec<&Dir> = dirs.iter().collect();
             crate::sys::mount::overlay_view(&refs, &view_options(format), name)
@@ -60,6 +78,10 @@ pub fn merged_view(
         }
     }
 }
+
+/// Most directories [`merged_view`] merges: the kernel's [`MAX_OVERLAY_LOWERS`], plus one
+/// mounted over a view of those.
+pub const MAX_VIEW_DIRS: usize = MAX_OVERLAY_LOWERS + 1;
 
 struct UpperWalk<'a> {
     opaque_key: &'a str,

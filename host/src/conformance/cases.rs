@@ -41,6 +41,10 @@ pub(super) fn all(deep_chain: usize) -> Vec<Case> {
         }),
         case("diff-apply", |c| diff_apply(c, 100)),
         case("changes", changes_many),
+        case(
+            "diff/same-size-same-mtime-rewrites",
+            same_size_same_mtime_rewrites,
+        ),
     ];
     for depth in 0..10 {
         v.push(case(&format!("echo/depth-{depth}"), move |c| {
@@ -413,6 +417,65 @@ fn changes_many(c: &mut Ctx) -> Check {
     let expected: Vec<(ChangeKind, &str)> =
         expected.iter().map(|(k, p)| (*k, p.as_str())).collect();
     same_changes("upper against base", &expected, &c.changes("upper", None)?)
+}
+
+/// Files rewritten in the child with other bytes of the same size, and the same mtime as
+/// in the parent (pinned, so the case does not depend on the clock's resolution: on a
+/// filesystem with whole-second mtimes two writes in one second look like this), must all
+/// be in the changes and in the diff: metadata alone cannot tell them apart.
+fn same_size_same_mtime_rewrites(c: &mut Ctx) -> Check {
+    const COUNT: usize = 100;
+    const LEN: usize = 300;
+    let mtime = ops::next_mtime();
+    let path = |n: usize| format!("/rewrites/file-{n}");
+    c.create("base", None)?;
+    let mut base = vec![dir("/rewrites", 0o755)];
+    base.extend((0..COUNT).map(|n| file_at(&path(n), content(LEN, n as u64), 0o644, mtime)));
+    c.write("base", &base)?;
+    c.create("child", Some("base"))?;
+    let rewritten = |n: usize| content(LEN, 1_000 + n as u64);
+    let child: Vec<Op> = (0..COUNT)
+        .map(|n| file_at(&path(n), rewritten(n), 0o644, mtime))
+        .collect();
+    c.write("child", &child)?;
+
+    let mut expected = vec![(Modify, "/rewrites".to_string())];
+    expected.extend((0..COUNT).map(|n| (Modify, path(n))));
+    let expected: Vec<(ChangeKind, &str)> =
+        expected.iter().map(|(k, p)| (*k, p.as_str())).collect();
+    same_changes("child against base", &expected, &c.changes("child", None)?)?;
+
+    let tar = c.diff("child", None)?;
+    let mut found = [false; COUNT];
+    let mut a = tar::Archive::new(tar.as_slice());
+    for e in a.entries().map_err(|e| format!("reading the diff: {e}"))? {
+        let mut e = e.map_err(|e| format!("reading the diff: {e}"))?;
+        let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        let Some(n) = name
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .strip_prefix("rewrites/file-")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n < COUNT)
+        else {
+            continue;
+        };
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data)
+            .map_err(|e| format!("reading {name} in the diff: {e}"))?;
+        if data != rewritten(n) {
+            return fail(format!("{name} in the diff: not the rewritten content"));
+        }
+        found[n] = true;
+    }
+    let missing: Vec<String> = (0..COUNT).filter(|n| !found[*n]).map(path).collect();
+    if !missing.is_empty() {
+        return fail(format!(
+            "diff of child: {} of {COUNT} rewritten files missing: {missing:?}",
+            missing.len()
+        ));
+    }
+    Ok(())
 }
 
 fn echo(c: &mut Ctx, depth: usize) -> Check {

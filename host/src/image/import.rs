@@ -57,6 +57,22 @@ pub struct ImportReport {
     pub bytes_read: u64,
 }
 
+impl Strata {
+    /// Refuses, before anything is written, an image deeper than the driver can mount a
+    /// container on ([`crate::mount::max_image_depth`]; a driver without a limit passes).
+    fn check_image_depth(&self, image: &ResolvedImage) -> Result<(), ImageError> {
+        let driver = &self.driver_info().name;
+        match crate::mount::max_image_depth(driver) {
+            Some(max) if image.layers.len() > max => Err(ImageError::Unsupported(format!(
+                "the image has {} layers; the {driver} driver mounts a container on an image \
+                 of at most {max} layers; nothing was imported",
+                image.layers.len()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Blobs read at once: the one being applied and those decompressed ahead.
 fn streams_in_flight() -> usize {
     std::thread::available_parallelism()
@@ -85,6 +101,7 @@ impl Strata {
         for n in &names {
             crate::store::validate_image_name(n)?;
         }
+        self.check_image_depth(&image)?;
         let store = self.store();
         let _lock = store.lock_exclusive()?;
         let mut all = self.reusable_layers(&image)?;

@@ -23,6 +23,16 @@ use crate::sys::{self, SysError};
 
 /// The kernel's limit of overlay lower directories.
 pub const MAX_OVERLAY_LOWERS: usize = 500;
+/// Most layers an image may have on driver `driver` so that a container (a read-write
+/// layer on its top layer) still mounts; `None` when the driver has no such limit.
+///
+/// Overlay stacks a container's `diff/` as the upper over every image layer as a lower, so
+/// an image may have [`MAX_OVERLAY_LOWERS`] layers. Image import asks this before writing
+/// anything, so a deeper image is refused at once instead of after applying 500 layers.
+pub fn max_image_depth(driver: &str) -> Option<usize> {
+    (driver == "overlay").then_some(MAX_OVERLAY_LOWERS)
+}
+
 /// Options a driver may put on an overlay mount; anything naming a path (`lowerdir=`,
 /// `upperdir=`, `workdir=`, `datadir+=`) must come through the typed plan instead.
 pub const OVERLAY_OPTIONS: &[&str] = &[

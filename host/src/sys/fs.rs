@@ -670,6 +670,41 @@ pub fn write_all(file: &File, mut buf: &[u8]) -> SysResult<()> {
     Ok(())
 }
 
+/// Bytes read from each side per step of [`same_content`]: two such buffers are all the
+/// memory a comparison takes, whatever the files' sizes.
+pub const COMPARE_CHUNK: usize = 64 * 1024;
+
+/// Fills as much of `buf` as `file` has left (short only at end of file).
+fn read_full(file: &File, name: &OsStr, buf: &mut [u8]) -> SysResult<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::read(file, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(SysError::from_errno("read", name, e)),
+        }
+    }
+    Ok(got)
+}
+
+/// Whether `a` and `b` hold the same bytes, read from their current offsets to the end, in
+/// [`COMPARE_CHUNK`]s; stops at the first difference. `name` is for errors.
+pub fn same_content(a: &File, b: &File, name: &OsStr) -> SysResult<bool> {
+    let mut ba = vec![0u8; COMPARE_CHUNK];
+    let mut bb = vec![0u8; COMPARE_CHUNK];
+    loop {
+        let na = read_full(a, name, &mut ba)?;
+        let nb = read_full(b, name, &mut bb)?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na < COMPARE_CHUNK {
+            return Ok(true);
+        }
+    }
+}
+
 /// Sets owner, mode (special bits included, after the owner: `chown` clears set-id bits)
 /// and times of a regular file through the descriptor it was created with: no lookup, so
 /// nothing can swap the name meanwhile, and three syscalls instead of a lookup each.

@@ -81,10 +81,12 @@ impl HostState {
 
     /// Opens the directories of a stack (topmost first).
     fn open_stack(&self, dirs: &[String]) -> Result<Vec<sys::Dir>, types::Error> {
-        if dirs.len() > MAX_OVERLAY_LOWERS {
+        if dirs.len() > archive::MAX_VIEW_DIRS {
             return Err(types::Error::InvalidArgument(format!(
-                "a stack of {} directories is more than overlayfs's {MAX_OVERLAY_LOWERS}",
-                dirs.len()
+                "a stack of {} directories is more than the {} a view merges (overlayfs's \
+                 {MAX_OVERLAY_LOWERS}, and one over them)",
+                dirs.len(),
+                archive::MAX_VIEW_DIRS
             )));
         }
         dirs.iter().map(|d| self.open_dir(d)).collect()
