@@ -142,6 +142,27 @@ pub fn create_with(s: &Strata, id: &str, opts: &[(&str, &str)]) -> strata_host::
     .map(|_| ())
 }
 
+/// Every path beneath `dir`, relative, sorted (symlinks not followed): to show what a
+/// command left behind, or that it left nothing.
+pub fn tree(dir: &Path) -> Vec<String> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(base).unwrap().display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&p, base, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
 /// A temporary store root (removed on drop, unmounting anything left mounted).
 pub struct TempStore {
     pub dir: tempfile::TempDir,

@@ -3,11 +3,11 @@
 //! commit (a read-only layer over 500) mounts, and a 501-layer image is refused before
 //! anything is written.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use strata_tests::TempStore;
 use strata_tests::oci::{self, BuiltImage, Compression};
 use strata_tests::targen::{Entry, tar_of};
+use strata_tests::{TempStore, tree};
 
 /// An image of `count` layers, layer `i` adding `layers/<i>`.
 fn deep_image(count: usize, reference: &str) -> BuiltImage {
@@ -31,26 +31,6 @@ fn deep_image(count: usize, reference: &str) -> BuiltImage {
 fn ok(t: &TempStore, args: &[&str]) -> String {
     let (success, out, err) = t.cli(args);
     assert!(success, "strata {args:?} failed: {err}");
-    out
-}
-
-/// Every path beneath `dir`, relative, sorted.
-fn tree(dir: &Path) -> Vec<String> {
-    fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            out.push(p.strip_prefix(base).unwrap().display().to_string());
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                walk(&p, base, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
     out
 }
 

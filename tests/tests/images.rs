@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use strata_tests::TempStore;
 use strata_tests::oci::{self, BuiltImage, Compression};
 use strata_tests::targen::{Entry, tar_of};
+use strata_tests::{TempStore, tree};
 
 fn base_layer() -> Vec<u8> {
     tar_of(&[
@@ -75,26 +75,6 @@ fn layer_ids(t: &TempStore, driver: &[&str]) -> Vec<String> {
         .lines()
         .map(|l| l.split('\t').next().unwrap().to_string())
         .collect()
-}
-
-/// Every path beneath `dir`, relative, sorted: to show that nothing was left behind.
-fn tree(dir: &Path) -> Vec<String> {
-    fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            out.push(p.strip_prefix(base).unwrap().display().to_string());
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                walk(&p, base, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
 }
 
 fn import(t: &TempStore, driver: &[&str], path: &Path) -> serde_json::Value {

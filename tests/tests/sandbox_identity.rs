@@ -2,8 +2,6 @@
 //! set, never from a file name; driver homes cannot reach host state; cached native code is
 //! mapped only when it matches the digest the host recorded.
 
-use std::path::Path;
-
 use strata_host::config::Config;
 use strata_host::layers::{LayerError, StoreOptions, Strata};
 use strata_host::sandbox::{
@@ -32,25 +30,6 @@ fn config(t: &TempStore, sections: &str) -> Config {
     Config::from_str(&text, "test.toml").expect("test config")
 }
 
-fn files_beneath(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            if p.is_dir() && !p.is_symlink() {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Escape 1: a driver named `cache` (configured, or a file called `cache.wasm`) must not get
 /// the component cache as its home, nor be able to write a cached artifact.
 #[test]
@@ -67,7 +46,7 @@ fn a_driver_named_cache_cannot_reach_the_component_cache() {
     let sections = format!("[drivers.cache]\npath = {wasm:?}\n{ALL_GRANTS}\n");
     let s = open(&t, config(&t, &sections), "cache").expect("a driver named cache opens");
     let cache = strata_host::layout::default_cache_dir(&t.root());
-    let cached_before = files_beneath(&cache);
+    let cached_before = strata_tests::tree(&cache);
     assert!(
         !cached_before.is_empty(),
         "the store's own cache holds the compiled driver"
@@ -93,7 +72,7 @@ fn a_driver_named_cache_cannot_reach_the_component_cache() {
         );
     }
     assert_eq!(
-        files_beneath(&cache),
+        strata_tests::tree(&cache),
         cached_before,
         "the component cache is untouched"
     );
