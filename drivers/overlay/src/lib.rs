@@ -382,21 +382,12 @@ impl Driver for Overlay {
                 work: None,
                 options: settings.mount_options(),
             })
-        } else if request.read_only {
-            // `diff/` over MAX_LOWERS lowers is one directory more than overlayfs stacks:
-            // `diff/` becomes the upper of a mount the host makes read-only (the plan says
-            // so, and the host refuses a writable plan for a read-only request). A read-only
-            // layer is never mounted read-write, so nothing else uses `work/` meanwhile.
-            if settings.mountopt.iter().any(|o| o == "volatile") {
-                remove_if_exists(&format!("{id}/work/work/incompat"))?;
-            }
-            MountKind::Overlay(OverlayMount {
-                lower: lowers,
-                upper: Some(diff_dir(id)),
-                work: Some(format!("{id}/work")),
-                options: settings.mount_options(),
-            })
         } else {
+            // A read-write layer: `diff/` is the upper. So is it for a read-only layer over
+            // MAX_LOWERS lowers (`diff/` as one more lower is one directory more than
+            // overlayfs stacks): the plan says read-only, so the host makes the mount
+            // read-only and refuses a writable plan; a read-only layer is never mounted
+            // read-write, so nothing else uses its `work/` meanwhile.
             if settings.mountopt.iter().any(|o| o == "volatile") {
                 // The kernel refuses a volatile work dir left dirty by an unclean stop.
                 remove_if_exists(&format!("{id}/work/work/incompat"))?;

@@ -41,7 +41,7 @@ pub(super) const ALLOCATION_OVERHEAD: usize = 16;
 
 /// Bytes of a hash table able to hold `capacity` entries of `slot` bytes: a power-of-two
 /// number of buckets at most 7/8 full, each with its slot and one control byte.
-pub(super) fn table_bytes(capacity: usize, slot: usize) -> usize {
+fn table_bytes(capacity: usize, slot: usize) -> usize {
     if capacity == 0 {
         return 0;
     }
@@ -50,7 +50,7 @@ pub(super) fn table_bytes(capacity: usize, slot: usize) -> usize {
 }
 
 /// The capacity a full table of `len` entries grows to.
-pub(super) fn grown(len: usize) -> usize {
+fn grown(len: usize) -> usize {
     (len.saturating_mul(2)).max(64)
 }
 
@@ -114,23 +114,24 @@ impl DirTimes {
     }
 }
 
-/// Paths a delete-format apply created or updated, as keyed 128-bit hashes.
-pub(super) struct Created {
-    /// Two independently keyed SipHash states: a hash a tar cannot aim at.
+/// A set of paths as keyed 128-bit hashes: 16 bytes a path however long it is, and hashes a
+/// tar cannot aim at (two independently keyed SipHash states). Used for the paths an apply
+/// created and for the undo journal's sets.
+pub(super) struct PathHashes {
     keys: (RandomState, RandomState),
     hashes: HashSet<u128>,
 }
 
-impl Default for Created {
+impl Default for PathHashes {
     fn default() -> Self {
-        Created {
+        PathHashes {
             keys: (RandomState::new(), RandomState::new()),
             hashes: HashSet::new(),
         }
     }
 }
 
-impl Created {
+impl PathHashes {
     const SLOT: usize = std::mem::size_of::<u128>();
 
     fn hash(&self, rel: &Path) -> u128 {
@@ -142,35 +143,64 @@ impl Created {
         (u128::from(half(&self.keys.0)) << 64) | u128::from(half(&self.keys.1))
     }
 
-    /// Records `rel`; an error (the reason) when that would exceed [`MAX_CREATED_BYTES`].
-    pub(super) fn insert(&mut self, rel: &Path) -> Result<(), String> {
+    /// Adds `rel` (already there: nothing to do); `false`, adding nothing, when the table
+    /// would have to grow past `max_table_bytes` for it.
+    pub(super) fn insert_within(&mut self, rel: &Path, max_table_bytes: usize) -> bool {
         let h = self.hash(rel);
         if self.hashes.contains(&h) {
-            return Ok(());
+            return true;
         }
         let len = self.hashes.len();
         if len == self.hashes.capacity() {
             let capacity = grown(len);
-            if table_bytes(capacity, Self::SLOT) > MAX_CREATED_BYTES {
-                return Err(format!(
-                    "the tar creates more than {len} entries, which is more than an apply \
-                     keeps track of ({} MiB of bookkeeping for opaque directories)",
-                    MAX_CREATED_BYTES >> 20
-                ));
+            if table_bytes(capacity, Self::SLOT) > max_table_bytes {
+                return false;
             }
             self.hashes.reserve(capacity - len);
         }
         self.hashes.insert(h);
-        Ok(())
+        true
     }
 
     pub(super) fn contains(&self, rel: &Path) -> bool {
         self.hashes.contains(&self.hash(rel))
     }
 
-    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// Bytes the table holds now.
     pub(super) fn bytes(&self) -> usize {
         table_bytes(self.hashes.capacity(), Self::SLOT)
+    }
+}
+
+/// Paths a delete-format apply created or updated.
+#[derive(Default)]
+pub(super) struct Created(PathHashes);
+
+impl Created {
+    /// Records `rel`; an error (the reason) when that would exceed [`MAX_CREATED_BYTES`].
+    pub(super) fn insert(&mut self, rel: &Path) -> Result<(), String> {
+        if self.0.insert_within(rel, MAX_CREATED_BYTES) {
+            return Ok(());
+        }
+        Err(format!(
+            "the tar creates more than {} entries, which is more than an apply keeps track \
+             of ({} MiB of bookkeeping for opaque directories)",
+            self.0.len(),
+            MAX_CREATED_BYTES >> 20
+        ))
+    }
+
+    pub(super) fn contains(&self, rel: &Path) -> bool {
+        self.0.contains(rel)
+    }
+
+    #[cfg(test)]
+    pub(super) fn bytes(&self) -> usize {
+        self.0.bytes()
     }
 }
 

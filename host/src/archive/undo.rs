@@ -30,14 +30,13 @@
 //! A crash in the middle is not undone here: the layer's record is incomplete while the apply
 //! runs, and the store's recovery removes it (docs/images.md, "A failed apply").
 
-use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use super::ArchiveError;
-use super::bookkeeping::{ALLOCATION_OVERHEAD, grown, table_bytes};
+use super::bookkeeping::{ALLOCATION_OVERHEAD, PathHashes};
 use crate::sys::fs::{
     Dir, chmod_at, chown_at, mkdir_at, open_dir_at, read_dir_names, remove_tree_at,
     remove_xattr_at, rename_noreplace_at, set_times_at, set_xattr_at, stat_at, xattrs_at,
@@ -69,48 +68,6 @@ enum Note {
     Meta { rel: PathBuf, meta: Meta },
 }
 
-/// A set of paths as keyed 128-bit hashes (16 bytes each, however long the path).
-struct PathSet {
-    keys: (RandomState, RandomState),
-    hashes: HashSet<u128>,
-}
-
-impl PathSet {
-    fn new() -> Self {
-        PathSet {
-            keys: (RandomState::new(), RandomState::new()),
-            hashes: HashSet::new(),
-        }
-    }
-
-    fn hash(&self, rel: &Path) -> u128 {
-        let half = |k: &RandomState| {
-            let mut h = k.build_hasher();
-            h.write(rel.as_os_str().as_encoded_bytes());
-            h.finish()
-        };
-        (u128::from(half(&self.keys.0)) << 64) | u128::from(half(&self.keys.1))
-    }
-
-    fn contains(&self, rel: &Path) -> bool {
-        self.hashes.contains(&self.hash(rel))
-    }
-
-    /// Bytes the table takes once it holds one more path.
-    fn bytes_with_one_more(&self) -> usize {
-        let len = self.hashes.len();
-        if len < self.hashes.capacity() {
-            table_bytes(self.hashes.capacity(), 16)
-        } else {
-            table_bytes(grown(len), 16)
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        table_bytes(self.hashes.capacity(), 16)
-    }
-}
-
 /// How to undo what an apply did so far.
 pub(super) struct Undo {
     /// The layer was empty: undoing empties it again; nothing else is noted.
@@ -120,9 +77,9 @@ pub(super) struct Undo {
     next_slot: u64,
     notes: Vec<Note>,
     /// Paths the apply created (noted, or inside a created directory).
-    new: PathSet,
+    new: PathHashes,
     /// Directories whose metadata is noted.
-    saved: PathSet,
+    saved: PathHashes,
     /// Bytes of the notes themselves (the sets' tables are counted apart).
     note_bytes: usize,
     root_meta: Meta,
@@ -199,15 +156,15 @@ impl Undo {
         )?;
         let fresh = read_dir_names(fd.as_fd())?.is_empty();
         let random = RandomState::new().build_hasher().finish();
-        let mut saved = PathSet::new();
-        saved.hashes.insert(saved.hash(Path::new("")));
+        let mut saved = PathHashes::default();
+        saved.insert_within(Path::new(""), usize::MAX);
         Ok(Undo {
             fresh,
             scratch_name: OsString::from(format!("{SCRATCH_PREFIX}{random:016x}")),
             scratch: None,
             next_slot: 0,
             notes: Vec::new(),
-            new: PathSet::new(),
+            new: PathHashes::default(),
             saved,
             note_bytes: 0,
             root_meta: meta_of(root, Path::new(""))?,
@@ -250,26 +207,19 @@ impl Undo {
         Ok(())
     }
 
+    /// Adds `rel` to `set` unless its table would take the journal (with `others` bytes
+    /// besides) past [`MAX_UNDO_BYTES`].
     fn add_to(
-        set: &mut PathSet,
+        set: &mut PathHashes,
         rel: &Path,
         others: usize,
         limit: &str,
     ) -> Result<(), ArchiveError> {
-        let h = set.hash(rel);
-        if set.hashes.contains(&h) {
-            return Ok(());
+        if set.insert_within(rel, MAX_UNDO_BYTES.saturating_sub(others)) {
+            Ok(())
+        } else {
+            Err(ArchiveError::Invalid(limit.to_string()))
         }
-        let len = set.hashes.len();
-        if len == set.hashes.capacity() {
-            let capacity = grown(len);
-            if others + set.bytes_with_one_more() > MAX_UNDO_BYTES {
-                return Err(ArchiveError::Invalid(limit.to_string()));
-            }
-            set.hashes.reserve(capacity - len);
-        }
-        set.hashes.insert(h);
-        Ok(())
     }
 
     fn mark_new(&mut self, rel: &Path) -> Result<(), ArchiveError> {
