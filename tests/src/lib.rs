@@ -343,8 +343,7 @@ pub fn run_tool(cmd: &mut std::process::Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs the conformance suite, printing each case as it ends.
-/// Runs the suite; a driver given by path is configured first ([`configure_driver`]), so
+/// Runs the conformance suite, printing each case as it ends; a driver given by path is configured first ([`configure_driver`]), so
 /// that its config section (grants, `fsname`) applies as it would for an operator.
 pub fn run_conformance(options: &SuiteOptions) -> Report {
     let mut options = options.clone();

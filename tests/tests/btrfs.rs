@@ -108,21 +108,17 @@ fn removing_a_layer_deletes_the_subvolumes_a_container_made_inside_it() {
     // Through the CLI by name, as an operator runs it: the first-party driver gets the
     // btrfs grant without any config.
     let cli = |args: &[&str]| {
-        let out = strata_tests::strata_command(strata_bin())
-            .arg("--root")
-            .arg(fs.mnt().join("root"))
-            .arg("--run-root")
-            .arg(fs.mnt().join("run"))
-            .args(["--driver", "btrfs"])
-            .args(args)
-            .output()
-            .expect("running strata");
-        assert!(
-            out.status.success(),
-            "strata {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        run_tool(
+            strata_tests::strata_command(strata_bin())
+                .arg("--root")
+                .arg(fs.mnt().join("root"))
+                .arg("--run-root")
+                .arg(fs.mnt().join("run"))
+                .args(["--driver", "btrfs"])
+                .args(args),
+        )
+        .trim()
+        .to_string()
     };
     let base = cli(&["layer", "create", "--rw"]);
     let container = cli(&["layer", "create", "--rw", "--parent", &base]);

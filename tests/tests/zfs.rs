@@ -103,19 +103,15 @@ fn cli_by_name_lists_metadata_and_removal_destroys_unused_origin_snapshots() {
     )
     .unwrap();
     let cli = |args: &[&str]| {
-        let out = strata_tests::strata_command(strata_bin())
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--driver", "zfs"])
-            .args(args)
-            .output()
-            .expect("running strata");
-        assert!(
-            out.status.success(),
-            "strata {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        strata_tests::run_tool(
+            strata_tests::strata_command(strata_bin())
+                .arg("--config")
+                .arg(&config_path)
+                .args(["--driver", "zfs"])
+                .args(args),
+        )
+        .trim()
+        .to_string()
     };
     let status = cli(&["status"]);
     assert!(status.contains("Backend: zfs-fuse"), "{status}");

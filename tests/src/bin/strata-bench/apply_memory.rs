@@ -78,19 +78,14 @@ fn peak(bin: &Path, tool: &Path, driver: &str, layer: &Path) -> u64 {
     let t = TempStore::new();
     let (root, run) = (t.root(), t.dir.path().join("run"));
     let cli = |args: &[&str]| {
-        let out = strata_tests::strata_command(bin)
-            .arg("--root")
-            .arg(&root)
-            .arg("--run-root")
-            .arg(&run)
-            .args(["--driver", driver])
-            .args(args)
-            .output()
-            .expect("running strata");
-        assert!(
-            out.status.success(),
-            "strata {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        strata_tests::run_tool(
+            strata_tests::strata_command(bin)
+                .arg("--root")
+                .arg(&root)
+                .arg("--run-root")
+                .arg(&run)
+                .args(["--driver", driver])
+                .args(args),
         );
     };
     cli(&["layer", "create", "--id", "base"]);
