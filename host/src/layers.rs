@@ -68,15 +68,6 @@ pub enum LayerError {
          unmount it with umount(8), then clear the record with `strata layer unmount --force {id}`"
     )]
     UnverifiedMount { id: String, mount_point: String },
-    #[error(
-        "driver {driver}'s home {home} would overlap the host's mount directory {mounts}; \
-         load the driver under another name"
-    )]
-    HomeOverlapsMounts {
-        driver: String,
-        home: PathBuf,
-        mounts: PathBuf,
-    },
     #[error("host mount directory {path}: {cause}")]
     MountDir { path: PathBuf, cause: Box<SysError> },
     #[error("applying onto layer {id} failed, so the layer was removed: {cause}")]
@@ -237,16 +228,10 @@ impl Strata {
         let cache = ComponentCache::new(cache_dir);
         let component = DriverComponent::load(&engine, &cache, &location.name, &location.path)?;
         let home = crate::layout::driver_home(&config.root, &location.name);
+        // Homes are `<root>/drivers/<checked name>`: none can reach `<root>/mounts`.
         let mounts_path = config.root.join(mount::MOUNTS_DIR);
-        if home.starts_with(&mounts_path) || mounts_path.starts_with(&home) {
-            return Err(LayerError::HomeOverlapsMounts {
-                driver: location.name.clone(),
-                home,
-                mounts: mounts_path,
-            });
-        }
         let mounts = mount::MountDir::open(&config.root).map_err(|cause| LayerError::MountDir {
-            path: mounts_path.clone(),
+            path: mounts_path,
             cause: Box::new(cause),
         })?;
         std::fs::create_dir_all(&home)
@@ -633,10 +618,8 @@ impl Strata {
         let _lock = self.store.lock_exclusive()?;
         let layer = self.store.get(id)?;
         self.store.check_removable(&layer.id)?;
-        self.store.mark_incomplete(&layer.id)?;
-        self.driver.remove(&layer.id)?;
+        discard_layer(&self.store, &self.driver, &layer.id)?;
         self.mounts.remove_mount_point(&layer.id);
-        self.store.delete_record(&layer.id)?;
         Ok(())
     }
 

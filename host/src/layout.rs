@@ -116,14 +116,14 @@ pub fn migrate(
         create_dir(&homes)?;
         move_legacy_dir(root, &aside, &driver_home(root, DRIVERS_DIR), DRIVERS_DIR)?;
     }
+    create_dir(&homes)?;
+    create_dir(&run_root.join(DRIVERS_DIR))?;
     for name in &names {
         if crate::registry::check_name(name).is_err() || name == DRIVERS_DIR {
             // Not a name this host could have made a home for beside the store.
             continue;
         }
-        create_dir(&homes)?;
         move_legacy_dir(root, &root.join(name), &driver_home(root, name), name)?;
-        create_dir(&run_root.join(DRIVERS_DIR))?;
         move_legacy_dir(
             root,
             &run_root.join(name),
@@ -131,7 +131,6 @@ pub fn migrate(
             name,
         )?;
     }
-    create_dir(&homes)?;
     store.set_meta(LAYOUT_KEY, LAYOUT_VERSION)?;
     Ok(())
 }

@@ -61,7 +61,8 @@ impl Strata {
     /// Refuses, before anything is written, an image deeper than the driver can mount a
     /// container on ([`crate::mount::max_image_depth`]; a driver without a limit passes).
     fn check_image_depth(&self, image: &ResolvedImage) -> Result<(), ImageError> {
-        let driver = &self.driver_info().name;
+        // The host's identity of the driver, not the name it reports of itself.
+        let driver = self.driver().name();
         match crate::mount::max_image_depth(driver) {
             Some(max) if image.layers.len() > max => Err(ImageError::Unsupported(format!(
                 "the image has {} layers; the {driver} driver mounts a container on an image \
@@ -311,13 +312,11 @@ impl Strata {
     }
 
     /// Removes the layers a failed import made, top first. Stops at the first that cannot be
-    /// removed: it and those below stay, incomplete, for the store's recovery (leaves first).
+    /// removed: it and those below stay for the store's recovery (leaves first), which finds
+    /// them because an import's new layers are incomplete until the image is recorded.
     fn discard(&self, created: &[String]) {
         for id in created.iter().rev() {
             if discard_layer(self.store(), self.driver(), id).is_err() {
-                for below in created.iter().rev() {
-                    let _ = self.store().mark_incomplete(below);
-                }
                 return;
             }
         }

@@ -199,6 +199,8 @@ impl MountDir {
             cause,
         };
         let name = std::ffi::OsStr::new(id);
+        // Made if missing; opened again below, once stale mounts are gone (opened now, it
+        // would be the root of the topmost stale mount).
         self.dir.private_subdir(id).map_err(err)?;
         for _ in 0..MAX_STALE_MOUNTS {
             match sys::mount::mounted_id_at(self.dir.as_fd(), name).map_err(err)? {

@@ -11,7 +11,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use super::bindings::{StrataDriver, StrataDriverPre, strata::driver as wit};
 use super::cache::ComponentCache;
-use super::host::{ApplyTrace, DeadlineExceeded, HostState, LayerDiff, ZfsAccess};
+use super::host::{ApplyTrace, DeadlineExceeded, HostState, LayerDiff, ZfsAccess, sanitize};
 use super::limits::{BudgetExceeded, CallBudget, link_bounded_poll};
 use super::wasi_files::{WASI_BLOCKING_CURRENT_THREAD, link_checked_open};
 use super::{
@@ -360,10 +360,7 @@ impl DriverRuntime {
         let stderr_note = if captured.is_empty() {
             String::new()
         } else {
-            format!(
-                "; driver stderr: {}",
-                crate::sandbox::host::sanitize(&captured)
-            )
+            format!("; driver stderr: {}", sanitize(&captured))
         };
         match e.downcast_ref::<DeadlineExceeded>() {
             Some(DeadlineExceeded::Guest) => {
@@ -574,11 +571,6 @@ impl DriverRuntime {
     pub fn cleanup(&self) -> Result<(), CallError> {
         self.op("cleanup", |s, d| d.strata_driver_driver().call_cleanup(s))
     }
-}
-
-/// Driver text as the host keeps it: control characters escaped, capped.
-fn sanitize(text: &str) -> String {
-    super::host::sanitize(text)
 }
 
 /// Key/value pairs a driver returned (status, metadata), escaped.

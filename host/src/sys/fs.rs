@@ -180,7 +180,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(rustix::io::Errno
 /// The `/proc/self/fd/N/NAME` path naming `name` in the directory `fd`; used for the xattr
 /// syscalls, which have no `*at` form. The parent is already resolved; `l*` variants then
 /// keep the final component from being followed.
-fn proc_path(fd: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
+pub(super) fn proc_path(fd: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
     let mut p = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     if !name.is_empty() {
         p.push(name);

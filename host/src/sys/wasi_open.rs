@@ -23,9 +23,10 @@
 //! wasmtime-wasi follows: creating a file through a dangling final symlink fails with EEXIST
 //! instead of creating the symlink's target.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -151,7 +152,7 @@ pub fn open_regular_or_dir(
         }
         // The magic link reaches the inode `found` holds, not whatever the path names now.
         let reopened = rustix::fs::open(
-            format!("/proc/self/fd/{}", found.as_raw_fd()),
+            super::fs::proc_path(found.as_fd(), OsStr::new("")),
             flags,
             Mode::empty(),
         )?;
