@@ -34,6 +34,8 @@ pub enum ConfigError {
         origin: String,
         cause: std::io::Error,
     },
+    #[error("{origin}: cannot open: {reason}")]
+    Open { origin: String, reason: String },
     #[error("{origin}: not valid TOML: {message}")]
     Syntax { origin: String, message: String },
     #[error("{origin}: unknown key {key}")]
@@ -277,19 +279,29 @@ impl Parser<'_> {
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let origin = path.display().to_string();
+        let origin = crate::text::quote_path(&path.to_string_lossy()).into_owned();
         let read = |cause| ConfigError::Read {
             origin: origin.clone(),
             cause,
         };
-        let len = std::fs::metadata(path).map_err(read)?.len();
-        if len > MAX_CONFIG_SIZE {
-            return Err(ConfigError::Syntax {
-                origin,
-                message: format!("{len} bytes is larger than {MAX_CONFIG_SIZE}"),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(read)?;
+        // Opened without blocking and checked on the descriptor: a FIFO or a device named by
+        // `--config` is refused, not waited on or read without end; the cap holds for the
+        // bytes read, not the size `stat` claims (0 for a device).
+        let (file, _) =
+            crate::sys::named::open_named_file(path).map_err(|e| ConfigError::Open {
+                origin: origin.clone(),
+                reason: e.reason(),
+            })?;
+        let bytes = crate::sys::named::read_capped(&file, MAX_CONFIG_SIZE)
+            .map_err(read)?
+            .ok_or_else(|| ConfigError::Syntax {
+                origin: origin.clone(),
+                message: format!("larger than {MAX_CONFIG_SIZE} bytes"),
+            })?;
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Syntax {
+            origin: origin.clone(),
+            message: "not UTF-8 text".into(),
+        })?;
         Config::from_str(&text, &origin)
     }
 

@@ -16,6 +16,7 @@ use crate::archive;
 use crate::config::Config;
 use crate::mount::{self, PlanError};
 use crate::registry::{self, DriverLocation, LocateError};
+use crate::sandbox::inspect::{ComponentSummary, inspect_component};
 use crate::sandbox::{
     CallError, Capability, ComponentCache, DriverComponent, DriverInfo, DriverRuntime,
     MountRequest, SandboxEngine, SandboxError, SandboxLimits,
@@ -135,22 +136,11 @@ pub struct Strata {
     info: DriverInfo,
 }
 
-/// Opens the driver described by `options` without a store: for `driver inspect`.
-pub fn load_driver_component(
-    engine: &SandboxEngine,
-    spec: &str,
-    config: &Config,
-    cache_dir: &Path,
-) -> Result<DriverComponent> {
+/// What the driver `spec` imports and exports, read from its component without compiling
+/// it and without a store: for `driver inspect` ([`crate::sandbox::inspect`]).
+pub fn inspect_driver(spec: &str, config: &Config) -> Result<ComponentSummary> {
     let location = locate_driver(spec, config)?;
-    crate::layout::check_cache_dir(&config.root, cache_dir)?;
-    let cache = ComponentCache::new(cache_dir);
-    Ok(DriverComponent::load(
-        engine,
-        &cache,
-        &location.name,
-        &location.path,
-    )?)
+    Ok(inspect_component(&location.name, &location.path)?)
 }
 
 /// The grants the driver `spec` would be linked with.

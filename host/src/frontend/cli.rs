@@ -15,11 +15,10 @@ use serde_json::json;
 use super::images::{ContainerCommand, ImageCommand, container_command, image_command};
 use crate::config::Config;
 use crate::conformance;
-use crate::layers::{
-    ChangeKind, CreateLayer, StoreOptions, Strata, driver_grants, load_driver_component,
-};
+use crate::layers::{ChangeKind, CreateLayer, StoreOptions, Strata, driver_grants, inspect_driver};
 use crate::registry;
-use crate::sandbox::{SandboxEngine, WIT_PACKAGE};
+use crate::sandbox::WIT_PACKAGE;
+use crate::text::escape;
 
 /// Strata: container layer storage with sandboxed WebAssembly drivers.
 #[derive(Parser, Debug)]
@@ -243,7 +242,8 @@ fn open(cli: &Cli, config: Config) -> Result<Strata> {
 fn warn_uncached(component: &crate::sandbox::DriverComponent) {
     if let Some(w) = &component.cache_warning {
         eprintln!(
-            "strata: warning: {w} (the driver was compiled and runs; it is compiled again next start)"
+            "strata: warning: {} (the driver was compiled and runs; it is compiled again next start)",
+            escape(&w.to_string())
         );
     }
 }
@@ -253,6 +253,25 @@ pub(super) fn print_json(value: serde_json::Value) -> Result<()> {
     serde_json::to_writer_pretty(&mut out, &value)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// A JSON document for people (`inspect` without `--json`): pretty, each line escaped.
+/// JSON escapes C0 controls in strings but not DEL, C1 controls (`\u{9b}` starts a terminal
+/// sequence too) or bidirectional overrides; strings from images and drivers may hold them.
+/// Real newlines are only the layout's, so escaping line by line keeps the layout.
+pub(super) fn print_human_json(value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    let mut out = std::io::stdout().lock();
+    for line in text.lines() {
+        writeln!(out, "{}", escape(line))?;
+    }
+    Ok(())
+}
+
+/// A path given by a user or found in an image, for a line of human output: quoted when it
+/// holds anything unusual, as `ls` quotes.
+pub(super) fn quoted(path: &str) -> String {
+    crate::text::quote_path(path).into_owned()
 }
 
 fn pairs_json(pairs: &[(String, String)]) -> serde_json::Value {
@@ -287,19 +306,15 @@ fn run(cli: Cli) -> Result<()> {
                 ))?;
             } else {
                 for d in &drivers {
-                    println!("{}\t{}", d.name, d.path.display());
+                    println!("{}\t{}", d.name, quoted(&d.path.to_string_lossy()));
                 }
             }
             Ok(())
         }
         Command::Driver(DriverCommand::Inspect { driver }) => {
-            let engine = SandboxEngine::new()?;
-            let cache = std::env::var_os("STRATA_COMPONENT_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| crate::layout::default_cache_dir(&config.root));
-            let c = load_driver_component(&engine, driver, &config, &cache)
-                .with_context(|| format!("inspecting driver {driver}"))?;
-            warn_uncached(&c);
+            // Read from the component's binary: nothing is compiled or cached.
+            let c = inspect_driver(driver, &config)
+                .with_context(|| format!("inspecting driver {}", escape(driver)))?;
             let caps: Vec<&str> = c.capabilities.iter().map(|c| c.name()).collect();
             let granted = driver_grants(driver, &config)?;
             if json {
@@ -311,17 +326,27 @@ fn run(cli: Cli) -> Result<()> {
                     "capabilities": caps,
                     "granted": granted,
                     "imports": c.imports,
+                    "exports": c.exports,
                 }))
             } else {
-                println!("name:         {}", c.name);
-                println!("path:         {}", c.path.display());
-                println!("sha256:       {}", c.sha256);
-                println!("wit:          {WIT_PACKAGE}@{}", c.wit_version);
-                println!("capabilities: {}", caps.join(", "));
-                println!("granted:      {}", granted.join(", "));
-                println!("imports:");
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "name:         {}", c.name)?;
+                writeln!(out, "path:         {}", quoted(&c.path.to_string_lossy()))?;
+                writeln!(out, "sha256:       {}", c.sha256)?;
+                writeln!(
+                    out,
+                    "wit:          {WIT_PACKAGE}@{}",
+                    escape(&c.wit_version)
+                )?;
+                writeln!(out, "capabilities: {}", caps.join(", "))?;
+                writeln!(out, "granted:      {}", granted.join(", "))?;
+                writeln!(out, "imports:")?;
                 for i in &c.imports {
-                    println!("  {i}");
+                    writeln!(out, "  {}", escape(i))?;
+                }
+                writeln!(out, "exports:")?;
+                for e in &c.exports {
+                    writeln!(out, "  {}", escape(e))?;
                 }
                 Ok(())
             }
@@ -342,11 +367,11 @@ fn run(cli: Cli) -> Result<()> {
                 }))
             } else {
                 println!("Driver: {}", strata.driver().name());
-                println!("Root: {}", c.root.display());
-                println!("Run root: {}", c.run_root.display());
+                println!("Root: {}", quoted(&c.root.to_string_lossy()));
+                println!("Run root: {}", quoted(&c.run_root.to_string_lossy()));
                 println!("Layers: {layers}");
                 for (k, v) in &status {
-                    println!("{k}: {v}");
+                    println!("{}: {}", escape(k), escape(v));
                 }
                 Ok(())
             }
@@ -412,12 +437,12 @@ fn driver_test(cli: &Cli, config: Config, args: &TestArgs) -> Result<()> {
                     .as_deref()
                     .map(|n| format!(" ({n})"))
                     .unwrap_or_default();
-                println!("ok    {} [{} ms]{note}", r.name, r.millis);
+                println!("ok    {} [{} ms]{}", r.name, r.millis, escape(&note));
             }
             conformance::Outcome::Failed { message } => {
                 println!("FAIL  {} [{} ms]", r.name, r.millis);
                 for line in message.lines() {
-                    println!("      {line}");
+                    println!("      {}", escape(line));
                 }
             }
         }
@@ -432,7 +457,7 @@ fn driver_test(cli: &Cli, config: Config, args: &TestArgs) -> Result<()> {
     } else {
         println!(
             "{passed} passed, {failed} failed: {} (sha256 {})",
-            report.path.display(),
+            quoted(&report.path.to_string_lossy()),
             report.sha256
         );
     }
@@ -473,10 +498,22 @@ fn layer_command(strata: &Strata, cmd: &LayerCommand, json: bool) -> Result<()> 
             }
         }
         LayerCommand::Apply { id, file } => {
+            // stdin is the user's own pipe and stays allowed; a named FILE must be a regular
+            // file (a FIFO or a device is refused before it is opened for reading, so the
+            // store's lock is never held waiting on it): pipe a stream in as stdin instead.
             let input: Box<dyn Read + Send> = match file.as_deref() {
                 None | Some("-") => Box::new(std::io::stdin()),
                 Some(path) => {
-                    Box::new(std::fs::File::open(path).with_context(|| format!("opening {path}"))?)
+                    let (f, _) = crate::sys::named::open_named_file(std::path::Path::new(path))
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "opening {}: {} (to apply a stream, give it as stdin: \
+                                 `strata layer apply {id} - < …`)",
+                                quoted(path),
+                                e.reason()
+                            )
+                        })?;
+                    Box::new(f)
                 }
             };
             let applied = strata
@@ -626,8 +663,7 @@ fn layer_command(strata: &Strata, cmd: &LayerCommand, json: bool) -> Result<()> 
             if json {
                 print_json(value)
             } else {
-                println!("{}", serde_json::to_string_pretty(&value)?);
-                Ok(())
+                print_human_json(&value)
             }
         }
     }

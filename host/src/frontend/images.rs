@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::json;
 
-use super::cli::print_json;
+use super::cli::{print_human_json, print_json, quoted};
 use crate::image::{ContainerOptions, ImportOptions, ImportProgress};
 use crate::layers::Strata;
 
@@ -149,7 +149,7 @@ pub fn image_command(strata: &Strata, cmd: &ImageCommand, json: bool) -> Result<
                 let _line = interactive.then(|| show_progress(scope, &progress));
                 strata.import_image(path, &options, &progress)
             })
-            .with_context(|| format!("importing the image {}", path.display()))?;
+            .with_context(|| format!("importing the image {}", quoted(&path.to_string_lossy())))?;
             let secs = started.elapsed().as_secs_f64();
             if json {
                 let mut v = serde_json::to_value(&report)?;
@@ -222,8 +222,7 @@ pub fn image_command(strata: &Strata, cmd: &ImageCommand, json: bool) -> Result<
             if json {
                 print_json(v)
             } else {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                Ok(())
+                print_human_json(&v)
             }
         }
         ImageCommand::Rm { image } => {

@@ -36,15 +36,29 @@ pub const MAX_IMAGE_LAYERS: usize = 1000;
 /// Indexes followed from `index.json` to a manifest (an index may point at an index).
 pub const MAX_INDEX_DEPTH: usize = 4;
 
+/// A path for a message: quoted when it holds anything unusual (as `ls` quotes), so that a
+/// name with a newline cannot forge a line of its own.
+fn shown(path: &std::path::Path) -> String {
+    crate::text::quote_path(&path.to_string_lossy()).into_owned()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("{what}: {cause}")]
     Io { what: String, cause: std::io::Error },
-    #[error("{}: {reason}", path.display())]
+    #[error("{}: {reason}", shown(path))]
     Format { path: PathBuf, reason: String },
-    #[error("{}: {name} is missing (truncated or incomplete image?)", image.display())]
+    #[error("{}: {name} is missing (truncated or incomplete image?)", shown(image))]
     Missing { image: PathBuf, name: String },
-    #[error("{name}: {size} bytes, more than the {cap} a document may have")]
+    /// A file of the image that cannot be opened: a FIFO or a device, a symlink, a name
+    /// through a symlinked directory.
+    #[error("{}: {name}: {reason}", shown(image))]
+    Open {
+        image: PathBuf,
+        name: String,
+        reason: String,
+    },
+    #[error("{name}: at least {size} bytes, more than the {cap} a document may have")]
     TooLarge { name: String, size: u64, cap: u64 },
     #[error("{name}: bad JSON: {cause}")]
     Json {

@@ -2,24 +2,41 @@
 //! or a `docker save` tar) read in place.
 //!
 //! An archive is scanned once for its entries' offsets and sizes; blobs are then read by
-//! seeking into it, so nothing is extracted to disk first. Names are looked up exactly after
-//! dropping a leading `./` or `/`; a name with `..` cannot be looked up at all.
+//! offset from the one descriptor it was opened as, so nothing is extracted to disk first.
+//! Names are looked up exactly after dropping a leading `./` or `/`; a name with `..` cannot
+//! be looked up at all.
+//!
+//! An image is a stranger's: it is confined like a driver home. A layout's files are resolved
+//! beneath the layout directory with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so a
+//! `blobs/` or `blobs/sha256` that is a symlink (or a `docker save` directory's `Layers`
+//! entry through one) is refused before anything outside is opened, and no size or digest of
+//! an outside file can reach a message. Every file — the image path itself, `index.json`,
+//! each blob — is opened without blocking and checked on its descriptor (a regular file, or
+//! the layout directory) before a byte is read ([`crate::sys::named`]): a FIFO or a device
+//! is refused, never waited on.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use super::ImageError;
+use crate::sys::fs::Confinement;
+use crate::sys::named::{self, Named, Want};
+use crate::sys::{Dir, ErrorKind, SysError};
 
 /// Entries an archive may hold.
 pub const MAX_ARCHIVE_ENTRIES: usize = 1_000_000;
 
 pub enum ImageSource {
-    Layout(PathBuf),
+    /// A layout directory: every name is resolved beneath it, through no symlink.
+    Layout { path: PathBuf, dir: Dir },
     Archive {
         path: PathBuf,
+        /// The archive, opened once; entries are read from it by offset.
+        file: Arc<File>,
         /// Entry name → (offset of its data, size).
         entries: HashMap<String, (u64, u64)>,
     },
@@ -29,6 +46,27 @@ pub enum ImageSource {
 pub struct SourceFile {
     pub reader: Box<dyn Read + Send>,
     pub size: u64,
+}
+
+/// One entry of an archive: reads at most its size from its offset, whatever else reads the
+/// archive meanwhile (positioned reads; the blobs of an import are read by several threads).
+struct EntryReader {
+    file: Arc<File>,
+    at: u64,
+    end: u64,
+}
+
+impl Read for EntryReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.end.saturating_sub(self.at);
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.file.read_at(&mut buf[..n], self.at)?;
+        self.at += got as u64;
+        Ok(got)
+    }
 }
 
 fn clean_name(raw: &str) -> Option<String> {
@@ -43,18 +81,44 @@ fn clean_name(raw: &str) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("/"))
 }
 
+/// Why a file of the image cannot be read, without anything of what lies outside the image:
+/// a symlink is refused before it is followed, so no size, digest or content of its target
+/// ever reaches a message.
+fn open_error(image: &Path, name: &str, e: &SysError) -> ImageError {
+    let reason = match e.kind {
+        ErrorKind::Denied if e.detail.is_some() => format!(
+            "{}; an image is read only from within its own directory, through no symlink",
+            e.reason()
+        ),
+        _ => e.reason(),
+    };
+    ImageError::Open {
+        image: image.to_path_buf(),
+        name: name.to_string(),
+        reason,
+    }
+}
+
 impl ImageSource {
+    /// Opens the image at `path` (a user's path: symlinks in it are followed): a layout
+    /// directory, or an archive file. Anything else — a FIFO, a device — is refused before it
+    /// is read.
     pub fn open(path: &Path) -> Result<ImageSource, ImageError> {
-        let io = |cause| ImageError::Io {
-            what: format!("reading {}", path.display()),
-            cause,
+        let opened = named::open_named(path, Want::FileOrDirectory, Confinement::NoSymlinks)
+            .map_err(|e| ImageError::Format {
+                path: path.to_path_buf(),
+                reason: format!("cannot open the image: {}", e.reason()),
+            })?;
+        let file = match opened {
+            Named::Directory(dir) => {
+                return Ok(ImageSource::Layout {
+                    path: path.to_path_buf(),
+                    dir,
+                });
+            }
+            Named::File(file, _) => file,
         };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        if meta.is_dir() {
-            return Ok(ImageSource::Layout(path.to_path_buf()));
-        }
-        let file = File::open(path).map_err(io)?;
-        let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+        let mut archive = tar::Archive::new(std::io::BufReader::new(&file));
         let mut entries = HashMap::new();
         let bad = |reason: String| ImageError::Format {
             path: path.to_path_buf(),
@@ -80,6 +144,7 @@ impl ImageSource {
                 entries.insert(name, (entry.raw_file_position(), entry.size()));
             }
         }
+        drop(archive);
         if entries.is_empty() {
             return Err(bad(
                 "not an image: neither a layout directory nor a tar archive with files".into(),
@@ -87,6 +152,7 @@ impl ImageSource {
         }
         Ok(ImageSource::Archive {
             path: path.to_path_buf(),
+            file: Arc::new(file),
             entries,
         })
     }
@@ -94,24 +160,29 @@ impl ImageSource {
     /// Where the image is, for messages.
     pub fn path(&self) -> &Path {
         match self {
-            ImageSource::Layout(p) => p,
+            ImageSource::Layout { path, .. } => path,
             ImageSource::Archive { path, .. } => path,
         }
     }
 
+    /// Whether the image has something called `name`. In a layout, anything there counts
+    /// (a symlink, a FIFO, a name behind a symlinked directory): opening it then says why it
+    /// cannot be read, rather than the image seeming to lack it.
     pub fn exists(&self, name: &str) -> bool {
+        let Some(clean) = clean_name(name) else {
+            return false;
+        };
         match self {
-            ImageSource::Layout(dir) => {
-                clean_name(name).is_some_and(|n| dir.join(n).symlink_metadata().is_ok())
+            ImageSource::Layout { dir, .. } => {
+                !matches!(dir.lstat(&clean), Err(e) if e.kind == ErrorKind::NotFound)
             }
-            ImageSource::Archive { entries, .. } => {
-                clean_name(name).is_some_and(|n| entries.contains_key(&n))
-            }
+            ImageSource::Archive { entries, .. } => entries.contains_key(&clean),
         }
     }
 
-    /// Opens the file `name` (relative to the layout or archive root). In a layout, symlinks
-    /// are not followed and only regular files are read.
+    /// Opens the file `name` (relative to the layout or archive root). In a layout, it is
+    /// resolved beneath the layout through no symlink, and only a regular file is opened for
+    /// reading (never a FIFO or a device: see [`crate::sys::named`]).
     pub fn open_file(&self, name: &str) -> Result<SourceFile, ImageError> {
         let missing = || ImageError::Missing {
             image: self.path().to_path_buf(),
@@ -119,69 +190,47 @@ impl ImageSource {
         };
         let clean = clean_name(name).ok_or_else(missing)?;
         match self {
-            ImageSource::Layout(dir) => {
-                let path = dir.join(&clean);
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&path)
-                    .map_err(|e| match e.kind() {
-                        std::io::ErrorKind::NotFound => missing(),
-                        _ => ImageError::Io {
-                            what: format!("opening {}", path.display()),
-                            cause: e,
-                        },
-                    })?;
-                let meta = file.metadata().map_err(|cause| ImageError::Io {
-                    what: format!("reading {}", path.display()),
-                    cause,
-                })?;
-                if !meta.is_file() {
-                    return Err(ImageError::Format {
-                        path,
-                        reason: "not a regular file".into(),
-                    });
-                }
-                Ok(SourceFile {
-                    size: meta.len(),
+            ImageSource::Layout { path, dir } => match named::open_in(dir, &clean, Want::File) {
+                Ok(Named::File(file, stat)) => Ok(SourceFile {
+                    size: stat.size,
                     reader: Box::new(file),
-                })
-            }
-            ImageSource::Archive { path, entries } => {
+                }),
+                Ok(Named::Directory(_)) => unreachable!("Want::File opens only regular files"),
+                Err(e) if e.kind == ErrorKind::NotFound => Err(missing()),
+                Err(e) => Err(open_error(path, &clean, &e)),
+            },
+            ImageSource::Archive { file, entries, .. } => {
                 let &(offset, size) = entries.get(&clean).ok_or_else(missing)?;
-                let io = |cause| ImageError::Io {
-                    what: format!("reading {name} in {}", path.display()),
-                    cause,
-                };
-                let mut file = File::open(path).map_err(io)?;
-                file.seek(SeekFrom::Start(offset)).map_err(io)?;
                 Ok(SourceFile {
                     size,
-                    reader: Box::new(file.take(size)),
+                    reader: Box::new(EntryReader {
+                        file: Arc::clone(file),
+                        at: offset,
+                        end: offset.saturating_add(size),
+                    }),
                 })
             }
         }
     }
 
-    /// Reads a small file whole (a JSON document), refusing one over `cap` bytes.
+    /// Reads a small file whole (a JSON document), refusing one over `cap` bytes. The cap
+    /// holds for the bytes actually read, whatever size the file claimed.
     pub fn read_document(&self, name: &str, cap: u64) -> Result<Vec<u8>, ImageError> {
         let f = self.open_file(name)?;
+        let too_large = |size| ImageError::TooLarge {
+            name: name.to_string(),
+            size,
+            cap,
+        };
         if f.size > cap {
-            return Err(ImageError::TooLarge {
-                name: name.to_string(),
-                size: f.size,
-                cap,
-            });
+            return Err(too_large(f.size));
         }
-        let mut out = Vec::with_capacity(f.size as usize);
-        f.reader
-            .take(cap + 1)
-            .read_to_end(&mut out)
+        named::read_capped(f.reader, cap)
             .map_err(|cause| ImageError::Io {
                 what: format!("reading {name}"),
                 cause,
-            })?;
-        Ok(out)
+            })?
+            .ok_or_else(|| too_large(cap + 1))
     }
 }
 

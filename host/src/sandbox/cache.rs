@@ -70,43 +70,7 @@ impl ComponentCache {
         driver: &str,
         path: &Path,
     ) -> Result<LoadedComponent, SandboxError> {
-        let read_err = |cause| SandboxError::Read {
-            driver: driver.to_string(),
-            path: path.to_path_buf(),
-            cause,
-        };
-        // Opened without blocking (a FIFO must not hang the host) and checked on the
-        // descriptor; read no further than the limit whatever the metadata said.
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(read_err)?;
-        let meta = file.metadata().map_err(read_err)?;
-        let invalid = |reason: String| SandboxError::Invalid {
-            driver: driver.into(),
-            path: path.into(),
-            reason,
-        };
-        if !meta.is_file() {
-            return Err(invalid("not a regular file".into()));
-        }
-        let mut wasm = Vec::with_capacity(meta.len().min(MAX_COMPONENT_SIZE) as usize);
-        (&mut file)
-            .take(MAX_COMPONENT_SIZE + 1)
-            .read_to_end(&mut wasm)
-            .map_err(read_err)?;
-        if wasm.len() as u64 > MAX_COMPONENT_SIZE {
-            return Err(invalid(format!(
-                "more than the {MAX_COMPONENT_SIZE} bytes allowed"
-            )));
-        }
-        if Engine::detect_precompiled(&wasm).is_some() {
-            return Err(SandboxError::Precompiled {
-                driver: driver.into(),
-                path: path.into(),
-            });
-        }
+        let wasm = read_component(driver, path)?;
         let sha256 = hex::encode(Sha256::digest(&wasm));
         let entry = self.entry_path(engine, &sha256);
         let mut rejected = None;
@@ -225,6 +189,40 @@ impl ComponentCache {
         write_replacing(&Self::digest_path(entry), digest.as_bytes())?;
         write_replacing(entry, bytes)
     }
+}
+
+/// The bytes of the driver component at `path`, at most [`MAX_COMPONENT_SIZE`]: opened
+/// without blocking and checked on the descriptor (a FIFO or a device is refused, never
+/// waited on or read without end), read no further than the limit whatever the metadata
+/// said, and refused when it is precompiled native code rather than WebAssembly.
+pub fn read_component(driver: &str, path: &Path) -> Result<Vec<u8>, SandboxError> {
+    let read_err = |cause| SandboxError::Read {
+        driver: driver.to_string(),
+        path: path.to_path_buf(),
+        cause,
+    };
+    let invalid = |reason: String| SandboxError::Invalid {
+        driver: driver.into(),
+        path: path.into(),
+        reason,
+    };
+    let (file, _) = crate::sys::named::open_named_file(path).map_err(|e| {
+        if e.kind == crate::sys::ErrorKind::InvalidArgument {
+            invalid(e.reason())
+        } else {
+            read_err(std::io::Error::other(e.reason()))
+        }
+    })?;
+    let wasm = crate::sys::named::read_capped(&file, MAX_COMPONENT_SIZE)
+        .map_err(read_err)?
+        .ok_or_else(|| invalid(format!("more than the {MAX_COMPONENT_SIZE} bytes allowed")))?;
+    if Engine::detect_precompiled(&wasm).is_some() {
+        return Err(SandboxError::Precompiled {
+            driver: driver.into(),
+            path: path.into(),
+        });
+    }
+    Ok(wasm)
 }
 
 /// Whether `meta` is a directory (`dir`) or regular file owned by this process's user and

@@ -19,6 +19,7 @@
 
 pub mod cache;
 pub mod host;
+pub mod inspect;
 pub mod limits;
 mod runtime;
 mod wasi_files;

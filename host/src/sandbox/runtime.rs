@@ -136,34 +136,7 @@ impl DriverComponent {
             .exports(&engine.engine)
             .map(|(n, _)| n.to_string())
             .collect();
-        let mut capabilities = Vec::new();
-        for import in &imports {
-            if let Some(interface) = strata_interface(import) {
-                if interface == "types" {
-                    continue;
-                }
-                match Capability::from_name(interface) {
-                    Some(c) => capabilities.push(c),
-                    None => {
-                        return Err(SandboxError::UnknownImport {
-                            driver: name.into(),
-                            import: import.clone(),
-                            hint: format!(" (this host serves {WIT_PACKAGE}@{WIT_VERSION})"),
-                        });
-                    }
-                }
-            }
-        }
-        let wit_version = exports
-            .iter()
-            .find_map(|n| {
-                n.strip_prefix(&format!("{WIT_PACKAGE}/driver@"))
-                    .map(str::to_string)
-            })
-            .ok_or_else(|| SandboxError::NoDriverExport {
-                driver: name.into(),
-                exports: exports.join(", "),
-            })?;
+        let (wit_version, capabilities) = interfaces(name, &imports, &exports)?;
         Ok(DriverComponent {
             name: name.into(),
             path: path.into(),
@@ -176,6 +149,46 @@ impl DriverComponent {
             imports,
         })
     }
+}
+
+/// What a driver's imports and exports say: the WIT version of the driver interface it
+/// exports and the Strata capabilities it imports. Refused: an import of this package that
+/// this host does not serve, no driver export. Shared by loading and by `driver inspect`
+/// (which reads the names from the binary without compiling it).
+pub(super) fn interfaces(
+    name: &str,
+    imports: &[String],
+    exports: &[String],
+) -> Result<(String, Vec<Capability>), SandboxError> {
+    let mut capabilities = Vec::new();
+    for import in imports {
+        if let Some(interface) = strata_interface(import) {
+            if interface == "types" {
+                continue;
+            }
+            match Capability::from_name(interface) {
+                Some(c) => capabilities.push(c),
+                None => {
+                    return Err(SandboxError::UnknownImport {
+                        driver: name.into(),
+                        import: import.clone(),
+                        hint: format!(" (this host serves {WIT_PACKAGE}@{WIT_VERSION})"),
+                    });
+                }
+            }
+        }
+    }
+    let wit_version = exports
+        .iter()
+        .find_map(|n| {
+            n.strip_prefix(&format!("{WIT_PACKAGE}/driver@"))
+                .map(str::to_string)
+        })
+        .ok_or_else(|| SandboxError::NoDriverExport {
+            driver: name.into(),
+            exports: exports.join(", "),
+        })?;
+    Ok((wit_version, capabilities))
 }
 
 /// The interface name of a `strata:driver/NAME@VERSION` import.

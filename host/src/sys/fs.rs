@@ -88,7 +88,7 @@ pub struct Stat {
 }
 
 impl Stat {
-    fn from_raw(st: &rustix::fs::Stat) -> Stat {
+    pub(super) fn from_raw(st: &rustix::fs::Stat) -> Stat {
         Stat {
             kind: FileKind::from_type(FileType::from_raw_mode(st.st_mode)),
             mode: st.st_mode & 0o7777,
@@ -269,6 +269,20 @@ impl Dir {
             path,
             confinement: Confinement::Beneath,
         }
+    }
+
+    /// A directory already opened (and checked) by another `sys` function.
+    pub(super) fn from_opened(fd: OwnedFd, path: PathBuf, confinement: Confinement) -> Dir {
+        Dir {
+            fd,
+            path,
+            confinement,
+        }
+    }
+
+    /// How paths beneath this directory are resolved.
+    pub fn confinement(&self) -> Confinement {
+        self.confinement
     }
 
     /// The same directory, resolving paths with `confinement`.
@@ -877,7 +891,7 @@ pub fn open_regular_checked(dir: BorrowedFd<'_>, name: &OsStr, expected: &Stat) 
 
 /// `denied` unless the file open at `fd` is still what `expected` (an earlier `lstat` of
 /// `name`) described: same kind, device and inode.
-fn check_unchanged(fd: BorrowedFd<'_>, name: &OsStr, expected: &Stat) -> SysResult<()> {
+pub(super) fn check_unchanged(fd: BorrowedFd<'_>, name: &OsStr, expected: &Stat) -> SysResult<()> {
     let now = rustix::fs::fstat(fd)
         .map(|st| Stat::from_raw(&st))
         .map_err(|e| SysError::from_errno("fstat", name, e))?;

@@ -7,6 +7,7 @@ pub mod component;
 pub mod error;
 pub mod fs;
 pub mod mount;
+pub mod named;
 pub mod rusage;
 pub mod wasi_open;
 pub mod zfs;
