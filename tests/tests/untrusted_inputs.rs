@@ -648,9 +648,10 @@ fn driver_inspect_reads_a_component_without_compiling_it() {
 
     let baseline = inspect_peak(&t, &small);
     let peak = inspect_peak(&t, &big);
-    // Reading and validating holds the file and little more; compiling it (what inspect
-    // did) takes hundreds of MiB for these few MiB of code.
-    let bound = baseline + 4 * padded.len() as u64 + (16 << 20);
+    // Reading and validating holds the file and little more (the read buffer may double
+    // once); compiling it, what inspect did, took 113 MiB against a 54 MiB baseline for
+    // these 3.7 MiB, in a debug build.
+    let bound = baseline + 2 * padded.len() as u64 + (8 << 20);
     eprintln!(
         "driver inspect: {:.1} MiB component, peak {:.1} MiB (baseline {:.1} MiB, bound {:.1} MiB)",
         padded.len() as f64 / f64::from(1 << 20),
