@@ -142,16 +142,19 @@ fn copy_entry(
         links: HashMap::new(),
         until,
     };
-    c.copy(
-        sp.as_fd(),
-        &sname,
-        &st,
-        dp.as_fd(),
-        &dname,
-        (&dp, Path::new(&dname)),
-        Path::new(src_rel),
-        0,
-    )?;
+    // One stack frame and two descriptors per level, up to MAX_TREE_DEPTH levels.
+    crate::sys::tree::on_deep_stack(|| {
+        c.copy(
+            sp.as_fd(),
+            &sname,
+            &st,
+            dp.as_fd(),
+            &dname,
+            (&dp, Path::new(&dname)),
+            Path::new(src_rel),
+            0,
+        )
+    })?;
     Ok(c.stats)
 }
 
@@ -183,11 +186,7 @@ impl Copier {
             )));
         }
         if depth > MAX_TREE_DEPTH {
-            return Err(err(SysError::invalid(
-                "copy",
-                shown,
-                "directory tree too deep",
-            )));
+            return Err(err(SysError::invalid("copy", shown, sfs::too_deep())));
         }
         if st.kind != FileKind::Directory
             && st.nlink > 1

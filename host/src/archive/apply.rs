@@ -14,9 +14,10 @@ use super::bookkeeping::{Created, DirTimes, Insert};
 use super::undo::Undo;
 use super::{ArchiveError, OPAQUE_MARKER, WHITEOUT_PREFIX, WhiteoutFormat, is_overlay_xattr};
 use crate::sys::fs::{
-    Confinement, Dir, FileKind, MAX_PATH_LEN, MAX_XATTR_VALUE, chmod_at, chown_at, create_file_at,
-    link_at, mkdir_at, mknod_at, read_dir_names, remove_xattr_at, set_file_metadata, set_times_at,
-    set_xattr_at, stat_at, symlink_at, write_all, xattrs_at,
+    Confinement, Dir, FileKind, MAX_PATH_LEN, MAX_TREE_DEPTH, MAX_XATTR_VALUE, chmod_at, chown_at,
+    create_file_at, link_at, mkdir_at, mknod_at, read_dir_names, remove_xattr_at,
+    set_file_metadata, set_times_at, set_xattr_at, stat_at, symlink_at, too_deep, write_all,
+    xattrs_at,
 };
 use crate::sys::{ErrorKind, SysError};
 
@@ -39,7 +40,9 @@ pub struct ApplyStats {
 }
 
 /// A tar entry name, normalised: no leading `/` or `./`, no empty or `.` components. `..`
-/// is refused (it could only mean leaving the layer).
+/// is refused (it could only mean leaving the layer), and so is a name of more than
+/// [`MAX_TREE_DEPTH`] components: copying, comparing and exporting the layer must be able
+/// to reach everything applied.
 fn normalise(raw: &[u8]) -> Result<PathBuf, String> {
     if raw.len() > MAX_PATH_LEN {
         return Err(format!("name longer than {MAX_PATH_LEN} bytes"));
@@ -48,9 +51,16 @@ fn normalise(raw: &[u8]) -> Result<PathBuf, String> {
         return Err("name contains NUL".into());
     }
     let mut out = PathBuf::new();
+    let mut depth = 0;
     for c in Path::new(OsStr::from_bytes(raw)).components() {
         match c {
-            Component::Normal(n) => out.push(n),
+            Component::Normal(n) => {
+                depth += 1;
+                if depth > MAX_TREE_DEPTH {
+                    return Err(too_deep());
+                }
+                out.push(n)
+            }
             Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
             Component::ParentDir => return Err("`..` would leave the layer".into()),
         }

@@ -21,7 +21,7 @@ use super::ArchiveError;
 use crate::sys::SysError;
 use crate::sys::fs::{
     Dir, FileKind, MAX_TREE_DEPTH, Stat, is_mount_root_fd, open_dir_checked, open_regular_checked,
-    read_dir_names, readlink_at, same_content, stat_at, xattrs_at,
+    read_dir_names, readlink_at, same_content, stat_at, too_deep, xattrs_at,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -84,13 +84,16 @@ pub(super) fn compare(layer: &Dir, parent: Option<&Dir>) -> Result<Vec<Changed>,
     let lfd = open_root(layer)?;
     let pfd = parent.map(open_root).transpose()?;
     let mut out = Vec::new();
-    walk(
-        Some(lfd.as_fd()),
-        pfd.as_ref().map(|f| f.as_fd()),
-        "",
-        &mut out,
-        0,
-    )?;
+    // One stack frame and two descriptors per level, up to MAX_TREE_DEPTH levels.
+    crate::sys::tree::on_deep_stack(|| {
+        walk(
+            Some(lfd.as_fd()),
+            pfd.as_ref().map(|f| f.as_fd()),
+            "",
+            &mut out,
+            0,
+        )
+    })?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
@@ -183,9 +186,7 @@ fn walk(
     depth: usize,
 ) -> Result<bool, ArchiveError> {
     if depth > MAX_TREE_DEPTH {
-        return Err(ArchiveError::invalid(format!(
-            "{path}: directory tree too deep"
-        )));
+        return Err(ArchiveError::invalid(format!("{path}: {}", too_deep())));
     }
     let mut all: BTreeSet<OsString> = names(l, path)?.into_iter().collect();
     all.extend(names(p, path)?);

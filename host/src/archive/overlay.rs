@@ -23,6 +23,7 @@ use super::{ArchiveError, Change, WhiteoutFormat};
 use crate::mount::MAX_OVERLAY_LOWERS;
 use crate::sys::fs::{
     Dir, FileKind, MAX_TREE_DEPTH, get_xattr_at, open_dir_checked, read_dir_names, stat_at,
+    too_deep,
 };
 use crate::sys::{ErrorKind, SysError};
 
@@ -107,9 +108,7 @@ impl UpperWalk<'_> {
         depth: usize,
     ) -> Result<(), ArchiveError> {
         if depth > MAX_TREE_DEPTH {
-            return Err(ArchiveError::invalid(format!(
-                "{path}: directory tree too deep"
-            )));
+            return Err(ArchiveError::invalid(format!("{path}: {}", too_deep())));
         }
         for name in read_dir_names(upper).map_err(sys(path))? {
             let child = format!("{path}/{}", name.to_string_lossy());
@@ -186,7 +185,10 @@ fn walk_upper(
         changes: Vec::new(),
         opaque_dirs: BTreeSet::new(),
     };
-    w.walk(ufd.as_fd(), lfd.as_ref().map(|f| f.as_fd()), "", 0)?;
+    // One stack frame and two descriptors per level, up to MAX_TREE_DEPTH levels.
+    crate::sys::tree::on_deep_stack(|| {
+        w.walk(ufd.as_fd(), lfd.as_ref().map(|f| f.as_fd()), "", 0)
+    })?;
     w.changes.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(w)
 }

@@ -290,7 +290,7 @@ impl Undo {
             !parent.as_os_str().is_empty() && self.is_new(parent)
         };
         if made_here {
-            return remove_tree_at(dir, name, 0).map_err(|e| ArchiveError::Sys(e.at(rel)));
+            return remove_tree_at(dir, name).map_err(|e| ArchiveError::Sys(e.at(rel)));
         }
         self.before_meta(root, parent_rel(rel))?;
         self.charge(Self::note_cost(rel))?;
@@ -329,7 +329,7 @@ impl Undo {
             Path::new(""),
             rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
         )?;
-        remove_tree_at(rootfd.as_fd(), &self.scratch_name, 0)?;
+        remove_tree_at(rootfd.as_fd(), &self.scratch_name)?;
         root.set_times(
             ".",
             (st.atime_sec, st.atime_nsec),
@@ -386,7 +386,7 @@ impl Undo {
                 }
             }
             if self.scratch.take().is_some() {
-                keep(rootfd.and_then(|fd| remove_tree_at(fd.as_fd(), &self.scratch_name, 0)));
+                keep(rootfd.and_then(|fd| remove_tree_at(fd.as_fd(), &self.scratch_name)));
             }
         }
         keep(restore_meta(root, Path::new(""), &self.root_meta));
@@ -404,7 +404,7 @@ fn remove_if_there(root: &Dir, rel: &Path) -> Result<(), SysError> {
         Err(e) => return Err(e),
     };
     match stat_at(pfd.as_fd(), &name) {
-        Ok(_) => remove_tree_at(pfd.as_fd(), &name, 0).map_err(|e| e.at(rel)),
+        Ok(_) => remove_tree_at(pfd.as_fd(), &name).map_err(|e| e.at(rel)),
         Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e.at(rel)),
     }
@@ -416,7 +416,7 @@ fn empty_root(root: &Dir) -> Result<(), SysError> {
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
     )?;
     for child in read_dir_names(fd.as_fd())? {
-        match remove_tree_at(fd.as_fd(), &child, 0) {
+        match remove_tree_at(fd.as_fd(), &child) {
             Ok(()) => {}
             Err(e) if e.kind == ErrorKind::NotFound => {}
             Err(e) => return Err(e),

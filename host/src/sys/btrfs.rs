@@ -21,10 +21,8 @@ use rustix::fs::{FileType, OFlags};
 use rustix::ioctl::{Opcode, Setter, Updater, ioctl, opcode};
 
 use super::error::{ErrorKind, SysError, SysResult};
-use super::fs::{
-    Dir, FileKind, MAX_TREE_DEPTH, check_relative, is_mount_root_at, open_dir_at, read_dir_names,
-    stat_at,
-};
+use super::fs::{Dir, FileKind, check_relative, is_mount_root_at, open_dir_at};
+use super::tree::Step;
 
 /// `statfs.f_type` of btrfs.
 pub const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
@@ -252,7 +250,7 @@ fn delete_subvolume_at(parent: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
         set_subvolume_flags(fd.as_fd(), flags & !SUBVOL_RDONLY).map_err(|e| e.at(name))?;
     }
     let mut budget = MAX_NESTED_SUBVOLUMES;
-    delete_nested(fd.as_fd(), 0, &mut budget).map_err(|e| {
+    delete_nested(fd.as_fd(), &mut budget).map_err(|e| {
         let p = Path::new(name).join(&e.path);
         e.at(p)
     })?;
@@ -260,48 +258,41 @@ fn delete_subvolume_at(parent: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
 }
 
 /// Deletes every subvolume beneath directory `dir` (which belongs to the subvolume being
-/// deleted): each one found is deleted whole, nested ones first.
-fn delete_nested(dir: BorrowedFd<'_>, depth: usize, budget: &mut usize) -> SysResult<()> {
-    if depth > MAX_TREE_DEPTH {
-        return Err(SysError::invalid(
-            "subvolume delete",
-            "",
-            "directory tree too deep",
-        ));
-    }
-    for child in read_dir_names(dir)? {
-        let st = stat_at(dir, &child)?;
-        if st.kind != FileKind::Directory {
-            continue;
-        }
-        if is_mount_root_at(dir, &child)? {
-            return Err(SysError::without_errno(
-                ErrorKind::Busy,
-                "subvolume delete",
-                &child,
-                "a filesystem is mounted there",
-            ));
-        }
-        let sub = open_dir_at(dir, &child)?;
-        let nested = |e: SysError| {
-            let p = Path::new(&child).join(&e.path);
-            e.at(p)
-        };
-        if is_subvolume_fd(sub.as_fd())? {
+/// deleted): each one found is deleted whole, nested ones first. The walk has no depth limit
+/// and holds a bounded number of descriptors ([`super::tree::walk_post_order`]): whatever a
+/// container nested in its layer, the layer can be deleted.
+fn delete_nested(dir: BorrowedFd<'_>, budget: &mut usize) -> SysResult<()> {
+    super::tree::walk_post_order(
+        dir,
+        &mut |dir, child, st| {
+            if st.kind != FileKind::Directory {
+                return Ok(Step::Skip);
+            }
+            if is_mount_root_at(dir, child)? {
+                return Err(SysError::without_errno(
+                    ErrorKind::Busy,
+                    "subvolume delete",
+                    child,
+                    "a filesystem is mounted there",
+                ));
+            }
+            let sub = open_dir_at(dir, child)?;
+            if !is_subvolume_fd(sub.as_fd())? {
+                return Ok(Step::Enter);
+            }
             *budget = budget.checked_sub(1).ok_or_else(|| {
                 SysError::invalid(
                     "subvolume delete",
-                    &child,
+                    child,
                     format!("more than {MAX_NESTED_SUBVOLUMES} nested subvolumes"),
                 )
             })?;
             drop(sub);
-            delete_subvolume_at(dir, &child).map_err(nested)?;
-        } else {
-            delete_nested(sub.as_fd(), depth + 1, budget).map_err(nested)?;
-        }
-    }
-    Ok(())
+            delete_subvolume_at(dir, child)?;
+            Ok(Step::Skip)
+        },
+        &mut |_, _, _| Ok(()),
+    )
 }
 
 impl Dir {

@@ -27,8 +27,16 @@ pub const MAX_PATH_LEN: usize = 4096;
 pub const MAX_XATTR_LIST: usize = 64 * 1024;
 /// The largest xattr value read or written.
 pub const MAX_XATTR_VALUE: usize = 64 * 1024;
-/// The deepest directory nesting walked recursively.
+/// The deepest a tree the host builds or reads may be: a tar entry with more path components
+/// is refused (apply), and copying, comparing or exporting a tree with entries deeper than
+/// this fails with an error naming the limit. Removal has no depth limit
+/// ([`remove_tree_at`]): it must remove whatever the kernel let a container make.
 pub const MAX_TREE_DEPTH: usize = 1024;
+
+/// The message of every error about [`MAX_TREE_DEPTH`].
+pub fn too_deep() -> String {
+    format!("directory tree deeper than {MAX_TREE_DEPTH} levels (the host's tree depth limit)")
+}
 
 /// What kind of file a path is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -534,7 +542,7 @@ impl Dir {
     pub fn remove_tree(&self, path: &str) -> SysResult<()> {
         let rel = self.checked(path)?;
         let (parent, name) = self.parent(&rel)?;
-        remove_tree_at(parent.as_fd(), &name, 0).map_err(|e| e.at(self.display(&rel)))
+        remove_tree_at(parent.as_fd(), &name).map_err(|e| e.at(self.display(&rel)))
     }
 
     /// The kernel's name for the filesystem holding `path`.
@@ -952,34 +960,48 @@ pub fn read_dir_names(fd: BorrowedFd<'_>) -> SysResult<Vec<OsString>> {
 }
 
 /// Removes `name` in `dir` and everything beneath it, never following symlinks and never
-/// entering a mount point (`busy`).
-pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr, depth: usize) -> SysResult<()> {
-    if depth > MAX_TREE_DEPTH {
-        return Err(SysError::invalid("remove", name, "directory tree too deep"));
-    }
+/// entering a mount point (`busy`). There is no depth limit and the descriptors held stay
+/// bounded ([`super::tree::walk_post_order`]): removal must work on any tree the kernel let
+/// someone make, or one container's layer could never be removed.
+pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
     let st = stat_at(dir, name)?;
     if st.kind != FileKind::Directory {
         return unlink_at(dir, name, false);
     }
-    if is_mount_root_at(dir, name)? {
-        return Err(SysError::without_errno(
-            ErrorKind::Busy,
-            "remove",
-            name,
-            "a filesystem is mounted there",
-        ));
-    }
-    // Make sure the directory can be emptied even if it is 0000 and we lack CAP_DAC_*.
-    if st.mode & 0o700 != 0o700 {
-        let _ = chmod_at(dir, name, st.mode | 0o700);
-    }
-    let sub = open_dir_at(dir, name)?;
-    for child in read_dir_names(sub.as_fd())? {
-        remove_tree_at(sub.as_fd(), &child, depth + 1).map_err(|e| {
-            let p = Path::new(name).join(&e.path);
-            e.at(p)
-        })?;
-    }
+    let enterable = |dir: BorrowedFd<'_>, name: &OsStr, st: &Stat| -> SysResult<()> {
+        if is_mount_root_at(dir, name)? {
+            return Err(SysError::without_errno(
+                ErrorKind::Busy,
+                "remove",
+                name,
+                "a filesystem is mounted there",
+            ));
+        }
+        // Make sure the directory can be emptied even if it is 0000 and we lack CAP_DAC_*.
+        if st.mode & 0o700 != 0o700 {
+            let _ = chmod_at(dir, name, st.mode | 0o700);
+        }
+        Ok(())
+    };
+    enterable(dir, name, &st)?;
+    let top = open_dir_checked(dir, name, &st)?;
+    super::tree::walk_post_order(
+        top.as_fd(),
+        &mut |dir, child, cst| {
+            if cst.kind != FileKind::Directory {
+                unlink_at(dir, child, false)?;
+                return Ok(super::tree::Step::Skip);
+            }
+            enterable(dir, child, cst)?;
+            Ok(super::tree::Step::Enter)
+        },
+        &mut |parent, child, _| unlink_at(parent, child, true),
+    )
+    .map_err(|e| {
+        let p = Path::new(name).join(&e.path);
+        e.at(p)
+    })?;
+    drop(top);
     unlink_at(dir, name, true)
 }
 
