@@ -11,14 +11,15 @@ use std::rc::Rc;
 use tar::EntryType;
 
 use super::bookkeeping::{Created, DirTimes, Insert};
+use super::reader::{SparseMap, TarEntry, TarReader};
 use super::undo::Undo;
 use super::{ArchiveError, OPAQUE_MARKER, WHITEOUT_PREFIX, WhiteoutFormat, is_overlay_xattr};
 use crate::sys::fs::{
     Confinement, Dir, FileKind, MAX_PATH_LEN, MAX_TREE_DEPTH, MAX_XATTR_VALUE, chmod_at, chown_at,
     create_file_at, link_at, mkdir_at, mknod_at, read_dir_names, remove_xattr_at,
-    set_file_metadata, set_times_at, set_xattr_at, stat_at, symlink_at, too_deep, write_all,
-    xattrs_at,
+    set_file_metadata, set_times_at, set_xattr_at, stat_at, symlink_at, too_deep, xattrs_at,
 };
+use crate::sys::sparse::{set_len, write_all_at};
 use crate::sys::{ErrorKind, SysError};
 
 /// Entries one tar may hold.
@@ -130,16 +131,15 @@ pub fn apply_layer_tar(
 impl Applier<'_> {
     fn run(&mut self, reader: impl Read) -> Result<(), ArchiveError> {
         let a = self;
-        let mut archive = tar::Archive::new(reader);
-        for entry in archive.entries().map_err(ArchiveError::Read)? {
-            let mut entry = entry.map_err(ArchiveError::Read)?;
+        let mut tar = TarReader::new(reader);
+        while let Some(entry) = tar.next_entry()? {
             a.stats.entries += 1;
             if a.stats.entries > MAX_ENTRIES {
                 return Err(ArchiveError::invalid(format!(
                     "more than {MAX_ENTRIES} entries"
                 )));
             }
-            let raw_name = entry.path_bytes().into_owned();
+            let raw_name = entry.path.clone();
             let shown = String::from_utf8_lossy(&raw_name).into_owned();
             let rel = normalise(&raw_name)
                 .and_then(|rel| a.undo.check_entry(&rel).map(|()| rel))
@@ -147,7 +147,7 @@ impl Applier<'_> {
                     entry: shown.clone(),
                     reason,
                 })?;
-            a.entry(&mut entry, &rel).map_err(|e| match e {
+            a.entry(&mut tar, &entry, &rel).map_err(|e| match e {
                 ArchiveError::Sys(cause) => ArchiveError::Entry {
                     entry: shown.clone(),
                     cause,
@@ -162,8 +162,7 @@ impl Applier<'_> {
         a.finish()?;
         // Read the end-of-archive blocks and any padding too, so that digests taken over the
         // stream cover all of it.
-        std::io::copy(&mut archive.into_inner(), &mut std::io::sink())
-            .map_err(ArchiveError::Read)?;
+        std::io::copy(&mut tar.into_inner(), &mut std::io::sink()).map_err(ArchiveError::Read)?;
         Ok(())
     }
 }
@@ -177,11 +176,12 @@ struct Pax {
     mtime: Option<(i64, u32)>,
 }
 
-fn read_pax<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Pax, ArchiveError> {
+fn read_pax(entry: &TarEntry) -> Result<Pax, ArchiveError> {
     let mut pax = Pax::default();
-    let Some(exts) = entry.pax_extensions().map_err(ArchiveError::Read)? else {
+    let Some(records) = entry.pax.as_deref() else {
         return Ok(pax);
     };
+    let exts = tar::PaxExtensions::new(records);
     let mut total = 0usize;
     for ext in exts {
         let ext = ext.map_err(ArchiveError::Read)?;
@@ -323,32 +323,59 @@ impl Applier<'_> {
         self.undo.before_meta(self.root, rel)
     }
 
-    /// Copies a regular file's content from the tar.
+    /// Copies a regular file's content from the tar; a sparse entry's data goes to its
+    /// regions' offsets and the length is set after, so its holes stay holes. Returns the
+    /// bytes of data written.
     fn copy_content<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        tar: &mut TarReader<R>,
+        sparse: Option<&SparseMap>,
         f: &std::fs::File,
     ) -> Result<u64, ArchiveError> {
+        let whole;
+        let regions: &[(u64, u64)] = match sparse {
+            Some(map) => &map.regions,
+            None => {
+                whole = [(0, u64::MAX)];
+                &whole
+            }
+        };
         let mut total = 0u64;
-        loop {
-            let n = match entry.read(&mut self.buffer) {
-                Ok(0) => return Ok(total),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ArchiveError::Read(e)),
-            };
-            write_all(f, &self.buffer[..n]).map_err(ArchiveError::Sys)?;
-            total += n as u64;
+        for &(offset, len) in regions {
+            let mut done = 0u64;
+            while done < len {
+                let want = self
+                    .buffer
+                    .len()
+                    .min(usize::try_from(len - done).unwrap_or(usize::MAX));
+                let n = match tar.read(&mut self.buffer[..want]) {
+                    Ok(0) if sparse.is_none() => return Ok(total),
+                    Ok(0) => {
+                        return Err(ArchiveError::invalid("sparse entry shorter than its map"));
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(ArchiveError::Read(e)),
+                };
+                write_all_at(f, &self.buffer[..n], offset + done).map_err(ArchiveError::Sys)?;
+                done += n as u64;
+                total += n as u64;
+            }
         }
+        if let Some(map) = sparse {
+            set_len(f, map.real_size).map_err(ArchiveError::Sys)?;
+        }
+        Ok(total)
     }
 
     fn entry<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        tar: &mut TarReader<R>,
+        entry: &TarEntry,
         rel: &Path,
     ) -> Result<(), ArchiveError> {
-        let header = entry.header().clone();
-        let kind = header.entry_type();
+        let header = &entry.header;
+        let kind = entry.entry_type();
         if matches!(
             kind,
             EntryType::XGlobalHeader
@@ -425,10 +452,12 @@ impl Applier<'_> {
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let f = create_file_at(pfd, &fname, 0o600).map_err(at)?;
-                let n = self.copy_content(entry, &f).map_err(|e| match e {
-                    ArchiveError::Sys(cause) => sys(cause.at(rel)),
-                    other => other,
-                })?;
+                let n = self
+                    .copy_content(tar, entry.sparse.as_ref(), &f)
+                    .map_err(|e| match e {
+                        ArchiveError::Sys(cause) => sys(cause.at(rel)),
+                        other => other,
+                    })?;
                 self.stats.size += n;
                 // Owner, mode and times through the descriptor (setting xattrs after does
                 // not change the mtime); xattrs, rare, by name.
@@ -441,7 +470,8 @@ impl Applier<'_> {
             }
             EntryType::Symlink => {
                 let target = entry
-                    .link_name_bytes()
+                    .link
+                    .clone()
                     .ok_or_else(|| ArchiveError::invalid("symlink without a target"))?;
                 if target.len() > MAX_PATH_LEN {
                     return Err(ArchiveError::invalid("symlink target too long"));
@@ -450,7 +480,8 @@ impl Applier<'_> {
             }
             EntryType::Link => {
                 let target = entry
-                    .link_name_bytes()
+                    .link
+                    .clone()
                     .ok_or_else(|| ArchiveError::invalid("hardlink without a target"))?;
                 let trel = normalise(&target)
                     .map_err(|r| ArchiveError::invalid(format!("hardlink target: {r}")))?;

@@ -1,16 +1,18 @@
 //! Writing a layer's changes as a layer tar with `.wh.` whiteouts.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use tar::{Builder, EntryType, Header};
+use tar::{Builder, EntryType, GnuExtSparseHeader, Header};
 
 use super::compare::{ChangeKind, Changed, compare};
+use super::reader::MAX_SPARSE_ENTRIES;
 use super::{ArchiveError, OPAQUE_MARKER, WHITEOUT_PREFIX, is_overlay_xattr};
 use crate::sys::fs::{Dir, FileKind, open_regular_checked, readlink_at, stat_at, xattrs_at};
+use crate::sys::sparse::{data_regions, has_holes, read_at};
 
 struct Counting<W> {
     inner: W,
@@ -26,6 +28,72 @@ impl<W: Write> Write for Counting<W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Makes `h` an old GNU sparse entry (`S`) of a `real_size`-byte file whose data is
+/// `regions` (each but the last a multiple of 512 bytes long, as readers require); returns
+/// the extension blocks that go between the header and the data (21 regions each, the four
+/// first ones being in the header). A file ending in a hole gets a last region
+/// `(real_size, 0)`, as GNU tar writes it, so every reader knows the length.
+fn sparse_header(h: &mut Header, regions: &[(u64, u64)], real_size: u64) -> Vec<u8> {
+    let mut list = regions.to_vec();
+    if list.last().is_none_or(|&(o, l)| o + l < real_size) {
+        list.push((real_size, 0));
+    }
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_size(regions.iter().map(|r| r.1).sum());
+    let gnu = h.as_gnu_mut().expect("a GNU header");
+    gnu.set_real_size(real_size);
+    let in_header = list.len().min(gnu.sparse.len());
+    for (slot, &(offset, length)) in gnu.sparse.iter_mut().zip(&list) {
+        slot.set_offset(offset);
+        slot.set_length(length);
+    }
+    let rest = &list[in_header..];
+    gnu.set_is_extended(!rest.is_empty());
+    let chunks: Vec<&[(u64, u64)]> = rest.chunks(21).collect();
+    let mut blocks = Vec::with_capacity(chunks.len() * 512);
+    for (i, chunk) in chunks.iter().enumerate() {
+        let mut ext = GnuExtSparseHeader::new();
+        for (slot, &(offset, length)) in ext.sparse_mut().iter_mut().zip(chunk.iter()) {
+            slot.set_offset(offset);
+            slot.set_length(length);
+        }
+        ext.set_is_extended(i + 1 < chunks.len());
+        blocks.extend_from_slice(ext.as_bytes());
+    }
+    blocks
+}
+
+/// The data of a sparse file's regions, in order. A file that got shorter since it was
+/// mapped reads as zeros where its data was, so the entry stays as long as its header says.
+struct Regions {
+    file: std::fs::File,
+    regions: Vec<(u64, u64)>,
+    index: usize,
+    done: u64,
+}
+
+impl std::io::Read for Regions {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(&(offset, length)) = self.regions.get(self.index) else {
+            return Ok(0);
+        };
+        let want = buf
+            .len()
+            .min(usize::try_from(length - self.done).unwrap_or(usize::MAX));
+        let n = read_at(&self.file, &mut buf[..want], offset + self.done)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
+        if n < want {
+            buf[n..want].fill(0);
+        }
+        self.done += want as u64;
+        if self.done == length {
+            self.index += 1;
+            self.done = 0;
+        }
+        Ok(want)
     }
 }
 
@@ -122,13 +190,35 @@ pub(super) fn write_changes_tar(
                 }
             }
             FileKind::Regular => {
-                h.set_entry_type(EntryType::Regular);
-                h.set_size(st.size);
                 let f = open_regular_checked(pfd, &name, &st)
                     .map_err(|e| ArchiveError::Sys(e.at(&rel)))?;
-                builder
-                    .append_data(&mut h, &rel, std::io::Read::take(f, st.size))
-                    .map_err(w)?;
+                let regions = if has_holes(&f, st.size) {
+                    data_regions(&f, st.size, 512, MAX_SPARSE_ENTRIES)
+                        .map_err(|e| ArchiveError::Sys(e.at(&rel)))?
+                } else {
+                    None
+                };
+                match regions {
+                    Some(regions) if regions != [(0, st.size)] => {
+                        let blocks = sparse_header(&mut h, &regions, st.size);
+                        let data = Regions {
+                            file: f,
+                            regions,
+                            index: 0,
+                            done: 0,
+                        };
+                        builder
+                            .append_data(&mut h, &rel, std::io::Cursor::new(blocks).chain(data))
+                            .map_err(w)?;
+                    }
+                    _ => {
+                        h.set_entry_type(EntryType::Regular);
+                        h.set_size(st.size);
+                        builder
+                            .append_data(&mut h, &rel, std::io::Read::take(f, st.size))
+                            .map_err(w)?;
+                    }
+                }
             }
             FileKind::Symlink => {
                 h.set_entry_type(EntryType::Symlink);

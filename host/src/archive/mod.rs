@@ -14,6 +14,7 @@ mod bookkeeping;
 mod compare;
 mod export;
 mod overlay;
+mod reader;
 mod undo;
 
 pub use apply::{
@@ -24,6 +25,7 @@ pub use compare::{Change, ChangeKind, changes, diff_size};
 pub use export::write_diff_tar;
 pub use overlay::MAX_VIEW_DIRS;
 pub use overlay::{merged_view, opaque_xattr, upper_changes, write_upper_tar};
+pub use reader::{MAX_HEADERS, MAX_LONG_NAME, MAX_SPARSE_ENTRIES, SparseMap};
 pub use undo::MAX_UNDO_BYTES;
 
 use std::io::{BufRead, BufReader, Read};

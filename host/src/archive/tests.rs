@@ -102,7 +102,8 @@ fn apply_then_export_round_trips_files_and_deletions() {
     let replay = top.open_dir("replay").unwrap();
     let applied = apply_layer_tar(Cursor::new(tar), &replay, WhiteoutFormat::Delete).unwrap();
     assert_eq!(applied.size, 3);
-    assert!(changes(&replay, Some(&child)).unwrap().is_empty());
+    let left = changes(&replay, Some(&child)).unwrap();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

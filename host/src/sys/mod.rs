@@ -9,6 +9,7 @@ pub mod fs;
 pub mod mount;
 pub mod named;
 pub mod rusage;
+pub mod sparse;
 pub mod tree;
 pub mod wasi_open;
 pub mod zfs;
