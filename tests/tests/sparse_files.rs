@@ -241,3 +241,59 @@ fn an_overlay_containers_sparse_files_export_and_commit_sparse() {
     }
     container_sparse_files_export_sparse(&["--driver", "overlay"]);
 }
+
+/// GNU tar's sparse formats — old GNU (`S`) and PAX 0.0, 0.1 and 1.0 — all apply with their
+/// holes kept and their names right (a PAX sparse entry's header name is a placeholder such
+/// as `GNUSparseFile.0/vm.img`; the real one is a PAX record).
+#[test]
+fn every_sparse_format_gnu_tar_writes_applies_sparse() {
+    if !strata_tests::root_or_skip(
+        "every_sparse_format_gnu_tar_writes_applies_sparse",
+        "mounts",
+    ) {
+        return;
+    }
+    let t = TempStore::new();
+    let d = ["--driver", "vfs"];
+    let src = t.dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let f = File::create(src.join("vm.img")).unwrap();
+    f.write_all_at(b"boot", 0).unwrap();
+    f.write_all_at(b"middle", GIB / 2).unwrap();
+    f.write_all_at(b"end", GIB - 3).unwrap();
+    drop(f);
+    let ends: [(u64, &[u8]); 3] = [(0, b"boot"), (GIB / 2, b"middle"), (GIB - 3, b"end")];
+    let formats: [(&str, &[&str]); 4] = [
+        ("gnu", &["--format=gnu"]),
+        ("pax-0.0", &["--format=posix", "--sparse-version=0.0"]),
+        ("pax-0.1", &["--format=posix", "--sparse-version=0.1"]),
+        ("pax-1.0", &["--format=posix", "--sparse-version=1.0"]),
+    ];
+    for (name, flags) in formats {
+        let tar = t.dir.path().join(format!("{name}.tar"));
+        let mut args = vec![
+            "-S",
+            "-C",
+            src.to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+        ];
+        args.extend_from_slice(flags);
+        args.push("vm.img");
+        gnu_tar(&args);
+        assert!(
+            std::fs::metadata(&tar).unwrap().len() <= SMALL,
+            "{name}: GNU tar wrote it sparse"
+        );
+        run(&t, &d, &["layer", "create", "--id", name]);
+        run(&t, &d, &["layer", "apply", name, tar.to_str().unwrap()]);
+        let m = mounted(&t, &d, name);
+        assert_eq!(
+            strata_tests::tree(&m),
+            strata_tests::tree(&src),
+            "{name}: the entry's real name"
+        );
+        assert_sparse(&m.join("vm.img"), GIB, &ends, GIB / 4);
+        run(&t, &d, &["layer", "unmount", name]);
+    }
+}
