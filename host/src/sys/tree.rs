@@ -252,9 +252,10 @@ pub fn walk_post_order(
 
 /// The stack a walk that recurses once per level (copy, compare, export) runs on:
 /// [`MAX_TREE_DEPTH`](super::fs::MAX_TREE_DEPTH) levels of those walks take more than the 8 MiB
-/// of a main thread (and far more than the 2 MiB of a runtime's worker) in a debug build.
-/// Reserved, not committed: only the pages a walk reaches are ever touched.
-pub const DEEP_WALK_STACK: usize = 256 << 20;
+/// of a main thread (and far more than the 2 MiB of a runtime's worker) in a debug build, and
+/// less than 16 MiB (`tests/tests/deep_trees.rs` passes with 16): four times that. Reserved,
+/// not committed: only the pages a walk reaches are ever touched.
+pub const DEEP_WALK_STACK: usize = 64 << 20;
 
 /// Descriptors a process needs for walks of [`MAX_TREE_DEPTH`](super::fs::MAX_TREE_DEPTH)
 /// levels (two trees at a time, one descriptor per level each) and everything else it holds.
