@@ -250,3 +250,43 @@ fn a_layer_5000_levels_deep_is_removed() {
     run_ok(&t, &d, &["layer", "rm", "rw"]);
     assert_eq!(run_ok(&t, &d, &["layer", "ls"]).trim(), "");
 }
+
+/// On btrfs a layer is a subvolume, deleted in the kernel whatever its depth, unless a
+/// container nested subvolumes in it: those are found by a walk of the layer, which must
+/// reach any depth too.
+#[test]
+fn a_btrfs_container_with_a_subvolume_1100_levels_deep_is_removed() {
+    if !strata_tests::btrfs_or_skip(
+        "a_btrfs_container_with_a_subvolume_1100_levels_deep_is_removed",
+    ) {
+        return;
+    }
+    let fs = strata_tests::LoopBtrfs::new(512 << 20);
+    let cli = |args: &[&str]| {
+        strata_tests::run_tool(
+            strata_tests::strata_command(strata_tests::strata_bin())
+                .arg("--root")
+                .arg(fs.mnt().join("root"))
+                .arg("--run-root")
+                .arg(fs.mnt().join("run"))
+                .args(["--driver", "btrfs"])
+                .args(args),
+        )
+        .trim()
+        .to_string()
+    };
+    let base = cli(&["layer", "create", "--rw"]);
+    let container = cli(&["layer", "create", "--rw", "--parent", &base]);
+    let m = PathBuf::from(cli(&["layer", "mount", &container]));
+    make_deep_tree(&m, "d", LEVELS);
+    let nested = m.join(format!("{}nested", "d/".repeat(LEVELS)));
+    strata_tests::run_tool(
+        std::process::Command::new("btrfs")
+            .args(["subvolume", "create"])
+            .arg(&nested),
+    );
+    cli(&["layer", "unmount", &container]);
+    cli(&["layer", "rm", &container]);
+    cli(&["layer", "rm", &base]);
+    assert_eq!(cli(&["layer", "ls"]), "");
+}
