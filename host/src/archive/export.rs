@@ -83,8 +83,12 @@ impl std::io::Read for Regions {
         let want = buf
             .len()
             .min(usize::try_from(length - self.done).unwrap_or(usize::MAX));
-        let n = read_at(&self.file, &mut buf[..want], offset + self.done)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
+        let n = read_at(&self.file, &mut buf[..want], offset + self.done).map_err(|e| {
+            match e.errno {
+                0 => std::io::Error::other(e.to_string()),
+                errno => std::io::Error::from_raw_os_error(errno),
+            }
+        })?;
         if n < want {
             buf[n..want].fill(0);
         }
