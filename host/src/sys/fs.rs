@@ -1096,29 +1096,3 @@ pub fn reflink(src: &File, dst: &File) -> SysResult<()> {
     rustix::fs::ioctl_ficlone(dst, src).map_err(|e| SysError::from_errno("ficlone", "", e))
 }
 
-/// Copies all of `src` into `dst` with `copy_file_range`, falling back to read/write where
-/// the kernel cannot. Returns the bytes copied.
-pub fn copy_content(src: &mut File, dst: &mut File) -> SysResult<u64> {
-    let mut total: u64 = 0;
-    loop {
-        match rustix::fs::copy_file_range(&*src, None, &*dst, None, 1 << 30) {
-            Ok(0) => return Ok(total),
-            Ok(n) => total += n as u64,
-            Err(
-                rustix::io::Errno::XDEV
-                | rustix::io::Errno::NOSYS
-                | rustix::io::Errno::INVAL
-                | rustix::io::Errno::OPNOTSUPP,
-            ) if total == 0 => {
-                return std::io::copy(src, dst).map_err(|e| {
-                    SysError::from_errno(
-                        "copy",
-                        "",
-                        rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
-                    )
-                });
-            }
-            Err(e) => return Err(SysError::from_errno("copy_file_range", "", e)),
-        }
-    }
-}
