@@ -106,7 +106,7 @@ impl LayerStore {
 
     /// Fails when `layer` belongs to an image or is a container's layer: those go with
     /// their image or container.
-    pub(super) fn check_unowned(&self, layer: &str) -> Result<(), StoreError> {
+    pub fn check_unowned(&self, layer: &str) -> Result<(), StoreError> {
         let images = self.strings(
             "SELECT DISTINCT image FROM image_layers WHERE layer = ?1 ORDER BY image",
             params![layer],
