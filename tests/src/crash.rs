@@ -85,15 +85,15 @@ impl Op {
     }
 }
 
-/// Files per layer of the test image and of the applied tars: enough entries that each
-/// operation takes a while to kill in.
-const FILES_PER_LAYER: usize = 400;
 const IMAGE_LAYERS: usize = 4;
 
 /// The inputs every trial uses, written once.
 pub struct Fixtures {
     dir: tempfile::TempDir,
     image: BuiltImage,
+    /// Files per image layer and in the applied tars (the apply adds twice as many): the
+    /// more, the longer each operation runs.
+    files: usize,
 }
 
 fn files(prefix: &str, n: usize, salt: u8) -> Vec<Entry> {
@@ -106,14 +106,16 @@ fn files(prefix: &str, n: usize, salt: u8) -> Vec<Entry> {
 }
 
 impl Fixtures {
-    pub fn new() -> Fixtures {
+    /// The inputs, with `files` files per layer (see [`Fixtures::files`]).
+    pub fn new(files_per_layer: usize) -> Fixtures {
         let dir = tempfile::Builder::new()
             .prefix("strata-crash-inputs-")
             .tempdir()
             .expect("a fixture directory");
+        let n = files_per_layer;
         let layers: Vec<Vec<u8>> = (0..IMAGE_LAYERS)
             .map(|i| {
-                let mut e = files(&format!("l{i}"), FILES_PER_LAYER, i as u8);
+                let mut e = files(&format!("l{i}"), n, i as u8);
                 if i > 0 {
                     // Each layer changes the one below: a replaced file and a deletion.
                     e.push(Entry::file(&format!("l{}/f0", i - 1), 0o600, b"replaced"));
@@ -126,17 +128,17 @@ impl Fixtures {
         oci::write_layout(&image, &dir.path().join("image"));
         // The apply's layer content before, and the tar applied onto it (replacing, deleting,
         // adding beside what is there).
-        std::fs::write(
-            dir.path().join("pre.tar"),
-            tar_of(&files("pre", FILES_PER_LAYER, 7)),
-        )
-        .unwrap();
-        let mut post = files("post", 2 * FILES_PER_LAYER, 9);
+        std::fs::write(dir.path().join("pre.tar"), tar_of(&files("pre", n, 7))).unwrap();
+        let mut post = files("post", 2 * n, 9);
         post.push(Entry::file("pre/f0", 0o600, b"replaced by the apply"));
         post.push(Entry::whiteout("pre/f1"));
         post.push(Entry::opaque("pre"));
         std::fs::write(dir.path().join("post.tar"), tar_of(&post)).unwrap();
-        Fixtures { dir, image }
+        Fixtures {
+            dir,
+            image,
+            files: n,
+        }
     }
 
     fn path(&self, name: &str) -> String {
@@ -145,12 +147,6 @@ impl Fixtures {
 
     fn top(&self) -> String {
         self.image.layer_id(IMAGE_LAYERS - 1)
-    }
-}
-
-impl Default for Fixtures {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -410,7 +406,7 @@ fn setup(op: Op, s: &Store, fx: &Fixtures) -> Result<(), String> {
             let mnt = s.ok(&["container", "mount", "c"])?;
             let mnt = PathBuf::from(mnt.trim());
             std::fs::create_dir(mnt.join("written")).map_err(|e| e.to_string())?;
-            for i in 0..FILES_PER_LAYER {
+            for i in 0..fx.files {
                 std::fs::write(mnt.join(format!("written/w{i}")), format!("w{i}"))
                     .map_err(|e| e.to_string())?;
             }

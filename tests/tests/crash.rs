@@ -6,12 +6,14 @@
 
 use strata_tests::crash::{self, Fixtures, Op, Rng};
 
-/// Trials per operation and driver here (the benchmark runs more).
+/// Trials per operation and driver here (the benchmark runs more, on bigger inputs).
 const TRIALS: usize = 2;
+/// Files per layer of the inputs: small, so that each trial takes a second or two.
+const FILES: usize = 40;
 
 fn trials_on(driver: &str, seed: u64) {
     let bin = strata_tests::strata_bin();
-    let fx = Fixtures::new();
+    let fx = Fixtures::new(FILES);
     let mut rng = Rng::new(seed);
     let mut spans = Vec::new();
     let mut all = Vec::new();

@@ -5,7 +5,8 @@
 //! operation again gives the reference tree). Prints, per operation, the measured span the
 //! kill delays are drawn from, where the kills landed (tenths of the span), how many
 //! processes had ended before their kill, and what the crashes left. The seed is
-//! `STRATA_CRASH_SEED` (default the time), printed so a failure can be replayed.
+//! `STRATA_CRASH_SEED` (default the time), printed so a failure can be replayed;
+//! `STRATA_CRASH_BIN` names another CLI binary.
 
 use anyhow::{Result, bail};
 use strata_tests::crash::{self, Fixtures, Op, Rng};
@@ -13,13 +14,18 @@ use strata_tests::target_dir;
 
 /// Trials per operation and driver: 6 operations × 2 drivers × 9 = 108.
 pub const TRIALS: usize = 9;
+/// Files per layer of the inputs (the test suite's run uses fewer).
+pub const FILES: usize = 200;
 
 pub fn run() -> Result<()> {
     if !rustix::process::geteuid().is_root() {
         eprintln!("crash: skipped: needs root (mounts)");
         return Ok(());
     }
-    let bin = target_dir().join("release").join("strata");
+    // `STRATA_CRASH_BIN` runs another build of the CLI (e.g. a debug one).
+    let bin = std::env::var_os("STRATA_CRASH_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("release").join("strata"));
     let seed = match std::env::var("STRATA_CRASH_SEED") {
         Ok(s) => s.parse()?,
         Err(_) => std::time::SystemTime::now()
@@ -30,7 +36,7 @@ pub fn run() -> Result<()> {
         "crash: seed {seed} (STRATA_CRASH_SEED), {} as the CLI",
         bin.display()
     );
-    let fx = Fixtures::new();
+    let fx = Fixtures::new(FILES);
     let mut rng = Rng::new(seed);
     let mut spans = Vec::new();
     let mut trials = Vec::new();
