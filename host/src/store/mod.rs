@@ -919,7 +919,7 @@ mod tests {
         let conn = Connection::open(d.path().join("layers.db")).unwrap();
         conn.execute_batch(
             "ALTER TABLE layers DROP COLUMN template; ALTER TABLE layers DROP COLUMN mount_id;
-             PRAGMA user_version = 1;",
+             ALTER TABLE layers DROP COLUMN damaged; PRAGMA user_version = 1;",
         )
         .unwrap();
         drop(conn);
