@@ -286,9 +286,21 @@ impl Strata {
     /// their mount points detached first, then the driver's data, then the record). A layer
     /// that cannot be finished is set aside ([`Strata::damaged`]) and the store opens.
     fn recover(&self) -> Result<()> {
-        if self.store.incomplete_layers()?.is_empty() {
+        let incomplete = self.store.incomplete_layers()?;
+        if incomplete.is_empty() {
             return Ok(());
         }
+        // Layers set aside before are retried when the store is free, never waited for: a
+        // damaged layer must not make every command queue behind a long import. (The lock
+        // is per open file: `recover` taking it again while this is held does not wait.)
+        let _free = if incomplete.iter().all(|l| l.damaged.is_some()) {
+            match self.store.try_lock_exclusive()? {
+                Some(lock) => Some(lock),
+                None => return Ok(()),
+            }
+        } else {
+            None
+        };
         self.store
             .recover(|layer: &Layer| self.remove_data(&layer.id))?;
         Ok(())
