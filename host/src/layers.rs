@@ -21,7 +21,7 @@ use crate::sandbox::{
     CallError, Capability, ComponentCache, DriverComponent, DriverInfo, DriverRuntime,
     MountRequest, SandboxEngine, SandboxError, SandboxLimits,
 };
-use crate::store::{Layer, LayerStore, NewLayer, RecoverError, StoreError};
+use crate::store::{Layer, LayerStore, NewLayer, StoreError};
 use crate::sys::SysError;
 
 pub use crate::sandbox::{Change, ChangeKind};
@@ -73,6 +73,17 @@ pub enum LayerError {
     MountDir { path: PathBuf, cause: Box<SysError> },
     #[error("applying onto layer {id} failed, so the layer was removed: {cause}")]
     ApplyFailed { id: String, cause: Box<LayerError> },
+    /// The apply failed, could not be undone, and the layer belongs to an image or a
+    /// container: it cannot go without its owner, so it is set aside as damaged.
+    #[error(
+        "applying onto layer {id} failed and could not be undone; the layer is set aside as \
+         damaged ({owner}): {cause}"
+    )]
+    ApplyDamaged {
+        id: String,
+        owner: String,
+        cause: Box<LayerError>,
+    },
     /// The apply failed and the layer is exactly as it was before it.
     #[error("applying onto layer {id} failed; the layer was left as it was: {cause}")]
     ApplyUndone { id: String, cause: Box<LayerError> },
@@ -271,19 +282,55 @@ impl Strata {
         Ok(strata)
     }
 
+    /// Finishes what a crash left: layers still incomplete are removed (stale mounts on
+    /// their mount points detached first, then the driver's data, then the record). A layer
+    /// that cannot be finished is set aside ([`Strata::damaged`]) and the store opens.
     fn recover(&self) -> Result<()> {
         let incomplete = self.store.incomplete_layers()?;
         if incomplete.is_empty() {
             return Ok(());
         }
-        let driver = &self.driver;
+        // Layers set aside before are retried when the store is free, never waited for: a
+        // damaged layer must not make every command queue behind a long import. (The lock
+        // is per open file: `recover` taking it again while this is held does not wait.)
+        let _free = if incomplete.iter().all(|l| l.damaged.is_some()) {
+            match self.store.try_lock_exclusive()? {
+                Some(lock) => Some(lock),
+                None => return Ok(()),
+            }
+        } else {
+            None
+        };
         self.store
-            .recover(|layer: &Layer| driver.remove(&layer.id).map_err(LayerError::from))
-            .map_err(|e| match e {
-                RecoverError::Store(e) => LayerError::Store(e),
-                RecoverError::Driver(e) => e,
-            })?;
+            .recover(|layer: &Layer| self.remove_data(&layer.id))?;
         Ok(())
+    }
+
+    /// Removes layer `id`'s data: whatever is mounted on its mount point (its record says
+    /// nothing is: the caller checked), the mount point, the driver's data.
+    fn remove_data(&self, id: &str) -> Result<()> {
+        self.mounts.clear(id).map_err(|cause| LayerError::Unmount {
+            id: id.to_string(),
+            cause: Box::new(cause),
+        })?;
+        self.driver.remove(id)?;
+        Ok(())
+    }
+
+    /// Throws away layer `id` (not mounted, no children, no owner), record last: marked
+    /// incomplete, its data removed ([`Strata::remove_data`]), the record deleted. When
+    /// removing the data fails the record stays, incomplete, for recovery.
+    pub(crate) fn discard(&self, id: &str) -> Result<()> {
+        self.store.mark_incomplete(id)?;
+        self.remove_data(id)?;
+        self.store.delete_record(id)?;
+        Ok(())
+    }
+
+    /// Layers set aside as damaged: recovery could not finish them (see
+    /// docs/crash-safety.md). Each open retries them; the rest of the store works.
+    pub fn damaged(&self) -> Result<Vec<Layer>> {
+        Ok(self.store.damaged_layers()?)
     }
 
     pub fn config(&self) -> &Config {
@@ -364,7 +411,7 @@ impl Strata {
             template: template.map(|t| t.id),
             parent_may_be_incomplete: false,
         })?;
-        let pending = PendingLayer::new(&self.store, &self.driver, &layer.id);
+        let pending = PendingLayer::new(self, &layer.id);
         self.driver
             .create(&layer.id, base.as_deref(), req.read_write, &req.options)?;
         self.store.finish_create(&layer.id)?;
@@ -435,9 +482,23 @@ impl Strata {
                 })
             }
             Err(e) => {
+                // An image's or a container's layer goes only with its owner (its record is
+                // theirs): it is set aside, reported, and its owner's removal takes it.
+                if let Err(owner) = self.store.check_unowned(&layer.id) {
+                    let owner = owner.to_string();
+                    self.store.set_damaged(
+                        &layer.id,
+                        &format!("applying onto it failed and could not be undone; {owner}"),
+                    )?;
+                    return Err(LayerError::ApplyDamaged {
+                        id: layer.id,
+                        owner,
+                        cause: Box::new(e.into()),
+                    });
+                }
                 // The record is incomplete already; if removing the data fails it stays so,
                 // and the next open's recovery finishes.
-                let _ = discard_layer(&self.store, &self.driver, &layer.id);
+                let _ = self.discard(&layer.id);
                 Err(LayerError::ApplyFailed {
                     id: layer.id,
                     cause: Box::new(e.into()),
@@ -608,9 +669,7 @@ impl Strata {
         let _lock = self.store.lock_exclusive()?;
         let layer = self.store.get(id)?;
         self.store.check_removable(&layer.id)?;
-        discard_layer(&self.store, &self.driver, &layer.id)?;
-        self.mounts.remove_mount_point(&layer.id);
-        Ok(())
+        self.discard(&layer.id)
     }
 
     /// The driver's status lines, fresh from the driver.
@@ -619,34 +678,21 @@ impl Strata {
     }
 }
 
-/// Throws away layer `id`, record last: the record is marked incomplete, the driver's data
-/// removed, and only then the record deleted. When removing the data fails, the error is
-/// returned and the record stays, incomplete, so the store's recovery (at the next open)
-/// removes the data and the record; driver data is never left without a record.
-pub(crate) fn discard_layer(store: &LayerStore, driver: &DriverRuntime, id: &str) -> Result<()> {
-    store.mark_incomplete(id)?;
-    driver.remove(id)?;
-    store.delete_record(id)?;
-    Ok(())
-}
-
-/// A layer being made ("record, then driver data"): discarded ([`discard_layer`]) when
+/// A layer being made ("record, then driver data"): discarded ([`Strata::discard`]) when
 /// dropped before [`PendingLayer::keep`], on every error path of the code making it. The one
 /// rollback of layer creation (plain layers, containers, committed containers; image import
-/// discards its chain with [`discard_layer`]).
+/// discards its chain with [`Strata::discard`]).
 #[must_use]
 pub(crate) struct PendingLayer<'a> {
-    store: &'a LayerStore,
-    driver: &'a DriverRuntime,
+    strata: &'a Strata,
     id: String,
     kept: bool,
 }
 
 impl<'a> PendingLayer<'a> {
-    pub(crate) fn new(store: &'a LayerStore, driver: &'a DriverRuntime, id: &str) -> Self {
+    pub(crate) fn new(strata: &'a Strata, id: &str) -> Self {
         PendingLayer {
-            store,
-            driver,
+            strata,
             id: id.to_string(),
             kept: false,
         }
@@ -662,7 +708,7 @@ impl Drop for PendingLayer<'_> {
     fn drop(&mut self) {
         if !self.kept {
             // A failure leaves the record incomplete: recovery finishes the job.
-            let _ = discard_layer(self.store, self.driver, &self.id);
+            let _ = self.strata.discard(&self.id);
         }
     }
 }

@@ -417,3 +417,62 @@ fn a_killed_snapshotter_restarts_with_its_snapshots() {
     }
     d.wait_until_collected();
 }
+
+/// An image of `count` layers: busybox at the bottom, then one tiny file per layer
+/// (`layers/<i>`), as deep as containerd's own overlayfs snapshotter runs.
+fn deep_busybox_image(dir: &Path, count: usize) -> PathBuf {
+    let busybox = std::fs::read("/bin/busybox").expect("reading /bin/busybox");
+    let mut layers = vec![tar_of(&[
+        Entry::dir("bin", 0o755),
+        Entry::file("bin/busybox", 0o755, &busybox),
+        Entry::symlink("bin/sh", "busybox"),
+        Entry::symlink("bin/cat", "busybox"),
+        Entry::symlink("bin/ls", "busybox"),
+        Entry::symlink("bin/wc", "busybox"),
+        Entry::dir("tmp", 0o1777),
+        Entry::dir("layers", 0o755),
+    ])];
+    for i in 1..count {
+        layers.push(tar_of(&[Entry::file(
+            &format!("layers/{i}"),
+            0o644,
+            format!("layer {i}\n").as_bytes(),
+        )]));
+    }
+    let image = oci::build(&layers, Compression::None, "1");
+    let path = dir.join(format!("deep{count}.tar"));
+    oci::write_oci_archive(&image, &path);
+    path
+}
+
+/// A container on a 500-layer image runs through containerd on the overlay driver: its
+/// active snapshot is an upper over 500 lowers, as containerd's overlayfs mounts it.
+#[test]
+fn ctr_runs_a_container_on_a_500_layer_image() {
+    if !tools_or_skip("ctr_runs_a_container_on_a_500_layer_image") {
+        return;
+    }
+    let d = Daemons::start();
+    let archive = deep_busybox_image(d.dir.path(), 500);
+    let image = d.import(&archive, "strata-test/deep");
+    assert_eq!(d.snapshots().len(), 500, "one committed snapshot per layer");
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "strata",
+        &image,
+        "deep",
+        "/bin/sh",
+        "-c",
+        "cat /layers/1 /layers/250 /layers/499 && ls /layers | wc -l && echo w > /tmp/w && cat /tmp/w",
+    ]);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        ["layer 1", "layer 250", "layer 499", "499", "w"],
+        "{out}"
+    );
+    d.ok(&["images", "rm", "--sync", &image]);
+    d.wait_until_collected();
+}

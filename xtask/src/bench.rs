@@ -10,6 +10,10 @@
 //!   it needs with apt-get and caches a debootstrapped image in `target/bench-cache`.
 //!   `containerd` times `ctr images import` and `ctr run` with `target/release/strata serve`
 //!   as containerd's proxy snapshotter against containerd's overlayfs, on the same image.
+//! - `crash`: ≥ 100 trials of `kill -9` at random points of image import, layer apply,
+//!   container commit and removal, on vfs and overlay; prints where the kills landed and
+//!   what each left, and fails on the first store that is not clean (see
+//!   tests/src/crash.rs).
 
 use std::path::Path;
 use std::process::Command;
@@ -87,6 +91,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "apply-memory",
         "import",
         "containerd",
+        "crash",
     ]
     .into_iter()
     .filter(|n| which(n))

@@ -235,7 +235,22 @@ fn open(cli: &Cli, config: Config) -> Result<Strata> {
     })
     .with_context(|| format!("opening the store with driver {name}"))?;
     warn_uncached(strata.component());
+    warn_damaged(&strata)?;
     Ok(strata)
+}
+
+/// Layers set aside by recovery: the store works without them, the operator is told (each
+/// open retries them).
+fn warn_damaged(strata: &Strata) -> Result<()> {
+    for l in strata.damaged()? {
+        eprintln!(
+            "strata: warning: layer {} is set aside as damaged: {} (the rest of the store \
+             works; each start retries it; see docs/crash-safety.md)",
+            l.id,
+            crate::text::escape(l.damaged.as_deref().unwrap_or_default())
+        );
+    }
+    Ok(())
 }
 
 /// A cache that cannot be written costs start-up time, not correctness: say so and go on.
@@ -356,6 +371,7 @@ fn run(cli: Cli) -> Result<()> {
             let strata = open(&cli, config)?;
             let status = strata.status()?;
             let layers = strata.list()?.len();
+            let damaged = strata.damaged()?;
             let c = strata.config();
             if json {
                 print_json(json!({
@@ -363,6 +379,10 @@ fn run(cli: Cli) -> Result<()> {
                     "root": c.root,
                     "run_root": c.run_root,
                     "layers": layers,
+                    "damaged": damaged
+                        .iter()
+                        .map(|l| json!({"id": l.id, "reason": l.damaged}))
+                        .collect::<Vec<_>>(),
                     "status": pairs_json(&status),
                 }))
             } else {
@@ -370,6 +390,14 @@ fn run(cli: Cli) -> Result<()> {
                 println!("Root: {}", quoted(&c.root.to_string_lossy()));
                 println!("Run root: {}", quoted(&c.run_root.to_string_lossy()));
                 println!("Layers: {layers}");
+                println!("Damaged layers: {}", damaged.len());
+                for l in &damaged {
+                    println!(
+                        "  {}: {}",
+                        l.id,
+                        crate::text::escape(l.damaged.as_deref().unwrap_or_default())
+                    );
+                }
                 for (k, v) in &status {
                     println!("{}: {}", escape(k), escape(v));
                 }
@@ -641,7 +669,7 @@ fn layer_command(strata: &Strata, cmd: &LayerCommand, json: bool) -> Result<()> 
             {
                 let mut out = std::io::stdout().lock();
                 for l in &layers {
-                    writeln!(
+                    write!(
                         out,
                         "{}\t{}\t{}\t{}",
                         l.id,
@@ -649,6 +677,10 @@ fn layer_command(strata: &Strata, cmd: &LayerCommand, json: bool) -> Result<()> 
                         if l.read_write { "rw" } else { "ro" },
                         l.names.join(",")
                     )?;
+                    match &l.damaged {
+                        Some(why) => writeln!(out, "\tdamaged: {}", crate::text::escape(why))?,
+                        None => writeln!(out)?,
+                    }
                 }
                 Ok(())
             }

@@ -54,8 +54,7 @@ impl Strata {
         let image = store.image(id_or_name)?;
         let freed = store.delete_image(&image.id)?;
         for id in &freed {
-            self.driver().remove(id).map_err(LayerError::from)?;
-            store.delete_record(id)?;
+            self.discard(id)?;
         }
         Ok(RemovedImage {
             kept_layers: image
@@ -93,7 +92,7 @@ impl Strata {
             read_write: true,
             ..Default::default()
         })?;
-        let pending = PendingLayer::new(store, self.driver(), &layer.id);
+        let pending = PendingLayer::new(self, &layer.id);
         let made = self
             .driver()
             .create(
@@ -140,8 +139,7 @@ impl Strata {
             )));
         }
         store.delete_container(&c.id)?;
-        self.driver().remove(&c.layer).map_err(LayerError::from)?;
-        store.delete_record(&c.layer)?;
+        self.discard(&c.layer)?;
         Ok(())
     }
 
@@ -168,7 +166,7 @@ impl Strata {
             driver: self.driver().name().to_string(),
             ..Default::default()
         })?;
-        let pending = PendingLayer::new(store, self.driver(), &layer.id);
+        let pending = PendingLayer::new(self, &layer.id);
         let result = (|| -> Result<u64, ImageError> {
             self.driver()
                 .create(&layer.id, top.as_deref(), false, &[])

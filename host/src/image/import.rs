@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use super::source::ImageSource;
 use super::stream::{self, BlobStream, Expected};
 use super::{ImageError, LayerBlob, ResolvedImage, resolve};
-use crate::layers::{LayerError, Strata, discard_layer};
+use crate::layers::{LayerError, Strata};
 use crate::store::{Image, NewImage, NewLayer, StoreError};
 
 /// What the caller asks of an import.
@@ -124,7 +124,7 @@ impl Strata {
         let layers = match result {
             Ok(layers) => layers,
             Err(e) => {
-                self.discard(&created);
+                self.discard_chain(&created);
                 return Err(e);
             }
         };
@@ -147,7 +147,7 @@ impl Strata {
         let moved_names = match store.commit_image(&record, &created) {
             Ok(moved) => moved,
             Err(e) => {
-                self.discard(&created);
+                self.discard_chain(&created);
                 return Err(e.into());
             }
         };
@@ -314,9 +314,9 @@ impl Strata {
     /// Removes the layers a failed import made, top first. Stops at the first that cannot be
     /// removed: it and those below stay for the store's recovery (leaves first), which finds
     /// them because an import's new layers are incomplete until the image is recorded.
-    fn discard(&self, created: &[String]) {
+    fn discard_chain(&self, created: &[String]) {
         for id in created.iter().rev() {
-            if discard_layer(self.store(), self.driver(), id).is_err() {
+            if self.discard(id).is_err() {
                 return;
             }
         }

@@ -220,6 +220,23 @@ impl MountDir {
         let _ = sys::fs::unlink_at(self.dir.as_fd(), std::ffi::OsStr::new(id), true);
     }
 
+    /// Detaches whatever is mounted on layer `id`'s mount point and removes it: for a layer
+    /// whose record says it is not mounted and that is going (removal, recovery), anything
+    /// there is left by a crash between a mount and its record. A missing one is fine.
+    pub fn clear(&self, id: &str) -> Result<(), SysError> {
+        let name = std::ffi::OsStr::new(id);
+        for _ in 0..MAX_STALE_MOUNTS {
+            match sys::mount::mounted_id_at(self.dir.as_fd(), name) {
+                Ok(Some(stale)) => sys::mount::unmount_at(self.dir.as_fd(), name, stale, true)?,
+                Ok(None) => break,
+                Err(e) if e.kind == sys::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        self.remove_mount_point(id);
+        Ok(())
+    }
+
     /// Whether the mount `mount_id` is (still) the one at layer `id`'s mount point.
     pub fn holds(&self, id: &str, mount_id: u64) -> bool {
         sys::mount::mounted_id_at(self.dir.as_fd(), std::ffi::OsStr::new(id))

@@ -106,7 +106,7 @@ impl LayerStore {
 
     /// Fails when `layer` belongs to an image or is a container's layer: those go with
     /// their image or container.
-    pub(super) fn check_unowned(&self, layer: &str) -> Result<(), StoreError> {
+    pub fn check_unowned(&self, layer: &str) -> Result<(), StoreError> {
         let images = self.strings(
             "SELECT DISTINCT image FROM image_layers WHERE layer = ?1 ORDER BY image",
             params![layer],
@@ -554,6 +554,47 @@ mod tests {
             s.check_removable("l0"),
             Err(StoreError::InImage { ref images, .. }) if images == &["img2"]
         ));
+    }
+
+    /// A container's layer left incomplete (a crash mid-apply) cannot be deleted under its
+    /// container: recovery sets it aside instead of failing, deleting the record is refused
+    /// by name (not with a bare foreign-key error), and removing the container frees it.
+    #[test]
+    fn recovery_sets_aside_a_layer_its_container_owns() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LayerStore::open_with_boot_id(d.path(), "b").unwrap();
+        layer(&s, "l0", None, false);
+        s.commit_image(&image("img1", &["l0"], &[]), &["l0".into()])
+            .unwrap();
+        layer(&s, "c1", Some("l0"), false);
+        s.commit_container(&NewContainer {
+            id: "c1".into(),
+            names: vec![],
+            image: "img1".into(),
+            layer: "c1".into(),
+        })
+        .unwrap();
+        s.mark_incomplete("c1").unwrap();
+        let mut removed_data = Vec::new();
+        let done = s
+            .recover(|l| {
+                removed_data.push(l.id.clone());
+                Ok::<(), String>(())
+            })
+            .unwrap();
+        assert!(removed_data.is_empty(), "an owned layer's data stays");
+        assert_eq!(done.set_aside.len(), 1);
+        assert!(done.set_aside[0].1.contains("container c1"), "{done:?}");
+        assert!(s.get("c1").unwrap().damaged.is_some());
+        assert!(matches!(
+            s.delete_record("c1"),
+            Err(StoreError::InContainer { .. })
+        ));
+        s.delete_container("c1").unwrap();
+        assert_eq!(
+            s.recover(|_| Ok::<(), String>(())).unwrap().removed,
+            vec!["c1"]
+        );
     }
 
     /// Handles of one store (as `strata serve` pools them, or two processes) committing and

@@ -28,7 +28,9 @@ pub const MAX_CHAIN_DEPTH: usize = 1024;
 /// How long a writer waits for another process's transaction.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
+/// Longest reason recorded for a layer set aside as damaged (a driver's error text).
+pub const MAX_DAMAGE_REASON: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -100,6 +102,10 @@ pub struct Layer {
     /// The layer this one was created from as a copy (`layer create --template`). The driver
     /// may build on the template's data, so the template cannot be removed before this layer.
     pub template: Option<String>,
+    /// Why the layer is set aside: recovery could not finish it (its data could not be
+    /// removed, or an owner keeps it). It stays incomplete, each open retries, and the rest of
+    /// the store works; removing the layer (or its owner) clears it.
+    pub damaged: Option<String>,
 }
 
 /// What `begin_create` needs.
@@ -171,7 +177,7 @@ pub(crate) fn current_boot_id() -> String {
 }
 
 const COLUMNS: &str = "id, parent, names, created, driver, read_write, compressed_digest, \
-     compressed_size, uncompressed_digest, uncompressed_size, incomplete, mount_count, mount_point, template, mount_id";
+     compressed_size, uncompressed_digest, uncompressed_size, incomplete, mount_count, mount_point, template, mount_id, damaged";
 
 fn row_to_layer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Layer> {
     let names: String = row.get(2)?;
@@ -191,6 +197,7 @@ fn row_to_layer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Layer> {
         mount_point: row.get(12)?,
         template: row.get(13)?,
         mount_id: row.get::<_, Option<i64>>(14)?.map(|v| v as u64),
+        damaged: row.get(15)?,
     })
 }
 
@@ -333,6 +340,16 @@ impl LayerStore {
                      COMMIT;",
                 )
                 .map_err(self.db("adding mount ids to the schema"))?;
+        }
+        if version < 6 {
+            self.conn
+                .execute_batch(
+                    "BEGIN IMMEDIATE;
+                     ALTER TABLE layers ADD COLUMN damaged TEXT;
+                     PRAGMA user_version = 6;
+                     COMMIT;",
+                )
+                .map_err(self.db("adding damaged layers to the schema"))?;
         }
         let stored: Option<String> = self
             .conn
@@ -519,8 +536,11 @@ impl LayerStore {
         Ok(())
     }
 
-    /// Deletes a layer's record (and names). Refuses while it has children.
+    /// Deletes a layer's record (and names). Refuses while it has children or an image or
+    /// a container owns it (their records name it: the database would refuse the delete
+    /// with a bare "FOREIGN KEY constraint failed").
     pub fn delete_record(&self, id: &str) -> Result<(), StoreError> {
+        self.check_unowned(id)?;
         let children = self.children(id)?;
         if !children.is_empty() {
             return Err(StoreError::HasChildren {
@@ -684,35 +704,101 @@ impl LayerStore {
     }
 
     /// Removes layers left incomplete by a crash, children first: `remove_data` removes the
-    /// driver's data, then the record goes. A layer whose data cannot be removed stays
-    /// (still incomplete) and the first such error is returned.
-    pub fn recover<E>(
+    /// driver's data, then the record goes. A layer recovery cannot finish never stops it:
+    /// one whose data cannot be removed, whose record an image or a container still owns, or
+    /// that keeps children, is set aside ([`Layer::damaged`], still incomplete, so the next
+    /// recovery tries again) and the rest goes on. Fails only when the database itself does.
+    pub fn recover<E: std::fmt::Display>(
         &self,
         mut remove_data: impl FnMut(&Layer) -> Result<(), E>,
-    ) -> Result<Vec<String>, RecoverError<E>> {
-        let _lock = self.lock_exclusive().map_err(RecoverError::Store)?;
-        let mut removed = Vec::new();
+    ) -> Result<Recovered, StoreError> {
+        let _lock = self.lock_exclusive()?;
+        let mut done = Recovered::default();
+        let mut stuck = std::collections::HashSet::new();
         loop {
-            let incomplete = self.incomplete_layers().map_err(RecoverError::Store)?;
-            // Leaves first: an incomplete layer whose children are gone (or never existed).
             let mut progressed = false;
-            for layer in &incomplete {
-                if !self
-                    .children(&layer.id)
-                    .map_err(RecoverError::Store)?
-                    .is_empty()
-                {
+            for layer in self.incomplete_layers()? {
+                // Leaves first: an incomplete layer whose children are gone (or never existed).
+                if stuck.contains(&layer.id) || !self.children(&layer.id)?.is_empty() {
                     continue;
                 }
-                remove_data(layer).map_err(RecoverError::Driver)?;
-                self.delete_record(&layer.id).map_err(RecoverError::Store)?;
-                removed.push(layer.id.clone());
-                progressed = true;
+                // An image's or a container's layer cannot go without its owner (its record
+                // is referenced): a crash (or a failed apply) left it changed half-way.
+                // (A reason recorded when it was set aside stays.)
+                let reason = if let Err(owned) = self.check_unowned(&layer.id) {
+                    Some(layer.damaged.clone().unwrap_or_else(|| {
+                        format!(
+                            "an operation on it did not finish, so it may hold part of that \
+                             change; {owned}"
+                        )
+                    }))
+                } else if let Err(e) = remove_data(&layer) {
+                    Some(format!("removing its data failed: {e}"))
+                } else if let Err(e) = self.delete_record(&layer.id) {
+                    Some(format!("removing its record failed: {e}"))
+                } else {
+                    None
+                };
+                match reason {
+                    Some(reason) => {
+                        self.set_damaged(&layer.id, &reason)?;
+                        stuck.insert(layer.id.clone());
+                        done.set_aside.push((layer.id, reason));
+                    }
+                    None => {
+                        done.removed.push(layer.id);
+                        progressed = true;
+                    }
+                }
             }
             if !progressed {
-                return Ok(removed);
+                break;
             }
         }
+        // Incomplete layers that keep children (above one set aside) wait for them.
+        for layer in self.incomplete_layers()? {
+            if stuck.contains(&layer.id) {
+                continue;
+            }
+            let children: Vec<String> = self
+                .children(&layer.id)?
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            let reason = format!(
+                "it is to be removed once the layers on it are ({})",
+                children.join(", ")
+            );
+            self.set_damaged(&layer.id, &reason)?;
+            done.set_aside.push((layer.id, reason));
+        }
+        Ok(done)
+    }
+
+    /// Sets layer `id` aside as damaged, for `reason` (kept to [`MAX_DAMAGE_REASON`] bytes),
+    /// and incomplete: no layer is made on it, and recovery tries it again.
+    pub fn set_damaged(&self, id: &str, reason: &str) -> Result<(), StoreError> {
+        let mut end = reason.len().min(MAX_DAMAGE_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.conn
+            .execute(
+                "UPDATE layers SET damaged = ?2, incomplete = 1 WHERE id = ?1",
+                params![id, &reason[..end]],
+            )
+            .map_err(self.db("setting a layer aside"))?;
+        Ok(())
+    }
+
+    /// Layers set aside as damaged, oldest first.
+    pub fn damaged_layers(&self) -> Result<Vec<Layer>, StoreError> {
+        self.query(
+            &format!(
+                "SELECT {COLUMNS} FROM layers WHERE damaged IS NOT NULL ORDER BY created, rowid"
+            ),
+            None,
+        )
     }
 
     /// One more user of layer `id`'s mount at `mount_point`; returns the new count.
@@ -771,13 +857,13 @@ impl LayerStore {
     }
 }
 
-/// Why crash recovery stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RecoverError<E> {
-    #[error(transparent)]
-    Store(StoreError),
-    #[error("removing the data of an incomplete layer: {0}")]
-    Driver(E),
+/// What crash recovery did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Incomplete layers removed, children first.
+    pub removed: Vec<String>,
+    /// Layers set aside as damaged by this recovery, and why.
+    pub set_aside: Vec<(String, String)>,
 }
 
 #[cfg(test)]
@@ -833,7 +919,7 @@ mod tests {
         let conn = Connection::open(d.path().join("layers.db")).unwrap();
         conn.execute_batch(
             "ALTER TABLE layers DROP COLUMN template; ALTER TABLE layers DROP COLUMN mount_id;
-             PRAGMA user_version = 1;",
+             ALTER TABLE layers DROP COLUMN damaged; PRAGMA user_version = 1;",
         )
         .unwrap();
         drop(conn);
@@ -910,17 +996,35 @@ mod tests {
         let removed = s
             .recover(|l| {
                 seen.push(l.id.clone());
-                Ok::<(), ()>(())
+                Ok::<(), String>(())
             })
             .unwrap();
-        assert_eq!(removed, vec!["c", "b"]);
+        assert_eq!(removed.removed, vec!["c", "b"]);
         assert_eq!(seen, vec!["c", "b"]);
         let ids: Vec<String> = s.list().unwrap().into_iter().map(|l| l.id).collect();
         assert_eq!(ids, vec!["a"]);
-        // A failing driver keeps the record.
+        // A failing driver keeps the record, set aside; the rest is recovered.
         s.begin_create(new("d", None)).unwrap();
-        assert!(s.recover(|_| Err("disk on fire")).is_err());
-        assert!(s.get("d").unwrap().incomplete);
+        s.begin_create(new("e", None)).unwrap();
+        let done = s
+            .recover(|l| {
+                if l.id == "d" {
+                    Err("disk on fire")
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap();
+        assert_eq!(done.removed, vec!["e"]);
+        assert_eq!(done.set_aside[0].0, "d");
+        let d = s.get("d").unwrap();
+        assert!(d.incomplete);
+        assert!(d.damaged.unwrap().contains("disk on fire"));
+        // The next recovery tries again.
+        assert_eq!(
+            s.recover(|_| Ok::<(), String>(())).unwrap().removed,
+            vec!["d"]
+        );
     }
 
     #[test]

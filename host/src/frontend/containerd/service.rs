@@ -238,8 +238,19 @@ pub fn reconcile(s: &Strata) -> Result<(), Status> {
     orphans
         .sort_by_key(|l| std::cmp::Reverse(s.store().chain(&l.id).map(|c| c.len()).unwrap_or(0)));
     for l in orphans {
-        s.release_mount(&l.id).map_err(layer_status)?;
-        s.remove(&l.id).map_err(layer_status)?;
+        // One layer that cannot go never stops the daemon (nor the other snapshots): it is
+        // set aside, reported, and the next reconcile (start, `Cleanup`) tries again.
+        if let Err(e) = s.release_mount(&l.id).and_then(|()| s.remove(&l.id)) {
+            let reason = format!("removing this snapshot layer without a record failed: {e}");
+            eprintln!(
+                "strata serve: warning: layer {} is set aside as damaged: {}",
+                l.id,
+                crate::text::escape(&reason)
+            );
+            s.store()
+                .set_damaged(&l.id, &reason)
+                .map_err(|e| Status::internal(message(e.to_string())))?;
+        }
     }
     Ok(())
 }

@@ -39,6 +39,10 @@
 //! | `wasi-list=PATH`       | WASI `read_dir(PATH)`, the sorted names into `wasi-out`     |
 //! | `fail-remove-once=1`   | makes the layer, then fails; the next `remove` of it fails  |
 //! |                        | (leaving its data), the one after works                     |
+//! | `fail-remove-always=1` | makes the layer; every `remove` of it fails (its data stays) |
+//! |                        | while `fail-remove-always-ID` is in the home                 |
+//! | `fail-after-apply=1`   | makes the layer; each `apply-diff` onto it applies the tar   |
+//! |                        | (the host's apply goes through), then fails                 |
 //!
 //! | option (on `init`)     | what the driver does                                        |
 //! |------------------------|-------------------------------------------------------------|
@@ -53,10 +57,10 @@
 //! | `writable=1`           | a read-write plan whatever the host asked                   |
 #![forbid(unsafe_code)]
 
-use strata_driver_sdk::host::{btrfs, copy, files, zfs};
+use strata_driver_sdk::host::{archive, btrfs, copy, files, zfs};
 use strata_driver_sdk::{
-    BindMount, Driver, DriverInfo, Error, MountKind, MountPlan, MountRequest, Options,
-    OverlayMount, ensure_dir, error, remove_bind_target, remove_if_exists,
+    BindMount, Driver, DriverInfo, Error, LayerDiff, MountKind, MountPlan, MountRequest, Options,
+    OverlayMount, WhiteoutFormat, ensure_dir, error, remove_bind_target, remove_if_exists,
 };
 
 pub struct Hostile;
@@ -108,6 +112,29 @@ fn fail_remove_once(id: &str, options: &Options) -> Option<Result<(), Error>> {
             "create fails on request (fail-remove-once)",
         ))
     })())
+}
+
+/// The markers of `fail-remove-always` and `fail-after-apply`: while one exists, `remove(id)`
+/// fails, or `apply-diff` onto `id` fails after applying.
+fn remove_always_fails_marker(id: &str) -> String {
+    format!("fail-remove-always-{id}")
+}
+
+fn apply_fails_marker(id: &str) -> String {
+    format!("fail-after-apply-{id}")
+}
+
+/// `fail-remove-always=1` and `fail-after-apply=1`: the layer is made as usual; its later
+/// `remove` (every one, until the marker is taken away) or `apply-diff` fails. A layer that
+/// cannot be removed or whose apply cannot be undone, for the host to set aside.
+fn lasting_failures(id: &str, options: &Options) -> Result<(), Error> {
+    if options.get("fail-remove-always").is_some() {
+        files::mkdir(&remove_always_fails_marker(id), 0o755, 0, 0)?;
+    }
+    if options.get("fail-after-apply").is_some() {
+        files::mkdir(&apply_fails_marker(id), 0o755, 0, 0)?;
+    }
+    Ok(())
 }
 
 /// Where `init` keeps its `status-text` option for `status`.
@@ -312,6 +339,7 @@ impl Driver for Hostile {
         if options.get("panic").is_some() {
             panic!("hostile driver panicked on purpose");
         }
+        lasting_failures(id, &options)?;
         match parent {
             Some(p) => copy::copy_tree(
                 &Self::layer_dir(p),
@@ -324,6 +352,12 @@ impl Driver for Hostile {
     }
 
     fn remove(id: &str) -> Result<(), Error> {
+        if files::stat(&remove_always_fails_marker(id)).is_ok() {
+            return Err(error::invalid_argument(
+                "remove fails, on request (fail-remove-always)",
+            ));
+        }
+        remove_if_exists(&apply_fails_marker(id))?;
         if files::stat(&remove_fails_marker(id)).is_ok() {
             remove_if_exists(&remove_fails_marker(id))?;
             return Err(error::invalid_argument(
@@ -332,6 +366,16 @@ impl Driver for Hostile {
         }
         remove_if_exists(&Self::layer_dir(id))?;
         remove_bind_target(id)
+    }
+
+    fn apply_diff(id: &str, _parent: Option<&str>, diff: &LayerDiff) -> Result<u64, Error> {
+        let size = archive::apply(diff, &Self::layer_dir(id), WhiteoutFormat::Delete)?.size;
+        if files::stat(&apply_fails_marker(id)).is_ok() {
+            return Err(error::invalid_argument(
+                "the tar was applied, then apply-diff fails on request (fail-after-apply)",
+            ));
+        }
+        Ok(size)
     }
 
     fn plan_mount(id: &str, request: MountRequest) -> Result<MountPlan, Error> {

@@ -29,9 +29,12 @@
 //!   containerd's proxy snapshotter `strata serve --containerd-socket`, against containerd's
 //!   built-in overlayfs snapshotter, each on a fresh loop-mounted ext4 with fresh daemons per
 //!   run (needs root; see `containerd.rs`).
+//! - `crash`: `kill -9` of the CLI at random points of import, apply, commit and removal, on
+//!   vfs and overlay, ≥ 100 trials, each checked (needs root; see `crash.rs`).
 
 mod apply_memory;
 mod containerd;
+mod crash;
 mod import;
 
 use std::time::{Duration, Instant};
@@ -669,6 +672,12 @@ fn main() {
         && let Err(e) = containerd::run()
     {
         eprintln!("containerd: error: {e:#}");
+        std::process::exit(1);
+    }
+    if (all || which.iter().any(|w| w == "crash"))
+        && let Err(e) = crash::run()
+    {
+        eprintln!("crash: error: {e:#}");
         std::process::exit(1);
     }
 }
