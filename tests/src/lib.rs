@@ -12,6 +12,7 @@ use strata_host::conformance::{self, Outcome, Report, SuiteOptions};
 use strata_host::layers::{StoreOptions, Strata};
 
 pub mod applymem;
+pub mod containerd;
 pub mod oci;
 pub mod targen;
 
