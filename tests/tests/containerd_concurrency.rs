@@ -22,7 +22,7 @@ use strata_tests::containerd::{Daemons, NAMESPACE, ctr_at, tools_or_skip};
 /// Concurrent `ctr` clients.
 const CLIENTS: usize = 8;
 /// Rounds per client; each round is at most [`OPS_PER_ROUND`] commands.
-const ROUNDS: usize = 10;
+const ROUNDS: usize = 12;
 const OPS_PER_ROUND: usize = 11;
 /// The committed snapshot every client also builds on.
 const SHARED: &str = "shared";
