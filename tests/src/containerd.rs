@@ -53,16 +53,19 @@ pub struct Daemons {
     pub dir: tempfile::TempDir,
     pub strata: Option<Child>,
     pub containerd: Child,
+    /// The driver `strata` runs (`--driver`); `None`: the default (overlay).
+    pub driver: Option<String>,
 }
 
 impl Daemons {
     pub fn start() -> Daemons {
-        Daemons::start_with("")
+        Daemons::start_with("", None)
     }
 
     /// [`Daemons::start`] with `extra` appended to containerd's config (TOML, e.g. a
-    /// `[plugins."io.containerd.gc.v1.scheduler"]` section). containerd logs in UTC.
-    pub fn start_with(extra: &str) -> Daemons {
+    /// `[plugins."io.containerd.gc.v1.scheduler"]` section) and Strata on `driver`.
+    /// containerd logs in UTC.
+    pub fn start_with(extra: &str, driver: Option<&str>) -> Daemons {
         let dir = tempfile::Builder::new()
             .prefix("strata-containerd-")
             .tempdir_in("/var/tmp")
@@ -92,6 +95,7 @@ impl Daemons {
             dir,
             strata: None,
             containerd,
+            driver: driver.map(str::to_string),
         };
         daemons.start_strata();
         daemons.wait_for(&daemons.path("containerd.sock"));
@@ -120,6 +124,9 @@ impl Daemons {
             .arg(self.path("strata"))
             .arg("--run-root")
             .arg(self.path("strata-run"));
+        if let Some(d) = &self.driver {
+            c.arg("--driver").arg(d);
+        }
         c
     }
 
