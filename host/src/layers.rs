@@ -5,6 +5,16 @@
 //! written *incomplete* before any driver work and marked complete after, so a store opened
 //! after a crash removes half-made layers; mutations hold the store's exclusive lock so that
 //! recovery never races a live operation.
+//!
+//! The lock rule: every driver call that names a layer (create, apply, mount plans, unmounted,
+//! diff, changes, diff size, metadata, remove) runs under the store's exclusive lock, the
+//! lock removal takes. A driver may write into a layer's directory on any of them (overlay
+//! re-creates `merged/` and lost `l/` links on a mount plan or a diff; zfs mounts the
+//! dataset for a diff), and a removal running beside such a write fails ("Directory not
+//! empty") or removes what the writer still uses. The lock is re-entrant per store handle
+//! ([`LayerStore::lock_exclusive`]): a front end that makes one operation of several steps
+//! (containerd's snapshots: record, layer, mount) takes it once around all of them, so
+//! nothing in between is seen by another handle.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -321,6 +331,8 @@ impl Strata {
     /// incomplete, its data removed ([`Strata::remove_data`]), the record deleted. When
     /// removing the data fails the record stays, incomplete, for recovery.
     pub(crate) fn discard(&self, id: &str) -> Result<()> {
+        // Usually held by the caller already (the lock is re-entrant per handle).
+        let _lock = self.store.lock_exclusive()?;
         self.store.mark_incomplete(id)?;
         self.remove_data(id)?;
         self.store.delete_record(id)?;
@@ -361,6 +373,7 @@ impl Strata {
     /// per [`crate::sandbox::MAX_LAYERS_PER_METADATA_CALL`] layers) so that a driver can
     /// answer from one query.
     pub fn list_with_metadata(&self) -> Result<Vec<(Layer, MetadataAnswer)>> {
+        let _lock = self.store.lock_exclusive()?;
         let layers = self.store.list()?;
         let ids: Vec<String> = layers.iter().map(|l| l.id.clone()).collect();
         let answers = self.driver.layers_metadata(&ids)?;
@@ -558,6 +571,8 @@ impl Strata {
 
     /// The driver's mount plan for layer `id`, checked against its sandbox and `request`.
     fn checked_plan(&self, id: &str, request: &MountRequest) -> Result<mount::CheckedPlan> {
+        // Held by the callers already (re-entrant): the plan may write into the layer.
+        let _lock = self.store.lock_exclusive()?;
         let plan = self.driver.plan_mount(id, request)?;
         Ok(mount::check_plan(
             self.driver.name(),
@@ -634,6 +649,7 @@ impl Strata {
     }
 
     pub fn changes(&self, id: &str, parent: Option<&str>) -> Result<Vec<Change>> {
+        let _lock = self.store.lock_exclusive()?;
         let layer = self.store.get(id)?;
         let parent = self.compare_parent(&layer, parent)?;
         let mut changes = self.driver.changes(&layer.id, parent.as_deref())?;
@@ -641,8 +657,10 @@ impl Strata {
         Ok(changes)
     }
 
-    /// Writes layer `id`'s diff against its parent (or `parent`) as a tar to `out`.
+    /// Writes layer `id`'s diff against its parent (or `parent`) as a tar to `out`; the lock
+    /// is held until the tar is written (it reads the layer's files).
     pub fn diff(&self, id: &str, parent: Option<&str>, out: &mut dyn Write) -> Result<u64> {
+        let _lock = self.store.lock_exclusive()?;
         let layer = self.store.get(id)?;
         let parent = self.compare_parent(&layer, parent)?;
         let diff = self.driver.diff(&layer.id, parent.as_deref())?;
@@ -654,12 +672,14 @@ impl Strata {
     }
 
     pub fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64> {
+        let _lock = self.store.lock_exclusive()?;
         let layer = self.store.get(id)?;
         let parent = self.compare_parent(&layer, parent)?;
         Ok(self.driver.diff_size(&layer.id, parent.as_deref())?)
     }
 
     pub fn metadata(&self, id: &str) -> Result<Vec<(String, String)>> {
+        let _lock = self.store.lock_exclusive()?;
         let layer = self.store.get(id)?;
         Ok(self.driver.metadata(&layer.id)?)
     }

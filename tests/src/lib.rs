@@ -13,6 +13,7 @@ use strata_host::layers::{StoreOptions, Strata};
 
 pub mod applymem;
 pub mod crash;
+pub mod containerd;
 pub mod oci;
 pub mod targen;
 

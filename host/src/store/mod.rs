@@ -127,16 +127,23 @@ pub struct LayerStore {
     db_path: PathBuf,
     conn: Connection,
     lock_file: File,
+    /// Guards of the exclusive lock alive on this handle: the lock is re-entrant, so an
+    /// operation made of several locked steps holds it from its first step to its last.
+    lock_depth: std::cell::Cell<u32>,
 }
 
-/// Holds the store's exclusive lock until dropped.
+/// Holds the store's exclusive lock until dropped (the last guard of a handle unlocks).
 pub struct StoreLock<'a> {
-    file: &'a File,
+    store: &'a LayerStore,
 }
 
 impl Drop for StoreLock<'_> {
     fn drop(&mut self) {
-        let _ = rustix::fs::flock(self.file, rustix::fs::FlockOperation::Unlock);
+        let depth = self.store.lock_depth.get().saturating_sub(1);
+        self.store.lock_depth.set(depth);
+        if depth == 0 {
+            let _ = rustix::fs::flock(&self.store.lock_file, rustix::fs::FlockOperation::Unlock);
+        }
     }
 }
 
@@ -236,6 +243,7 @@ impl LayerStore {
             db_path,
             conn,
             lock_file,
+            lock_depth: std::cell::Cell::new(0),
         };
         store.init_schema(boot_id)?;
         Ok(store)
@@ -380,8 +388,27 @@ impl LayerStore {
         &self.root
     }
 
-    /// Takes the store's exclusive lock, waiting for other processes to release it.
+    /// A guard of the lock this handle holds already, or `None`.
+    fn relock(&self) -> Option<StoreLock<'_>> {
+        let depth = self.lock_depth.get();
+        (depth > 0).then(|| {
+            self.lock_depth.set(depth + 1);
+            StoreLock { store: self }
+        })
+    }
+
+    fn locked(&self) -> StoreLock<'_> {
+        self.lock_depth.set(1);
+        StoreLock { store: self }
+    }
+
+    /// Takes the store's exclusive lock, waiting for other handles and processes to release
+    /// it. Re-entrant: a handle that holds it gets another guard at once, and the lock is
+    /// released when its last guard goes.
     pub fn lock_exclusive(&self) -> Result<StoreLock<'_>, StoreError> {
+        if let Some(guard) = self.relock() {
+            return Ok(guard);
+        }
         rustix::fs::flock(&self.lock_file, rustix::fs::FlockOperation::LockExclusive).map_err(
             |e| StoreError::Io {
                 path: self.root.join("store.lock"),
@@ -389,20 +416,19 @@ impl LayerStore {
                 cause: e.into(),
             },
         )?;
-        Ok(StoreLock {
-            file: &self.lock_file,
-        })
+        Ok(self.locked())
     }
 
-    /// Takes the exclusive lock if no other process holds it.
+    /// Takes the exclusive lock if no other handle or process holds it.
     pub fn try_lock_exclusive(&self) -> Result<Option<StoreLock<'_>>, StoreError> {
+        if let Some(guard) = self.relock() {
+            return Ok(Some(guard));
+        }
         match rustix::fs::flock(
             &self.lock_file,
             rustix::fs::FlockOperation::NonBlockingLockExclusive,
         ) {
-            Ok(()) => Ok(Some(StoreLock {
-                file: &self.lock_file,
-            })),
+            Ok(()) => Ok(Some(self.locked())),
             Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
             Err(e) => Err(StoreError::Io {
                 path: self.root.join("store.lock"),
@@ -1059,6 +1085,27 @@ mod tests {
             "second locker must wait"
         );
         drop(held);
+        assert!(s2.try_lock_exclusive().unwrap().is_some());
+    }
+
+    /// An operation made of locked steps holds the lock from its first to its last: a
+    /// step's own guard going does not let another handle in.
+    #[test]
+    fn the_lock_is_reentrant_per_handle() {
+        let d = tempfile::tempdir().unwrap();
+        let s1 = store(d.path());
+        let s2 = store(d.path());
+        let outer = s1.lock_exclusive().unwrap();
+        let step = s1.lock_exclusive().unwrap();
+        let tried = s1.try_lock_exclusive().unwrap();
+        assert!(tried.is_some(), "the holder gets another guard at once");
+        drop(tried);
+        drop(step);
+        assert!(
+            s2.try_lock_exclusive().unwrap().is_none(),
+            "held while the outer guard lives"
+        );
+        drop(outer);
         assert!(s2.try_lock_exclusive().unwrap().is_some());
     }
 

@@ -9,10 +9,23 @@
 //! released on `Commit` and `Remove`, and reconciled at start and on `Cleanup`.
 //!
 //! Ordering for crashes: the record is written first, then the layer (incomplete until the
-//! driver made it); on removal the layer is marked incomplete before the record goes. At
-//! start (and on `Cleanup`) records without a complete layer and `sn` layers without a
-//! record are removed, so a killed daemon restarts with every snapshot that containerd was
-//! told about and nothing else.
+//! driver made it), then the mount; on removal the record goes first, then the mount and the
+//! layer (marked incomplete before its data goes). A killed daemon leaves at worst a record
+//! without a complete layer (a Prepare or View that never answered) or an `sn` layer
+//! without a record (a Remove that never answered): the start's reconcile removes both, so
+//! a restarted daemon has every snapshot containerd was told about. What it made but could
+//! not answer (a complete Prepare killed before its reply) stays until containerd's garbage
+//! collection, which removes every snapshot it has no record of, removes it.
+//!
+//! Concurrency: every request that changes snapshots (Prepare, View, Commit, Remove, Mounts,
+//! and Usage, which asks the driver) holds the store's exclusive lock from its first read
+//! to its last write, and so does `Cleanup` (containerd calls it after each garbage
+//! collection without holding its own lock, beside Prepares and Commits in flight). A
+//! request's half-made states (a record whose layer is being made, a layer whose record is
+//! gone and which is being removed) are therefore never seen by `Cleanup` or another
+//! request: what `Cleanup` finds out of step is provably dead — left by a request that
+//! failed and said so to containerd, whose rollback failed too, or by a crash before the
+//! start — and no in-flight or later request can own it.
 //!
 //! Requests run on blocking threads, each with a store handle of its own from a pool (one
 //! SQLite connection and driver runtime per handle): they run concurrently, and SQLite's
@@ -81,6 +94,13 @@ fn status_of(e: SnapshotError) -> Status {
     }
 }
 
+/// The store's exclusive lock, held by a request from its first read to its last write.
+fn lock(s: &Strata) -> Result<crate::store::StoreLock<'_>, Status> {
+    s.store()
+        .lock_exclusive()
+        .map_err(|e| Status::internal(message(e.to_string())))
+}
+
 fn layer_status(e: LayerError) -> Status {
     match e {
         LayerError::Store(StoreError::NotFound(m)) => Status::not_found(message(m)),
@@ -131,7 +151,14 @@ impl SnapshotService {
         let first = handles
             .first()
             .ok_or_else(|| Status::internal("no store handle"))?;
-        reconcile(first)?;
+        // What one snapshot's reconcile could not finish never stops the daemon: it shows
+        // again in that snapshot's next request, and the next `Cleanup` retries it.
+        if let Err(e) = reconcile(first) {
+            eprintln!(
+                "strata serve: warning: reconciling snapshots at start: {}",
+                e.message()
+            );
+        }
         Ok(SnapshotService {
             pool: Arc::new(HandlePool {
                 free: Mutex::new(handles),
@@ -163,6 +190,7 @@ impl SnapshotService {
         kind: SnapshotKind,
     ) -> Result<Vec<Mount>, Status> {
         self.run(move |s| {
+            let _lock = lock(s)?;
             let parent = (!parent.is_empty()).then_some(parent);
             let info = s
                 .store()
@@ -199,37 +227,50 @@ impl SnapshotService {
     }
 }
 
-/// Removes records whose layer is missing or incomplete (a crash between the record and
-/// the layer) and `sn` layers without a record (a crash while removing).
+/// Removes records whose layer is missing or incomplete and `sn` layers without a record,
+/// and gives active snapshots and views their mount back (committed snapshots and removed
+/// layers lose theirs). At start nothing else runs; on `Cleanup` it runs under the store's
+/// lock, which every snapshot request holds from start to end (see the module docs), so
+/// what it removes is dead. Goes on past failures; returns the first.
 pub fn reconcile(s: &Strata) -> Result<(), Status> {
+    let _lock = lock(s)?;
     let snapshots = s
         .store()
         .snapshots()
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(|e| Status::internal(message(e.to_string())))?;
     let layers = s.list().map_err(layer_status)?;
     let complete: std::collections::HashSet<&str> = layers
         .iter()
         .filter(|l| !l.incomplete)
         .map(|l| l.id.as_str())
         .collect();
-    // Children before parents: a broken record has no children (only committed snapshots
-    // are parents, and those had their layer), so order does not matter here.
+    let mut first_error = None;
+    let mut failed = |e: Status| {
+        first_error.get_or_insert(e);
+    };
+    let mut known = std::collections::HashSet::new();
+    // A broken record has no children (only committed snapshots are parents, and their
+    // layers were complete before they were), so order does not matter here.
     for info in &snapshots {
-        if !complete.contains(layer_id(info.id).as_str()) {
-            let _ = s.store().remove_snapshot(&info.key);
+        let layer = layer_id(info.id);
+        if !complete.contains(layer.as_str()) {
+            if let Err(e) = s.store().remove_snapshot(&info.key) {
+                known.insert(layer);
+                failed(status_of(e));
+            }
             continue;
         }
         // Active and view snapshots keep the host's mount (made again after a reboot);
         // committed ones hold none (a crash between the commit and the release left one).
-        // Failures here show again in the snapshot's next `Mounts` or `Remove`.
-        let layer = layer_id(info.id);
-        let _ = match info.kind {
+        let kept = match info.kind {
             SnapshotKind::Committed => s.release_mount(&layer),
             SnapshotKind::Active | SnapshotKind::View => s.hold_mount(&layer, None).map(|_| ()),
         };
+        if let Err(e) = kept {
+            failed(layer_status(e));
+        }
+        known.insert(layer);
     }
-    let known: std::collections::HashSet<String> =
-        snapshots.iter().map(|i| layer_id(i.id)).collect();
     let mut orphans: Vec<&crate::store::Layer> = layers
         .iter()
         .filter(|l| l.id.starts_with("sn") && !known.contains(&l.id))
@@ -247,12 +288,12 @@ pub fn reconcile(s: &Strata) -> Result<(), Status> {
                 l.id,
                 crate::text::escape(&reason)
             );
-            s.store()
-                .set_damaged(&l.id, &reason)
-                .map_err(|e| Status::internal(message(e.to_string())))?;
+            if let Err(e) = s.store().set_damaged(&l.id, &reason) {
+                failed(Status::internal(message(e.to_string())));
+            }
         }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 #[tonic::async_trait]
@@ -286,6 +327,7 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
         let key = request.into_inner().key;
         let mounts = self
             .run(move |s| {
+                let _lock = lock(s)?;
                 let info = s.store().snapshot(&key).map_err(status_of)?;
                 if info.kind == SnapshotKind::Committed {
                     return Err(Status::failed_precondition(format!(
@@ -306,19 +348,33 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
     ) -> Result<Response<()>, Status> {
         let r = request.into_inner();
         self.run(move |s| {
+            let _lock = lock(s)?;
             let active = s.store().snapshot(&r.key).map_err(status_of)?;
-            let usage = if active.kind == SnapshotKind::Active {
+            // Only an active snapshot commits (the store says why not otherwise).
+            let is_active = active.kind == SnapshotKind::Active;
+            let usage = if is_active {
                 usage_of(s, &active)?
             } else {
                 (0, 0)
             };
+            let layer = layer_id(active.id);
+            // A committed snapshot is not mounted. The mount goes before the record changes,
+            // so that the record is the last thing written before the answer: a daemon
+            // killed in between restarts with the active snapshot, mounted again.
+            if is_active {
+                s.release_mount(&layer).map_err(layer_status)?;
+            }
             let rebase = (!r.parent.is_empty()).then_some(r.parent.as_str());
-            s.store()
-                .commit_snapshot(&r.name, &r.key, &labels_of(r.labels), rebase, usage)
-                .map_err(status_of)?;
-            // A committed snapshot is not mounted; a failure here is retried by the next
-            // reconcile (start, `Cleanup`).
-            let _ = s.release_mount(&layer_id(active.id));
+            let committed =
+                s.store()
+                    .commit_snapshot(&r.name, &r.key, &labels_of(r.labels), rebase, usage);
+            if let Err(e) = committed {
+                // Still active: mounted again (else on its next `Mounts`).
+                if is_active {
+                    let _ = s.hold_mount(&layer, None);
+                }
+                return Err(status_of(e));
+            }
             Ok(())
         })
         .await?;
@@ -331,14 +387,17 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
     ) -> Result<Response<()>, Status> {
         let key = request.into_inner().key;
         self.run(move |s| {
+            let _lock = lock(s)?;
             let info = s.store().snapshot(&key).map_err(status_of)?;
             let layer = layer_id(info.id);
-            // The record goes first (refused while it has children); a crash before the
-            // layer is gone leaves an `sn` layer without a record, removed at the next start.
+            // The record goes first (refused while it has children); a crash or a failure
+            // before the layer is gone leaves an `sn` layer without a record, which the next
+            // reconcile (start, `Cleanup`) removes. A layer already gone is fine.
             s.store().remove_snapshot(&key).map_err(status_of)?;
-            s.release_mount(&layer).map_err(layer_status)?;
-            s.remove(&layer).map_err(layer_status)?;
-            Ok(())
+            match s.release_mount(&layer).and_then(|()| s.remove(&layer)) {
+                Ok(()) | Err(LayerError::Store(StoreError::NotFound(_))) => Ok(()),
+                Err(e) => Err(layer_status(e)),
+            }
         })
         .await?;
         Ok(Response::new(()))
@@ -413,6 +472,7 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
         let key = request.into_inner().key;
         let (size, inodes) = self
             .run(move |s| {
+                let _lock = lock(s)?;
                 let info = s.store().snapshot(&key).map_err(status_of)?;
                 match info.kind {
                     SnapshotKind::Committed => Ok((info.size, info.inodes)),
