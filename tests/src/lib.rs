@@ -12,8 +12,8 @@ use strata_host::conformance::{self, Outcome, Report, SuiteOptions};
 use strata_host::layers::{StoreOptions, Strata};
 
 pub mod applymem;
-pub mod crash;
 pub mod containerd;
+pub mod crash;
 pub mod oci;
 pub mod targen;
 
