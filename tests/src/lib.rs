@@ -13,6 +13,7 @@ use strata_host::layers::{StoreOptions, Strata};
 
 pub mod applymem;
 pub mod oci;
+pub mod serveload;
 pub mod targen;
 
 /// Where `cargo xtask` put the driver components.

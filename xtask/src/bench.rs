@@ -10,6 +10,8 @@
 //!   it needs with apt-get and caches a debootstrapped image in `target/bench-cache`.
 //!   `containerd` times `ctr images import` and `ctr run` with `target/release/strata serve`
 //!   as containerd's proxy snapshotter against containerd's overlayfs, on the same image.
+//!   `serve-load` puts 1,000 concurrent clients (Prepare, Commit, Remove) on
+//!   `target/release/strata serve` against one sequential client, and SIGTERMs it under load.
 
 use std::path::Path;
 use std::process::Command;
@@ -87,6 +89,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "apply-memory",
         "import",
         "containerd",
+        "serve-load",
     ]
     .into_iter()
     .filter(|n| which(n))

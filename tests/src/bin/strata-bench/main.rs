@@ -29,10 +29,14 @@
 //!   containerd's proxy snapshotter `strata serve --containerd-socket`, against containerd's
 //!   built-in overlayfs snapshotter, each on a fresh loop-mounted ext4 with fresh daemons per
 //!   run (needs root; see `containerd.rs`).
+//! - `serve-load`: `strata serve --containerd-socket` under 1,000 concurrent clients (Prepare,
+//!   Commit, Remove; overlay driver) against one sequential client, and SIGTERM under that
+//!   load (needs root; see `serve_load.rs`).
 
 mod apply_memory;
 mod containerd;
 mod import;
+mod serve_load;
 
 use std::time::{Duration, Instant};
 
@@ -669,6 +673,12 @@ fn main() {
         && let Err(e) = containerd::run()
     {
         eprintln!("containerd: error: {e:#}");
+        std::process::exit(1);
+    }
+    if (all || which.iter().any(|w| w == "serve-load"))
+        && let Err(e) = serve_load::run()
+    {
+        eprintln!("serve-load: error: {e:#}");
         std::process::exit(1);
     }
 }
