@@ -102,22 +102,31 @@ impl Drop for Serve {
     }
 }
 
-/// A client of the daemon on `socket`, on a connection of its own.
+/// A client of the daemon on `socket`, on a connection of its own. Connecting is retried
+/// for a while: the socket's file exists from `bind(2)` on, before the daemon listens.
 pub async fn connect(socket: &Path) -> SnapshotsClient<Channel> {
-    let socket = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::try_from("http://strata.invalid")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
+    let start = Instant::now();
+    loop {
+        let socket = socket.to_path_buf();
+        let connected = tonic::transport::Endpoint::try_from("http://strata.invalid")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await;
+        match connected {
+            Ok(channel) => return SnapshotsClient::new(channel),
+            Err(e) if start.elapsed() > Duration::from_secs(30) => {
+                panic!("connecting to strata serve: {e:?}")
             }
-        }))
-        .await
-        .expect("connecting to strata serve");
-    SnapshotsClient::new(channel)
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
 }
 
 /// How one call ended.

@@ -445,7 +445,7 @@ mod tests {
             "MAX_SELECTORS",
         );
         // Within the budget: the most of each.
-        let most = parse_all(&vec![vec!["name~=^a-\\d"; MAX_REQUEST_REGEXES].join(",")]).unwrap();
+        let most = parse_all(&[vec!["name~=^a-\\d"; MAX_REQUEST_REGEXES].join(",")]).unwrap();
         assert!(most[0].matches(&obj("a-1", "", &[])));
         assert!(!most[0].matches(&obj("b-1", "", &[])));
         parse_all(&vec![

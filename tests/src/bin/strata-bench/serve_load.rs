@@ -24,7 +24,6 @@ use anyhow::{Context, Result, bail};
 use strata_host::frontend::containerd::SHUTDOWN_GRACE;
 use strata_host::frontend::containerd::workers::{MAX_QUEUED_REQUESTS, STORE_HANDLES};
 use strata_tests::serveload::{self, Outcome, Report, Serve, Work, quantile};
-use strata_tests::target_dir;
 
 const CLIENTS: usize = 1000;
 const CONNECTIONS: usize = 10;
@@ -64,7 +63,11 @@ impl Drop for Scratch {
 }
 
 pub fn run() -> Result<()> {
-    let bin = target_dir().join("release").join("strata");
+    // The `strata` of this binary's own profile (release under `cargo xtask bench`).
+    let bin = std::env::current_exe()?
+        .parent()
+        .context("the bench's directory")?
+        .join("strata");
     if !bin.is_file() {
         bail!("{} is missing (cargo xtask bench builds it)", bin.display());
     }
@@ -80,8 +83,9 @@ pub fn run() -> Result<()> {
         .build()?;
     let mut serve = Serve::start(&bin, dir);
     println!(
-        "serve-load: strata serve (release, overlay driver) on a unix socket, store in /var/tmp; \
-         {STORE_HANDLES} workers, queue of {MAX_QUEUED_REQUESTS}; a lifecycle = Prepare + Commit + Remove"
+        "serve-load: {} (overlay driver) serve on a unix socket, store in /var/tmp; \
+         {STORE_HANDLES} workers, queue of {MAX_QUEUED_REQUESTS}; a lifecycle = Prepare + Commit + Remove",
+        bin.display()
     );
 
     // Warm-up and the sequential baseline: one client, one lifecycle after another.
