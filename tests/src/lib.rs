@@ -15,6 +15,7 @@ pub mod applymem;
 pub mod containerd;
 pub mod crash;
 pub mod oci;
+pub mod serveload;
 pub mod targen;
 
 /// Where `cargo xtask` put the driver components.

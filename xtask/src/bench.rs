@@ -14,6 +14,8 @@
 //!   container commit and removal, on vfs and overlay; prints where the kills landed and
 //!   what each left, and fails on the first store that is not clean (see
 //!   tests/src/crash.rs).
+//! - `serve-load` puts 1,000 concurrent clients (Prepare, Commit, Remove) on
+//!   `target/release/strata serve` against one sequential client, and SIGTERMs it under load.
 
 use std::path::Path;
 use std::process::Command;
@@ -92,6 +94,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "import",
         "containerd",
         "crash",
+        "serve-load",
     ]
     .into_iter()
     .filter(|n| which(n))

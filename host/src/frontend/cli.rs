@@ -63,6 +63,12 @@ enum Command {
     /// The store's and the driver's status.
     Status,
     /// Serve containerd's snapshots API (a proxy snapshotter) until SIGINT or SIGTERM.
+    ///
+    /// Requests run on 4 worker threads (one store handle each) behind a queue of 128; a
+    /// request that finds the queue full, or waits 30 s in it, is answered RESOURCE_EXHAUSTED
+    /// without being run. SIGTERM or SIGINT stops the daemon within 10 s: no new connections,
+    /// queued requests answered UNAVAILABLE, running ones given the rest of the 10 s (a second
+    /// signal exits at once); the next start reconciles what an interrupted request left.
     Serve {
         /// The unix socket containerd's `[proxy_plugins.NAME] address` names.
         #[arg(long = "containerd-socket", value_name = "PATH")]

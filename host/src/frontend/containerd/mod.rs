@@ -2,9 +2,22 @@
 //! containerd's snapshots gRPC API (`containerd.services.snapshots.v1.Snapshots`) over a
 //! unix socket, for a `[proxy_plugins]` entry in containerd's config. The API is generated
 //! at build time from the project's own `.proto` files (host/proto).
+//!
+//! Requests are queued for a fixed set of worker threads with backpressure ([`workers`]).
+//! SIGTERM or SIGINT stops the daemon within [`SHUTDOWN_GRACE`]: it stops accepting
+//! connections, answers queued requests `UNAVAILABLE` unrun, gives the running ones (at
+//! most [`service::STORE_HANDLES`]) the rest of the grace to finish and exits even if they
+//! did not; what an interrupted request leaves (a record without its layer, a layer without
+//! its record, a mount) is what a killed daemon leaves, and the next start reconciles it.
 
 pub mod filters;
 pub mod service;
+pub mod workers;
+
+use std::time::Duration;
+
+/// From SIGTERM or SIGINT to the daemon's exit, at most (a second signal exits at once).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The generated API, in modules that follow the protobuf packages.
 #[allow(clippy::all, missing_docs)]
@@ -22,8 +35,17 @@ pub mod api {
     pub use services::snapshots::v1 as snapshots;
 }
 
+/// Resolves at the first SIGINT or SIGTERM after it is first polled.
+async fn stop_signal(term: &mut tokio::signal::unix::Signal) {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// Serves the snapshots API on the unix socket `path` until SIGINT or SIGTERM, with
-/// [`service::STORE_HANDLES`] store handles made by `open`.
+/// [`service::STORE_HANDLES`] store handles made by `open`; returns at most
+/// [`SHUTDOWN_GRACE`] after the signal.
 pub fn serve(
     open: impl Fn() -> anyhow::Result<crate::layers::Strata>,
     path: &std::path::Path,
@@ -34,11 +56,12 @@ pub fn serve(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let service = service::SnapshotService::new(handles)
         .map_err(|s| anyhow::anyhow!("reconciling snapshots: {}", s.message()))?;
+    let workers = service.workers();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if meta.file_type().is_socket() {
@@ -51,28 +74,51 @@ pub fn serve(
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing a SIGTERM handler")?;
         let listener = tokio::net::UnixListener::bind(path)
             .with_context(|| format!("listening on {}", path.display()))?;
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing a SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        tonic::transport::Server::builder()
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
             .add_service(api::snapshots::snapshots_server::SnapshotsServer::new(
                 service,
             ))
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-            .context("serving the snapshots API")?;
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            });
+        tokio::pin!(server);
+        tokio::select! {
+            r = &mut server => {
+                let _ = std::fs::remove_file(path);
+                return r.context("serving the snapshots API");
+            }
+            _ = stop_signal(&mut term) => {}
+        }
+        // Stop: no new connections, queued requests refused, running ones get the grace.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        workers.close();
+        let _ = stop.send(());
+        let drained = tokio::select! {
+            r = tokio::time::timeout_at(deadline, async {
+                let _ = (&mut server).await;
+                workers.stopped().await;
+            }) => r.is_ok(),
+            _ = stop_signal(&mut term) => false,
+        };
         let _ = std::fs::remove_file(path);
+        if !drained {
+            eprintln!(
+                "strata serve: requests still running {} s after the stop signal; exiting \
+                 without them (the next start reconciles what they left)",
+                SHUTDOWN_GRACE.as_secs()
+            );
+        }
         Ok(())
-    })
+    });
+    // Neither the runtime's tasks nor the worker threads are waited for: the process exits.
+    runtime.shutdown_background();
+    served
 }
 
 use crate::store::SnapshotInfo;
@@ -99,6 +145,26 @@ mod tests {
 
     use super::filters::{any_matches, parse_all};
     use crate::store::{LayerStore, SnapshotKind};
+
+    /// `strata serve --help` states the figures the constants hold.
+    #[test]
+    fn serve_help_states_the_bounds() {
+        use clap::CommandFactory;
+        let mut cli = crate::frontend::cli::Cli::command();
+        let help = cli
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for figure in [
+            format!("{} worker threads", super::workers::STORE_HANDLES),
+            format!("queue of {}", super::workers::MAX_QUEUED_REQUESTS),
+            format!("waits {} s", super::workers::MAX_QUEUE_WAIT.as_secs()),
+            format!("within {} s", super::SHUTDOWN_GRACE.as_secs()),
+        ] {
+            assert!(help.contains(&figure), "`{figure}` in: {help}");
+        }
+    }
 
     /// containerd's testsuite `Walk` case: the same snapshots, filters and expected names.
     #[test]

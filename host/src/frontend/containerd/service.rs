@@ -27,12 +27,13 @@
 //! failed and said so to containerd, whose rollback failed too, or by a crash before the
 //! start — and no in-flight or later request can own it.
 //!
-//! Requests run on blocking threads, each with a store handle of its own from a pool (one
-//! SQLite connection and driver runtime per handle): they run concurrently, and SQLite's
-//! transactions and the store's lock keep them from corrupting each other.
+//! Requests run on worker threads, each with a store handle of its own (one SQLite
+//! connection and driver runtime per handle), fed by a bounded queue (see [`super::workers`]
+//! for why, and for the backpressure): they run concurrently, and SQLite's transactions and
+//! the store's lock keep them from corrupting each other.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
@@ -50,33 +51,11 @@ pub fn layer_id(id: i64) -> String {
     format!("sn{id}")
 }
 
-/// Store handles to serve requests with, each used by one request at a time.
-pub const STORE_HANDLES: usize = 4;
-
-struct HandlePool {
-    free: Mutex<Vec<Strata>>,
-    returned: Condvar,
-}
-
-impl HandlePool {
-    fn take(&self) -> Strata {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(h) = free.pop() {
-                return h;
-            }
-            free = self.returned.wait(free).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    fn give_back(&self, h: Strata) {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(h);
-        self.returned.notify_one();
-    }
-}
+pub use super::workers::STORE_HANDLES;
+use super::workers::Workers;
 
 pub struct SnapshotService {
-    pool: Arc<HandlePool>,
+    workers: Arc<Workers>,
 }
 
 /// Messages reach containerd's clients (`ctr` prints them): escaped like any untrusted text.
@@ -159,27 +138,24 @@ impl SnapshotService {
                 e.message()
             );
         }
+        let workers = Workers::start(handles)
+            .map_err(|e| Status::internal(format!("starting the worker threads: {e}")))?;
         Ok(SnapshotService {
-            pool: Arc::new(HandlePool {
-                free: Mutex::new(handles),
-                returned: Condvar::new(),
-            }),
+            workers: Arc::new(workers),
         })
     }
 
+    /// The worker threads requests run on (to stop them when the daemon stops).
+    pub fn workers(&self) -> Arc<Workers> {
+        self.workers.clone()
+    }
+
+    /// Runs `f` with a store handle on a worker thread (see [`Workers::run`]).
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Strata) -> Result<T, Status> + Send + 'static,
     ) -> Result<T, Status> {
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let handle = pool.take();
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&handle)));
-            pool.give_back(handle);
-            result.unwrap_or_else(|_| Err(Status::internal("the request panicked")))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("request task failed: {e}")))?
+        self.workers.run(f).await
     }
 
     async fn create(
@@ -444,20 +420,23 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
         &self,
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
-        let parsed = filters::parse_all(&request.into_inner().filters)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let all = self
-            .run(|s| {
-                s.store()
+        let texts = request.into_inner().filters;
+        // Parsing compiles regular expressions: on a worker, not on the async runtime.
+        let matching: Vec<pb::Info> = self
+            .run(move |s| {
+                let parsed = filters::parse_all(&texts)
+                    .map_err(|e| Status::invalid_argument(message(e.to_string())))?;
+                let all = s
+                    .store()
                     .snapshots()
-                    .map_err(|e| Status::internal(e.to_string()))
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                Ok(all
+                    .iter()
+                    .filter(|i| filters::any_matches(&parsed, *i))
+                    .map(info_of)
+                    .collect())
             })
             .await?;
-        let matching: Vec<pb::Info> = all
-            .iter()
-            .filter(|i| filters::any_matches(&parsed, *i))
-            .map(info_of)
-            .collect();
         let batches: Vec<Result<pb::ListSnapshotsResponse, Status>> = matching
             .chunks(LIST_BATCH)
             .map(|c| Ok(pb::ListSnapshotsResponse { info: c.to_vec() }))

@@ -31,11 +31,15 @@
 //!   run (needs root; see `containerd.rs`).
 //! - `crash`: `kill -9` of the CLI at random points of import, apply, commit and removal, on
 //!   vfs and overlay, ≥ 100 trials, each checked (needs root; see `crash.rs`).
+//! - `serve-load`: `strata serve --containerd-socket` under 1,000 concurrent clients (Prepare,
+//!   Commit, Remove; overlay driver) against one sequential client, and SIGTERM under that
+//!   load (needs root; see `serve_load.rs`).
 
 mod apply_memory;
 mod containerd;
 mod crash;
 mod import;
+mod serve_load;
 
 use std::time::{Duration, Instant};
 
@@ -678,6 +682,12 @@ fn main() {
         && let Err(e) = crash::run()
     {
         eprintln!("crash: error: {e:#}");
+        std::process::exit(1);
+    }
+    if (all || which.iter().any(|w| w == "serve-load"))
+        && let Err(e) = serve_load::run()
+    {
+        eprintln!("serve-load: error: {e:#}");
         std::process::exit(1);
     }
 }
