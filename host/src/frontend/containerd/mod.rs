@@ -76,8 +76,19 @@ pub fn serve(
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing a SIGTERM handler")?;
-        let listener = tokio::net::UnixListener::bind(path)
-            .with_context(|| format!("listening on {}", path.display()))?;
+        // Bound under a temporary name and renamed into place once listening: a client that
+        // sees the socket can connect (between bind and listen, connects are refused).
+        let pending = path.with_file_name(format!(".strata-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&pending);
+        let listener = tokio::net::UnixListener::bind(&pending)
+            .with_context(|| format!("listening on {}", pending.display()))?;
+        std::fs::rename(&pending, path).with_context(|| {
+            format!(
+                "moving the socket {} to {}",
+                pending.display(),
+                path.display()
+            )
+        })?;
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
