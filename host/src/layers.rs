@@ -7,6 +7,7 @@
 //! recovery never races a live operation.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -287,12 +288,15 @@ impl Strata {
     /// that cannot be finished is set aside ([`Strata::damaged`]) and the store opens.
     fn recover(&self) -> Result<()> {
         let incomplete = self.store.incomplete_layers()?;
-        if incomplete.is_empty() {
+        let journals = self.config.root.join(crate::layout::APPLY_JOURNAL_DIR);
+        let has_journals = std::fs::read_dir(&journals).is_ok_and(|mut r| r.next().is_some());
+        if incomplete.is_empty() && !has_journals {
             return Ok(());
         }
-        // Layers set aside before are retried when the store is free, never waited for: a
-        // damaged layer must not make every command queue behind a long import. (The lock
-        // is per open file: `recover` taking it again while this is held does not wait.)
+        // Layers set aside before (and journals of recorded applies) are retried when the
+        // store is free, never waited for: a damaged layer must not make every command
+        // queue behind a long import. (The lock is per open file: taking it again while
+        // this is held does not wait.)
         let _free = if incomplete.iter().all(|l| l.damaged.is_some()) {
             match self.store.try_lock_exclusive()? {
                 Some(lock) => Some(lock),
@@ -301,8 +305,14 @@ impl Strata {
         } else {
             None
         };
-        self.store
-            .recover(|layer: &Layer| self.remove_data(&layer.id))?;
+        {
+            let _lock = self.store.lock_exclusive()?;
+            self.recover_applies()?;
+        }
+        if incomplete.iter().any(|l| !l.applying) {
+            self.store
+                .recover(|layer: &Layer| self.remove_data(&layer.id))?;
+        }
         Ok(())
     }
 
@@ -444,14 +454,24 @@ impl Strata {
             what: format!("reading the tar for layer {}", layer.id),
             cause: e,
         })?;
-        // Incomplete while the driver works: a crash now leaves it to recovery.
-        self.store.mark_incomplete(&layer.id)?;
+        // A layer made by this same command (incomplete already) goes whole if a crash cuts
+        // the apply short. Any other is journaled: its undo notes are written ahead to a
+        // host file, and a crash is rolled back from it at the next open.
+        let journaled = !layer.incomplete;
+        let journal = if journaled {
+            let journal = self.create_journal(&layer.id)?;
+            self.store.begin_apply(&layer.id)?;
+            Some(journal)
+        } else {
+            None
+        };
         let uncompressed = HashingReader::new(tar);
         let uncompressed_tally = uncompressed.tally();
         let (result, trace) = self.driver.apply_diff_traced(
             &layer.id,
             layer.parent.as_deref(),
             Box::new(uncompressed),
+            journal,
         );
         match result {
             Ok(size) => {
@@ -462,25 +482,49 @@ impl Strata {
                     compressed_size: compressed_tally.bytes(),
                     compressed_digest: compressed_tally.digest(),
                 };
-                self.store.set_sizes(
+                self.store.finish_apply(
                     &layer.id,
-                    Some(&applied.compressed_digest),
-                    Some(applied.compressed_size),
-                    Some(&applied.uncompressed_digest),
-                    Some(applied.uncompressed_size),
+                    &applied.compressed_digest,
+                    applied.compressed_size,
+                    &applied.uncompressed_digest,
+                    applied.uncompressed_size,
                 )?;
-                self.store.finish_create(&layer.id)?;
+                if journaled {
+                    // Recorded: the replaced originals go. A failure here leaves the journal
+                    // for the next open to finish; the apply itself stands.
+                    self.finish_journal(&layer.id)?;
+                }
                 Ok(applied)
             }
-            Err(e) if trace.left_nothing() => {
-                if !layer.incomplete {
-                    self.store.finish_create(&layer.id)?;
+            Err(e) if journaled => {
+                // Whatever the host's applies left (none, a whole apply the driver failed
+                // after, or a rollback that failed half-way) is rolled back from the journal.
+                match self.roll_back_journal(&layer.id) {
+                    Ok(()) => {
+                        self.store.end_apply(&layer.id)?;
+                        Err(LayerError::ApplyUndone {
+                            id: layer.id,
+                            cause: Box::new(e.into()),
+                        })
+                    }
+                    Err(undoing) => {
+                        let reason = format!(
+                            "applying onto it failed and rolling it back failed too \
+                             ({undoing}); the next open tries the rollback again"
+                        );
+                        self.store.set_damaged(&layer.id, &reason)?;
+                        Err(LayerError::ApplyDamaged {
+                            id: layer.id,
+                            owner: "its undo journal is kept".into(),
+                            cause: Box::new(e.into()),
+                        })
+                    }
                 }
-                Err(LayerError::ApplyUndone {
-                    id: layer.id,
-                    cause: Box::new(e.into()),
-                })
             }
+            Err(e) if trace.left_nothing() => Err(LayerError::ApplyUndone {
+                id: layer.id,
+                cause: Box::new(e.into()),
+            }),
             Err(e) => {
                 // An image's or a container's layer goes only with its owner (its record is
                 // theirs): it is set aside, reported, and its owner's removal takes it.
@@ -505,6 +549,110 @@ impl Strata {
                 })
             }
         }
+    }
+
+    /// Creates (replacing a stale one) the undo journal of an apply onto layer `id`, in the
+    /// host's `<root>/apply-journal/` (see `archive::journal`).
+    fn create_journal(&self, id: &str) -> Result<archive::Journal> {
+        let dir = self.config.root.join(crate::layout::APPLY_JOURNAL_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|cause| LayerError::Io {
+                what: format!("creating {}", dir.display()),
+                cause,
+            })?;
+        let path = crate::layout::apply_journal(&self.config.root, id);
+        archive::Journal::create(&path, id).map_err(|e| self.journal_error(id, e))
+    }
+
+    fn journal_error(&self, id: &str, e: archive::JournalError) -> LayerError {
+        LayerError::Archive {
+            id: id.to_string(),
+            what: "the apply's undo journal",
+            cause: Box::new(archive::ArchiveError::Invalid(e.to_string())),
+        }
+    }
+
+    /// Rolls back what layer `id`'s apply journal holds (newest first), then deletes it: the
+    /// layer is as it was before the apply. A missing or corrupt journal is an error: the
+    /// caller sets the layer aside.
+    fn roll_back_journal(&self, id: &str) -> Result<()> {
+        let path = crate::layout::apply_journal(&self.config.root, id);
+        let mut journal =
+            archive::Journal::open(&path, id).map_err(|e| self.journal_error(id, e))?;
+        archive::replay_journal(self.driver.home(), &mut journal).map_err(|cause| {
+            LayerError::Archive {
+                id: id.to_string(),
+                what: "rolling back an apply",
+                cause: Box::new(cause),
+            }
+        })?;
+        self.remove_journal(&path)
+    }
+
+    /// Layer `id`'s apply is recorded: its scratch directories go, then the journal.
+    fn finish_journal(&self, id: &str) -> Result<()> {
+        let path = crate::layout::apply_journal(&self.config.root, id);
+        let journal = archive::Journal::open(&path, id).map_err(|e| self.journal_error(id, e))?;
+        archive::finish_journal(self.driver.home(), &journal).map_err(|cause| {
+            LayerError::Archive {
+                id: id.to_string(),
+                what: "removing what the apply replaced",
+                cause: Box::new(cause),
+            }
+        })?;
+        self.remove_journal(&path)
+    }
+
+    fn remove_journal(&self, path: &Path) -> Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(cause) => Err(LayerError::Io {
+                what: format!("removing {}", path.display()),
+                cause,
+            }),
+        }
+    }
+
+    /// Finishes the applies a crash interrupted (under the store lock): a layer with an
+    /// apply in progress is rolled back from its journal and marked complete, as it was
+    /// before the apply; one whose journal is missing, corrupt or cannot be replayed is set
+    /// aside as damaged (its data kept; each open retries). A journal left by an apply the
+    /// store recorded has its scratch directories removed; one of a layer that is gone is
+    /// deleted.
+    fn recover_applies(&self) -> Result<()> {
+        for layer in self.store.applying_layers()? {
+            match self.roll_back_journal(&layer.id) {
+                Ok(()) => self.store.end_apply(&layer.id)?,
+                Err(e) => self.store.set_damaged(
+                    &layer.id,
+                    &format!("an apply onto it was interrupted and cannot be rolled back: {e}"),
+                )?,
+            }
+        }
+        let dir = self.config.root.join(crate::layout::APPLY_JOURNAL_DIR);
+        let names = match std::fs::read_dir(&dir) {
+            Ok(r) => r
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+            Err(_) => Vec::new(),
+        };
+        for id in names {
+            match self.store.get_exact(&id)? {
+                Some(l) if l.applying => {}
+                // The apply stands; if its scratch cannot be removed now, the next open
+                // tries again (the layer itself is whole).
+                Some(l) => {
+                    let _ = self.finish_journal(&l.id);
+                }
+                None => self.remove_journal(&dir.join(&id))?,
+            }
+        }
+        Ok(())
     }
 
     /// Mounts layer `id` (or counts one more user of an existing mount); returns where: the
