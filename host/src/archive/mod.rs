@@ -135,3 +135,5 @@ pub fn decompressed(input: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read
 mod checked_open_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod journal_tests;
