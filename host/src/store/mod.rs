@@ -656,6 +656,7 @@ impl LayerStore {
         Ok(())
     }
 
+    /// Layer `id` by its id alone (no name lookup), if there is one.
     pub fn get_exact(&self, id: &str) -> Result<Option<Layer>, StoreError> {
         self.conn
             .query_row(
@@ -1005,13 +1006,15 @@ mod tests {
         let conn = Connection::open(d.path().join("layers.db")).unwrap();
         conn.execute_batch(
             "ALTER TABLE layers DROP COLUMN template; ALTER TABLE layers DROP COLUMN mount_id;
-             ALTER TABLE layers DROP COLUMN damaged; PRAGMA user_version = 1;",
+             ALTER TABLE layers DROP COLUMN damaged; ALTER TABLE layers DROP COLUMN applying;
+             PRAGMA user_version = 1;",
         )
         .unwrap();
         drop(conn);
         let s = store(d.path());
         let old = s.get("old").unwrap();
         assert_eq!(old.template, None);
+        assert!(!old.applying);
         let v: i64 = s
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
