@@ -136,7 +136,10 @@ fn replaying_the_journal_of_a_cut_short_apply_gives_the_layer_back_exactly() {
         let mut journal = Journal::open(&layer.journal_path(), "L").unwrap();
         replay_journal(&home, &mut journal).unwrap();
         assert_eq!(snapshot(&layer.root()), before, "cut after {cut} entries");
-        assert!(journal.is_empty(), "the replay cuts the journal back as it goes");
+        assert!(
+            journal.is_empty(),
+            "the replay cuts the journal back as it goes"
+        );
         // Replaying again (a crash after the replay) changes nothing.
         replay_journal(&home, &mut journal).unwrap();
         assert_eq!(snapshot(&layer.root()), before);
@@ -219,7 +222,12 @@ fn a_fresh_apply_journals_only_that_it_was_fresh() {
     assert_eq!(records.len(), 1);
     assert!(matches!(records[0].1, Note::Start { fresh: true, .. }));
     replay_journal(&home, &mut journal).unwrap();
-    assert_eq!(std::fs::read_dir(tmp.path().join("home/layer")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("home/layer"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 fn meta() -> Meta {
@@ -304,10 +312,7 @@ fn a_corrupt_forged_or_oversized_journal_is_refused_not_replayed() {
     );
     // A path leaving the layer root, and a note before any start, are refused.
     for forged in [
-        vec![
-            every_note().remove(0),
-            Note::Created("a/../../etc".into()),
-        ],
+        vec![every_note().remove(0), Note::Created("a/../../etc".into())],
         vec![Note::Created("a".into())],
         vec![Note::Start {
             dest: "d".into(),
@@ -363,10 +368,7 @@ fn a_journal_past_its_budget_fails_the_apply_and_undoes_it() {
     )
     .unwrap_err();
     assert!(matches!(err, ArchiveError::Undone(_)), "{err}");
-    assert!(
-        err.to_string().contains("than an apply can undo"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("than an apply can undo"), "{err}");
     assert_eq!(snapshot(&layer.root()), before_deep);
     assert!(journal.is_empty());
     assert!(std::fs::metadata(layer.journal_path()).unwrap().len() <= MAX_JOURNAL_BYTES);

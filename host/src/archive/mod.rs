@@ -134,6 +134,6 @@ pub fn decompressed(input: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read
 #[cfg(test)]
 mod checked_open_tests;
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod journal_tests;
+#[cfg(test)]
+mod tests;
