@@ -86,6 +86,9 @@ pub struct Journal {
     body: u64,
 }
 
+/// A record as read: tag, payload, and the offset of the next record.
+type RawRecord<'b> = (u8, &'b [u8], usize);
+
 fn fnv1a(parts: &[&[u8]]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for part in parts {
@@ -205,13 +208,12 @@ impl Journal {
         Ok(bytes)
     }
 
-    /// The record at `at` of `bytes`: (tag, payload, next offset), `None` at the end or at
-    /// a record cut short.
+    /// The record at `at` of `bytes`, `None` at the end or at a record cut short.
     fn next_record<'b>(
         &self,
         bytes: &'b [u8],
         at: usize,
-    ) -> Result<Option<(u8, &'b [u8], usize)>, JournalError> {
+    ) -> Result<Option<RawRecord<'b>>, JournalError> {
         let rest = &bytes[at..];
         if rest.len() < RECORD_HEAD_BYTES {
             return Ok(None);

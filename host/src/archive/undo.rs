@@ -412,7 +412,7 @@ impl<'j> Undo<'j> {
                     .map(|n| (0, n))
                     .collect();
                 undo_notes(
-                    &mut |_| Ok(root.with_confinement(Confinement::InRoot)?),
+                    &mut |_| root.with_confinement(Confinement::InRoot),
                     &notes,
                     None,
                 )
@@ -420,9 +420,9 @@ impl<'j> Undo<'j> {
             Some((j, from)) => {
                 let notes = j
                     .records_from(from)
-                    .map_err(|e| SysError::invalid("undo", root.path(), &e.to_string()))?;
+                    .map_err(|e| SysError::invalid("undo", root.path(), e.to_string()))?;
                 undo_notes(
-                    &mut |_| Ok(root.with_confinement(Confinement::InRoot)?),
+                    &mut |_| root.with_confinement(Confinement::InRoot),
                     &notes,
                     Some(j),
                 )
@@ -498,7 +498,7 @@ fn undo_notes(
                 if let Some(j) = journal.as_deref_mut()
                     && let Err(e) = j.truncate(*offset)
                 {
-                    return Err(SysError::invalid("undo", j.path(), &e.to_string()));
+                    return Err(SysError::invalid("undo", j.path(), e.to_string()));
                 }
             }
             Err(e) if journal.is_some() => return Err(e),
