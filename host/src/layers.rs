@@ -3,8 +3,9 @@
 //! Every front end (the CLI today; the containerd snapshotter and image import later) goes
 //! through [`Strata`]. It keeps the ordering that makes crashes harmless: a layer record is
 //! written *incomplete* before any driver work and marked complete after, so a store opened
-//! after a crash removes half-made layers; mutations hold the store's exclusive lock so that
-//! recovery never races a live operation.
+//! after a crash removes half-made layers; an apply onto a complete layer is journaled
+//! instead, and rolled back (docs/crash-safety.md, "The apply journal"); mutations hold the
+//! store's exclusive lock so that recovery never races a live operation.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::DirBuilderExt;
@@ -283,9 +284,10 @@ impl Strata {
         Ok(strata)
     }
 
-    /// Finishes what a crash left: layers still incomplete are removed (stale mounts on
-    /// their mount points detached first, then the driver's data, then the record). A layer
-    /// that cannot be finished is set aside ([`Strata::damaged`]) and the store opens.
+    /// Finishes what a crash left: applies in progress are rolled back from their journals
+    /// ([`Strata::recover_applies`]); other layers still incomplete are removed (stale mounts
+    /// on their mount points detached first, then the driver's data, then the record). A
+    /// layer that cannot be finished is set aside ([`Strata::damaged`]) and the store opens.
     fn recover(&self) -> Result<()> {
         let incomplete = self.store.incomplete_layers()?;
         let journals = self.config.root.join(crate::layout::APPLY_JOURNAL_DIR);
@@ -431,9 +433,13 @@ impl Strata {
 
     /// Applies a layer tar (plain, gzip or zstd) read from `input` onto layer `id`. All or
     /// nothing: on failure the layer is left exactly as it was ([`LayerError::ApplyUndone`];
-    /// the host's apply undoes itself, see `archive::undo`). Only when that cannot be (undoing
-    /// failed, or the driver failed after an apply that went through) is the layer removed
-    /// ([`LayerError::ApplyFailed`]): a half-applied layer is never left behind.
+    /// the host's apply undoes itself, see `archive::undo`). Onto a complete layer the undo
+    /// journal is written ahead to `<root>/apply-journal/<id>` and the layer marked applying,
+    /// so a crash is rolled back at the next open, and a driver failing after its apply went
+    /// through is rolled back too; when rolling back fails the layer is set aside
+    /// ([`LayerError::ApplyDamaged`]). A layer made by the same command (incomplete) has no
+    /// journal: when its apply cannot be undone it is removed ([`LayerError::ApplyFailed`]).
+    /// A half-applied layer is never left behind.
     pub fn apply(&self, id: &str, input: Box<dyn Read + Send>) -> Result<Applied> {
         let _lock = self.store.lock_exclusive()?;
         let layer = self.store.get(id)?;
