@@ -15,8 +15,8 @@
 //!   times noted first (once), and set back on failure.
 //!
 //! On success the scratch directory (the replaced originals) is deleted. An apply onto an
-//! empty layer (every import, every fresh layer) notes nothing at all: undoing it empties the
-//! layer and sets the root's metadata back.
+//! empty layer (every import, every fresh layer) notes nothing but its start: undoing it
+//! empties the layer and sets the root's metadata back.
 //!
 //! The journal is bounded: each note is charged (path bytes, xattrs, a fixed overhead, the
 //! hash sets' tables) against [`MAX_UNDO_BYTES`], part of the apply's
