@@ -3,8 +3,10 @@
 //! Every front end (the CLI today; the containerd snapshotter and image import later) goes
 //! through [`Strata`]. It keeps the ordering that makes crashes harmless: a layer record is
 //! written *incomplete* before any driver work and marked complete after, so a store opened
-//! after a crash removes half-made layers; mutations hold the store's exclusive lock so that
-//! recovery never races a live operation.
+//! after a crash removes half-made layers; an apply onto a complete layer is journaled
+//! instead, and rolled back (docs/crash-safety.md, "The apply journal"); mutations hold the
+//! store's exclusive lock so that recovery never races a live operation.
+//!
 //!
 //! The lock rule: every driver call that names a layer (create, apply, mount plans, unmounted,
 //! diff, changes, diff size, metadata, remove) runs under the store's exclusive lock, the
@@ -17,6 +19,7 @@
 //! nothing in between is seen by another handle.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -292,17 +295,21 @@ impl Strata {
         Ok(strata)
     }
 
-    /// Finishes what a crash left: layers still incomplete are removed (stale mounts on
-    /// their mount points detached first, then the driver's data, then the record). A layer
-    /// that cannot be finished is set aside ([`Strata::damaged`]) and the store opens.
+    /// Finishes what a crash left: applies in progress are rolled back from their journals
+    /// ([`Strata::recover_applies`]); other layers still incomplete are removed (stale mounts
+    /// on their mount points detached first, then the driver's data, then the record). A
+    /// layer that cannot be finished is set aside ([`Strata::damaged`]) and the store opens.
     fn recover(&self) -> Result<()> {
         let incomplete = self.store.incomplete_layers()?;
-        if incomplete.is_empty() {
+        let journals = self.config.root.join(crate::layout::APPLY_JOURNAL_DIR);
+        let has_journals = std::fs::read_dir(&journals).is_ok_and(|mut r| r.next().is_some());
+        if incomplete.is_empty() && !has_journals {
             return Ok(());
         }
-        // Layers set aside before are retried when the store is free, never waited for: a
-        // damaged layer must not make every command queue behind a long import. (The lock
-        // is per open file: `recover` taking it again while this is held does not wait.)
+        // Layers set aside before (and journals of recorded applies) are retried when the
+        // store is free, never waited for: a damaged layer must not make every command
+        // queue behind a long import. (The lock is per open file: taking it again while
+        // this is held does not wait.)
         let _free = if incomplete.iter().all(|l| l.damaged.is_some()) {
             match self.store.try_lock_exclusive()? {
                 Some(lock) => Some(lock),
@@ -311,8 +318,14 @@ impl Strata {
         } else {
             None
         };
-        self.store
-            .recover(|layer: &Layer| self.remove_data(&layer.id))?;
+        {
+            let _lock = self.store.lock_exclusive()?;
+            self.recover_applies()?;
+        }
+        if incomplete.iter().any(|l| !l.applying) {
+            self.store
+                .recover(|layer: &Layer| self.remove_data(&layer.id))?;
+        }
         Ok(())
     }
 
@@ -434,9 +447,13 @@ impl Strata {
 
     /// Applies a layer tar (plain, gzip or zstd) read from `input` onto layer `id`. All or
     /// nothing: on failure the layer is left exactly as it was ([`LayerError::ApplyUndone`];
-    /// the host's apply undoes itself, see `archive::undo`). Only when that cannot be (undoing
-    /// failed, or the driver failed after an apply that went through) is the layer removed
-    /// ([`LayerError::ApplyFailed`]): a half-applied layer is never left behind.
+    /// the host's apply undoes itself, see `archive::undo`). Onto a complete layer the undo
+    /// journal is written ahead to `<root>/apply-journal/<id>` and the layer marked applying,
+    /// so a crash is rolled back at the next open, and a driver failing after its apply went
+    /// through is rolled back too; when rolling back fails the layer is set aside
+    /// ([`LayerError::ApplyDamaged`]). A layer made by the same command (incomplete) has no
+    /// journal: when its apply cannot be undone it is removed ([`LayerError::ApplyFailed`]).
+    /// A half-applied layer is never left behind.
     pub fn apply(&self, id: &str, input: Box<dyn Read + Send>) -> Result<Applied> {
         let _lock = self.store.lock_exclusive()?;
         let layer = self.store.get(id)?;
@@ -457,14 +474,24 @@ impl Strata {
             what: format!("reading the tar for layer {}", layer.id),
             cause: e,
         })?;
-        // Incomplete while the driver works: a crash now leaves it to recovery.
-        self.store.mark_incomplete(&layer.id)?;
+        // A layer made by this same command (incomplete already) goes whole if a crash cuts
+        // the apply short. Any other is journaled: its undo notes are written ahead to a
+        // host file, and a crash is rolled back from it at the next open.
+        let journaled = !layer.incomplete;
+        let journal = if journaled {
+            let journal = self.create_journal(&layer.id)?;
+            self.store.begin_apply(&layer.id)?;
+            Some(journal)
+        } else {
+            None
+        };
         let uncompressed = HashingReader::new(tar);
         let uncompressed_tally = uncompressed.tally();
         let (result, trace) = self.driver.apply_diff_traced(
             &layer.id,
             layer.parent.as_deref(),
             Box::new(uncompressed),
+            journal,
         );
         match result {
             Ok(size) => {
@@ -475,25 +502,49 @@ impl Strata {
                     compressed_size: compressed_tally.bytes(),
                     compressed_digest: compressed_tally.digest(),
                 };
-                self.store.set_sizes(
+                self.store.finish_apply(
                     &layer.id,
-                    Some(&applied.compressed_digest),
-                    Some(applied.compressed_size),
-                    Some(&applied.uncompressed_digest),
-                    Some(applied.uncompressed_size),
+                    &applied.compressed_digest,
+                    applied.compressed_size,
+                    &applied.uncompressed_digest,
+                    applied.uncompressed_size,
                 )?;
-                self.store.finish_create(&layer.id)?;
+                if journaled {
+                    // Recorded: the replaced originals go. A failure here leaves the journal
+                    // for the next open to finish; the apply itself stands.
+                    self.finish_journal(&layer.id)?;
+                }
                 Ok(applied)
             }
-            Err(e) if trace.left_nothing() => {
-                if !layer.incomplete {
-                    self.store.finish_create(&layer.id)?;
+            Err(e) if journaled => {
+                // Whatever the host's applies left (none, a whole apply the driver failed
+                // after, or a rollback that failed half-way) is rolled back from the journal.
+                match self.roll_back_journal(&layer.id) {
+                    Ok(()) => {
+                        self.store.end_apply(&layer.id)?;
+                        Err(LayerError::ApplyUndone {
+                            id: layer.id,
+                            cause: Box::new(e.into()),
+                        })
+                    }
+                    Err(undoing) => {
+                        let reason = format!(
+                            "applying onto it failed and rolling it back failed too \
+                             ({undoing}); the next open tries the rollback again"
+                        );
+                        self.store.set_damaged(&layer.id, &reason)?;
+                        Err(LayerError::ApplyDamaged {
+                            id: layer.id,
+                            owner: "its undo journal is kept".into(),
+                            cause: Box::new(e.into()),
+                        })
+                    }
                 }
-                Err(LayerError::ApplyUndone {
-                    id: layer.id,
-                    cause: Box::new(e.into()),
-                })
             }
+            Err(e) if trace.left_nothing() => Err(LayerError::ApplyUndone {
+                id: layer.id,
+                cause: Box::new(e.into()),
+            }),
             Err(e) => {
                 // An image's or a container's layer goes only with its owner (its record is
                 // theirs): it is set aside, reported, and its owner's removal takes it.
@@ -518,6 +569,110 @@ impl Strata {
                 })
             }
         }
+    }
+
+    /// Creates (replacing a stale one) the undo journal of an apply onto layer `id`, in the
+    /// host's `<root>/apply-journal/` (see `archive::journal`).
+    fn create_journal(&self, id: &str) -> Result<archive::Journal> {
+        let dir = self.config.root.join(crate::layout::APPLY_JOURNAL_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|cause| LayerError::Io {
+                what: format!("creating {}", dir.display()),
+                cause,
+            })?;
+        let path = crate::layout::apply_journal(&self.config.root, id);
+        archive::Journal::create(&path, id).map_err(|e| self.journal_error(id, e))
+    }
+
+    fn journal_error(&self, id: &str, e: archive::JournalError) -> LayerError {
+        LayerError::Archive {
+            id: id.to_string(),
+            what: "the apply's undo journal",
+            cause: Box::new(archive::ArchiveError::Invalid(e.to_string())),
+        }
+    }
+
+    /// Rolls back what layer `id`'s apply journal holds (newest first), then deletes it: the
+    /// layer is as it was before the apply. A missing or corrupt journal is an error: the
+    /// caller sets the layer aside.
+    fn roll_back_journal(&self, id: &str) -> Result<()> {
+        let path = crate::layout::apply_journal(&self.config.root, id);
+        let mut journal =
+            archive::Journal::open(&path, id).map_err(|e| self.journal_error(id, e))?;
+        archive::replay_journal(self.driver.home(), &mut journal).map_err(|cause| {
+            LayerError::Archive {
+                id: id.to_string(),
+                what: "rolling back an apply",
+                cause: Box::new(cause),
+            }
+        })?;
+        self.remove_journal(&path)
+    }
+
+    /// Layer `id`'s apply is recorded: its scratch directories go, then the journal.
+    fn finish_journal(&self, id: &str) -> Result<()> {
+        let path = crate::layout::apply_journal(&self.config.root, id);
+        let journal = archive::Journal::open(&path, id).map_err(|e| self.journal_error(id, e))?;
+        archive::finish_journal(self.driver.home(), &journal).map_err(|cause| {
+            LayerError::Archive {
+                id: id.to_string(),
+                what: "removing what the apply replaced",
+                cause: Box::new(cause),
+            }
+        })?;
+        self.remove_journal(&path)
+    }
+
+    fn remove_journal(&self, path: &Path) -> Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(cause) => Err(LayerError::Io {
+                what: format!("removing {}", path.display()),
+                cause,
+            }),
+        }
+    }
+
+    /// Finishes the applies a crash interrupted (under the store lock): a layer with an
+    /// apply in progress is rolled back from its journal and marked complete, as it was
+    /// before the apply; one whose journal is missing, corrupt or cannot be replayed is set
+    /// aside as damaged (its data kept; each open retries). A journal left by an apply the
+    /// store recorded has its scratch directories removed; one of a layer that is gone is
+    /// deleted.
+    fn recover_applies(&self) -> Result<()> {
+        for layer in self.store.applying_layers()? {
+            match self.roll_back_journal(&layer.id) {
+                Ok(()) => self.store.end_apply(&layer.id)?,
+                Err(e) => self.store.set_damaged(
+                    &layer.id,
+                    &format!("an apply onto it was interrupted and cannot be rolled back: {e}"),
+                )?,
+            }
+        }
+        let dir = self.config.root.join(crate::layout::APPLY_JOURNAL_DIR);
+        let names = match std::fs::read_dir(&dir) {
+            Ok(r) => r
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+            Err(_) => Vec::new(),
+        };
+        for id in names {
+            match self.store.get_exact(&id)? {
+                Some(l) if l.applying => {}
+                // The apply stands; if its scratch cannot be removed now, the next open
+                // tries again (the layer itself is whole).
+                Some(l) => {
+                    let _ = self.finish_journal(&l.id);
+                }
+                None => self.remove_journal(&dir.join(&id))?,
+            }
+        }
+        Ok(())
     }
 
     /// Mounts layer `id` (or counts one more user of an existing mount); returns where: the

@@ -3,6 +3,8 @@
 //! ```text
 //! <root>/layers.db, store.lock   the store (host only)
 //! <root>/cache/components/       compiled components and their digests (host only, 0700)
+//! <root>/apply-journal/<id>      the undo journal of an apply onto layer <id> in progress
+//!                                (host only, 0700; archive::journal)
 //! <root>/drivers/<name>/         driver homes: each driver's sandbox, nothing else
 //! <run_root>/drivers/<name>/     host-private runtime state of each driver (probe results,
 //!                                zfs-fuse private mounts)
@@ -36,6 +38,15 @@ pub fn driver_home(root: &Path, name: &str) -> PathBuf {
 /// Driver `name`'s host-private runtime directory beneath `run_root`.
 pub fn driver_run_dir(run_root: &Path, name: &str) -> PathBuf {
     run_root.join(DRIVERS_DIR).join(name)
+}
+
+/// The directory beneath the root holding the undo journals of applies in progress.
+pub const APPLY_JOURNAL_DIR: &str = "apply-journal";
+
+/// Where the undo journal of an apply onto layer `id` (a checked id: a plain name) is kept:
+/// beside the store, outside every driver home, so no driver can write it.
+pub fn apply_journal(root: &Path, id: &str) -> PathBuf {
+    root.join(APPLY_JOURNAL_DIR).join(id)
 }
 
 /// Where compiled components are cached unless configured otherwise.

@@ -41,3 +41,44 @@ fn killed_operations_leave_a_clean_store_on_overlay() {
     }
     trials_on("overlay", 0x5eed_0002);
 }
+
+/// Apply trials alone, more of them: most kills land while the driver applies onto a layer
+/// that has content. The layer must come back exactly as before or exactly as after (tree
+/// compare; its undo journal rolls a killed apply back), never removed or set aside.
+const APPLY_TRIALS: usize = 6;
+/// Files per layer for them: enough that the apply is most of the command's span.
+const APPLY_FILES: usize = 400;
+
+fn apply_trials_on(driver: &str, seed: u64) {
+    let bin = strata_tests::strata_bin();
+    let fx = Fixtures::new(APPLY_FILES);
+    let mut rng = Rng::new(seed);
+    let (span, trials) = crash::run(Op::Apply, &bin, driver, &fx, APPLY_TRIALS, &mut rng)
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprint!(
+        "{}",
+        crash::summary(&[(Op::Apply, driver.to_string(), span)], &trials)
+    );
+}
+
+#[test]
+fn killed_applies_leave_the_layer_as_before_or_after_on_vfs() {
+    if !strata_tests::root_or_skip(
+        "killed_applies_leave_the_layer_as_before_or_after_on_vfs",
+        "mounts",
+    ) {
+        return;
+    }
+    apply_trials_on("vfs", 0x5eed_0a01);
+}
+
+#[test]
+fn killed_applies_leave_the_layer_as_before_or_after_on_overlay() {
+    if !strata_tests::root_or_skip(
+        "killed_applies_leave_the_layer_as_before_or_after_on_overlay",
+        "mounts",
+    ) {
+        return;
+    }
+    apply_trials_on("overlay", 0x5eed_0a02);
+}

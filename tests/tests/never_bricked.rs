@@ -1,8 +1,9 @@
-//! One layer never takes the store down: a layer whose data cannot be removed, a failed
-//! apply that cannot be undone on a container's layer, and a crash in the middle of an apply
-//! onto a container's layer each leave a layer that recovery cannot finish. Opening the store
-//! sets it aside (reported on every open, in `layer ls` and `status`), the rest of the store
-//! works, a later open tries again, and removing its owner takes it.
+//! One layer never takes the store down: a layer whose data cannot be removed, or an apply
+//! onto a container's layer interrupted by a crash whose undo journal is gone, leave a layer
+//! that recovery cannot finish. Opening the store sets it aside (reported on every open, in
+//! `layer ls` and `status`), the rest of the store works, a later open tries again, and
+//! removing its owner takes it. An apply onto a container's layer that fails after it went
+//! through, or is killed, is rolled back from its journal: the container keeps its data.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -148,23 +149,29 @@ fn a_failed_apply_on_a_containers_layer_never_bricks_the_store() {
     );
     let layer = container_layer(&t, "c");
     let tar = t.dir.path().join("more.tar");
-    std::fs::write(&tar, tar_of(&[Entry::file("more", 0o644, b"more")])).unwrap();
-    // The driver fails after the host's apply went through: nothing to undo it with, and the
-    // layer is the container's: it is set aside, not deleted under its container.
+    std::fs::write(
+        &tar,
+        tar_of(&[
+            Entry::file("more", 0o644, b"more"),
+            Entry::file("d/f0", 0o644, b"replaced"),
+        ]),
+    )
+    .unwrap();
+    let data = t.home(HOSTILE).join("dir").join(&layer);
+    let before = std::fs::read(data.join("d/f0")).unwrap();
+    // The driver fails after the host's apply went through: its undo journal rolls it back,
+    // and the container's layer is as it was (before the journal: set aside as damaged).
     let (success, _, err) = cli(&t, &["layer", "apply", &layer, tar.to_str().unwrap()]);
     assert!(!success);
     assert!(!err.contains("FOREIGN KEY"), "{err}");
-    assert!(err.contains("set aside as damaged"), "{err}");
+    assert!(err.contains("the layer was left as it was"), "{err}");
+    assert!(!data.join("more").exists());
+    assert_eq!(std::fs::read(data.join("d/f0")).unwrap(), before);
+    assert!(!scratch_in(&data));
 
     let (_, err) = ok(&t, &["layer", "ls"]);
-    assert!(
-        err.contains(&format!("layer {layer} is set aside")),
-        "{err}"
-    );
-    assert!(err.contains("applying onto it failed"), "{err}");
-    assert!(err.contains("is the layer of container"), "{err}");
+    assert!(!err.contains("damaged"), "{err}");
     ok(&t, &["layer", "create", "--id", "other"]);
-    // Removing its owner takes the layer; the store is clean again.
     ok(&t, &["container", "rm", "c"]);
     let (out, err) = ok(&t, &["layer", "ls"]);
     assert!(!err.contains("damaged"), "{err}");
@@ -184,9 +191,11 @@ fn scratch_in(dir: &Path) -> bool {
     })
 }
 
-/// A crash in the middle of an apply onto a container's layer leaves its record incomplete
-/// and owned by the container: recovery cannot delete it (the database refused with
-/// "FOREIGN KEY constraint failed" on every later command), so it sets it aside.
+/// A crash in the middle of an apply onto a container's layer is rolled back from the
+/// apply's undo journal at the next open: the container keeps exactly what it had. Without
+/// the journal (deleted here) recovery cannot know what to undo: the layer, owned by its
+/// container, is set aside (before, the database refused with "FOREIGN KEY constraint
+/// failed" on every later command), and removing the container takes it.
 #[test]
 fn a_crash_mid_apply_on_a_containers_layer_never_bricks_the_store() {
     if !strata_tests::root_or_skip(
@@ -217,32 +226,60 @@ fn a_crash_mid_apply_on_a_containers_layer_never_bricks_the_store() {
     let tar = t.dir.path().join("big.tar");
     std::fs::write(&tar, tar_of(&entries)).unwrap();
     let layer_dir = t.home("vfs").join("dir").join(&id);
-    let mut apply = strata_tests::strata_command(strata_bin())
-        .arg("--root")
-        .arg(t.root())
-        .arg("--run-root")
-        .arg(t.dir.path().join("run"))
-        .args(["--driver", "vfs", "layer", "apply", &id])
-        .arg(&tar)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !scratch_in(&layer_dir) {
-        assert!(
-            apply.try_wait().unwrap().is_none(),
-            "the apply ended before it was seen working"
-        );
-        assert!(start.elapsed() < Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    apply.kill().unwrap();
-    apply.wait().unwrap();
+    let kill_mid_apply = || {
+        let mut apply = strata_tests::strata_command(strata_bin())
+            .arg("--root")
+            .arg(t.root())
+            .arg("--run-root")
+            .arg(t.dir.path().join("run"))
+            .args(["--driver", "vfs", "layer", "apply", &id])
+            .arg(&tar)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !scratch_in(&layer_dir) {
+            assert!(
+                apply.try_wait().unwrap().is_none(),
+                "the apply ended before it was seen working"
+            );
+            assert!(start.elapsed() < Duration::from_secs(60));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        apply.kill().unwrap();
+        apply.wait().unwrap();
+    };
+    let files = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = files(&layer_dir);
 
+    kill_mid_apply();
+    let (_, err) = vfs(&["layer", "ls"]);
+    assert!(!err.contains("FOREIGN KEY"), "{err}");
+    assert!(!err.contains("damaged"), "{err}");
+    assert_eq!(files(&layer_dir), before, "rolled back");
+    for i in [0, 199] {
+        assert_eq!(
+            std::fs::read(layer_dir.join(format!("d/f{i}"))).unwrap(),
+            b"from the image"
+        );
+    }
+
+    // Without its journal the interrupted apply cannot be rolled back: set aside.
+    kill_mid_apply();
+    let journal = strata_host::layout::apply_journal(&t.root(), &id);
+    std::fs::remove_file(&journal).unwrap();
     let (_, err) = vfs(&["layer", "ls"]);
     assert!(!err.contains("FOREIGN KEY"), "{err}");
     assert!(err.contains(&format!("layer {id} is set aside")), "{err}");
+    assert!(err.contains("cannot be rolled back"), "{err}");
     // The rest works: another container on the image, made and removed.
     vfs(&["container", "create", "img:1", "--name", "c2"]);
     vfs(&["container", "rm", "c2"]);

@@ -74,7 +74,7 @@ pub(super) fn tests_normalise(raw: &[u8]) -> Result<String, String> {
     normalise(raw).map(|p| p.to_string_lossy().into_owned())
 }
 
-struct Applier<'a> {
+struct Applier<'a, 'j> {
     root: &'a Dir,
     whiteouts: WhiteoutFormat,
     /// Paths this tar created or updated: an opaque marker keeps them (delete format only).
@@ -88,7 +88,7 @@ struct Applier<'a> {
     parent_cache: Option<(PathBuf, Rc<OwnedFd>)>,
     buffer: Vec<u8>,
     /// How to put the layer back as it was if the apply fails.
-    undo: Undo,
+    undo: Undo<'j>,
 }
 
 /// Unpacks the (uncompressed) layer tar `reader` onto `dest`. All or nothing: when it fails,
@@ -99,8 +99,22 @@ pub fn apply_layer_tar(
     dest: &Dir,
     whiteouts: WhiteoutFormat,
 ) -> Result<ApplyStats, ArchiveError> {
+    apply_layer_tar_journaled(reader, dest, "", whiteouts, None)
+}
+
+/// [`apply_layer_tar`], its undo journal written ahead to `journal` when there is one
+/// (`dest_name` is `dest`'s path in the driver home, for the replay): a crash in the middle
+/// is then rolled back by [`super::replay_journal`], and the replaced originals stay (in a
+/// scratch directory in `dest`) until [`super::finish_journal`].
+pub fn apply_layer_tar_journaled(
+    reader: impl Read,
+    dest: &Dir,
+    dest_name: &str,
+    whiteouts: WhiteoutFormat,
+    journal: Option<&mut super::Journal>,
+) -> Result<ApplyStats, ArchiveError> {
     let root = dest.with_confinement(Confinement::InRoot)?;
-    let undo = Undo::start(&root)?;
+    let undo = Undo::start(&root, dest_name, journal)?;
     let mut a = Applier {
         root: &root,
         whiteouts,
@@ -128,7 +142,7 @@ pub fn apply_layer_tar(
     }
 }
 
-impl Applier<'_> {
+impl Applier<'_, '_> {
     fn run(&mut self, reader: impl Read) -> Result<(), ArchiveError> {
         let a = self;
         let mut tar = TarReader::new(reader);
@@ -247,7 +261,7 @@ fn sys(e: SysError) -> ArchiveError {
     ArchiveError::Sys(e)
 }
 
-impl Applier<'_> {
+impl Applier<'_, '_> {
     /// Makes sure every directory above `rel` exists (created 0755 root-owned if missing).
     fn ensure_parents(&mut self, rel: &Path) -> Result<(), ArchiveError> {
         let Some(parent) = rel.parent() else {

@@ -13,20 +13,23 @@ mod apply;
 mod bookkeeping;
 mod compare;
 mod export;
+mod journal;
 mod overlay;
 mod reader;
 mod undo;
 
 pub use apply::{
     ApplyStats, MAX_ENTRIES, MAX_PAX_EXTENSION_SIZE, MAX_XATTRS_PER_ENTRY, apply_layer_tar,
+    apply_layer_tar_journaled,
 };
 pub use bookkeeping::{APPLY_BOOKKEEPING_BUDGET, MAX_CREATED_BYTES, MAX_DIR_TIMES_BYTES};
 pub use compare::{Change, ChangeKind, changes, diff_size};
 pub use export::write_diff_tar;
+pub use journal::{Journal, JournalError, MAX_JOURNAL_BYTES};
 pub use overlay::MAX_VIEW_DIRS;
 pub use overlay::{merged_view, opaque_xattr, upper_changes, write_upper_tar};
 pub use reader::{MAX_HEADERS, MAX_LONG_NAME, MAX_SPARSE_ENTRIES, SparseMap};
-pub use undo::MAX_UNDO_BYTES;
+pub use undo::{MAX_UNDO_BYTES, finish_journal, replay_journal};
 
 use std::io::{BufRead, BufReader, Read};
 
@@ -130,5 +133,7 @@ pub fn decompressed(input: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read
 
 #[cfg(test)]
 mod checked_open_tests;
+#[cfg(test)]
+mod journal_tests;
 #[cfg(test)]
 mod tests;

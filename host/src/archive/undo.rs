@@ -15,20 +15,24 @@
 //!   times noted first (once), and set back on failure.
 //!
 //! On success the scratch directory (the replaced originals) is deleted. An apply onto an
-//! empty layer (every import, every fresh layer) notes nothing at all: undoing it empties the
-//! layer and sets the root's metadata back.
+//! empty layer (every import, every fresh layer) notes nothing but its start: undoing it
+//! empties the layer and sets the root's metadata back.
 //!
 //! The journal is bounded: each note is charged (path bytes, xattrs, a fixed overhead, the
 //! hash sets' tables) against [`MAX_UNDO_BYTES`], part of the apply's
 //! [`super::APPLY_BOOKKEEPING_BUDGET`]. Past it the apply fails and is undone (the layer is
 //! left as it was) with an error naming the limit: failing is safe, and only a tar that
 //! replaces or adds hundreds of thousands of entries in directories the layer already had
-//! gets there (a note is ~100 bytes plus its path). Spilling the journal to disk was the
-//! alternative; it would cost a write per entry on every apply for a case no real layer
-//! reaches.
+//! gets there (a note is ~100 bytes plus its path).
 //!
-//! A crash in the middle is not undone here: the layer's record is incomplete while the apply
-//! runs, and the store's recovery removes it (docs/images.md, "A failed apply").
+//! A crash in the middle: an apply onto a layer that already has content (`layer apply`)
+//! is given a [`Journal`] file by the host; every note is then written ahead to it (one
+//! `write` before the change), the scratch directory stays until the store has recorded the
+//! apply ([`finish_journal`]), and the next open rolls a killed apply back from the file
+//! ([`replay_journal`]; see `journal.rs`). An apply onto an empty layer journals only that
+//! it was fresh: imports pay no write per entry. Without a journal (a layer made by the same
+//! command) a crash leaves the layer incomplete and recovery removes it
+//! (docs/crash-safety.md).
 
 use std::ffi::{OsStr, OsString};
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -37,8 +41,9 @@ use std::path::{Component, Path, PathBuf};
 
 use super::ArchiveError;
 use super::bookkeeping::{ALLOCATION_OVERHEAD, PathHashes};
+use super::journal::{self, Journal, JournalError};
 use crate::sys::fs::{
-    Dir, chmod_at, chown_at, mkdir_at, open_dir_at, read_dir_names, remove_tree_at,
+    Confinement, Dir, chmod_at, chown_at, mkdir_at, open_dir_at, read_dir_names, remove_tree_at,
     remove_xattr_at, rename_noreplace_at, set_times_at, set_xattr_at, stat_at, xattrs_at,
 };
 use crate::sys::{ErrorKind, SysError};
@@ -50,16 +55,27 @@ pub const MAX_UNDO_BYTES: usize = 32 << 20;
 pub(super) const SCRATCH_PREFIX: &str = ".strata-apply-";
 
 /// A directory's metadata, as it was.
-struct Meta {
-    uid: u32,
-    gid: u32,
-    mode: u32,
-    atime: (i64, u32),
-    mtime: (i64, u32),
-    xattrs: Vec<(String, Vec<u8>)>,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Meta {
+    pub(super) uid: u32,
+    pub(super) gid: u32,
+    pub(super) mode: u32,
+    pub(super) atime: (i64, u32),
+    pub(super) mtime: (i64, u32),
+    pub(super) xattrs: Vec<(String, Vec<u8>)>,
 }
 
-enum Note {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Note {
+    /// An apply onto `dest` (the layer root, relative to the driver home) started: undoing
+    /// it empties the root when it was `fresh`, else removes the scratch directory; then
+    /// sets the root's metadata back.
+    Start {
+        dest: String,
+        scratch: OsString,
+        fresh: bool,
+        root_meta: Meta,
+    },
     /// Created by the apply: removed on undo.
     Created(PathBuf),
     /// Was at the path, now at `slot` in the scratch directory: renamed back on undo.
@@ -69,20 +85,23 @@ enum Note {
 }
 
 /// How to undo what an apply did so far.
-pub(super) struct Undo {
+pub(super) struct Undo<'j> {
     /// The layer was empty: undoing empties it again; nothing else is noted.
     fresh: bool,
     scratch_name: OsString,
     scratch: Option<OwnedFd>,
     next_slot: u64,
+    /// The notes, when there is no journal file (the first is the `Start`).
     notes: Vec<Note>,
+    /// The journal file the notes are written ahead to, and where this apply's records
+    /// start in it.
+    journal: Option<(&'j mut Journal, u64)>,
     /// Paths the apply created (noted, or inside a created directory).
     new: PathHashes,
     /// Directories whose metadata is noted.
     saved: PathHashes,
     /// Bytes of the notes themselves (the sets' tables are counted apart).
     note_bytes: usize,
-    root_meta: Meta,
 }
 
 fn meta_of(root: &Dir, rel: &Path) -> Result<Meta, SysError> {
@@ -147,9 +166,18 @@ fn parent_rel(rel: &Path) -> &Path {
     rel.parent().unwrap_or(Path::new(""))
 }
 
-impl Undo {
-    /// Starts the journal of an apply onto `root`.
-    pub(super) fn start(root: &Dir) -> Result<Undo, SysError> {
+fn journal_error(e: JournalError) -> ArchiveError {
+    ArchiveError::Invalid(e.to_string())
+}
+
+impl<'j> Undo<'j> {
+    /// Starts the journal of an apply onto `root` (`dest` in the driver home), written
+    /// ahead to `journal` when there is one.
+    pub(super) fn start(
+        root: &Dir,
+        dest: &str,
+        journal: Option<&'j mut Journal>,
+    ) -> Result<Undo<'j>, ArchiveError> {
         let fd = root.open_raw(
             Path::new(""),
             rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
@@ -158,17 +186,58 @@ impl Undo {
         let random = RandomState::new().build_hasher().finish();
         let mut saved = PathHashes::default();
         saved.insert_within(Path::new(""), usize::MAX);
-        Ok(Undo {
+        if dest.len() > crate::sys::fs::MAX_PATH_LEN {
+            return Err(ArchiveError::invalid(
+                "the layer's path is too long to journal",
+            ));
+        }
+        let start = Note::Start {
+            dest: dest.to_string(),
+            scratch: OsString::from(format!("{SCRATCH_PREFIX}{random:016x}")),
             fresh,
-            scratch_name: OsString::from(format!("{SCRATCH_PREFIX}{random:016x}")),
+            root_meta: meta_of(root, Path::new(""))?,
+        };
+        let Note::Start { scratch, .. } = &start else {
+            unreachable!("made above")
+        };
+        let mut undo = Undo {
+            fresh,
+            scratch_name: scratch.clone(),
             scratch: None,
             next_slot: 0,
             notes: Vec::new(),
+            journal: journal.map(|j| {
+                let at = j.len();
+                (j, at)
+            }),
             new: PathHashes::default(),
             saved,
             note_bytes: 0,
-            root_meta: meta_of(root, Path::new(""))?,
-        })
+        };
+        undo.record(start)?;
+        Ok(undo)
+    }
+
+    /// Keeps `note`: written ahead to the journal file (before the change it guards), or
+    /// in memory.
+    fn record(&mut self, note: Note) -> Result<(), ArchiveError> {
+        match &mut self.journal {
+            Some((j, _)) => j.append(&note).map_err(journal_error),
+            None => {
+                self.notes.push(note);
+                Ok(())
+            }
+        }
+    }
+
+    /// Bytes a note costs: in memory, or in the journal file.
+    fn cost_of(&self, rel: &Path, note: Option<&Note>) -> usize {
+        match (&self.journal, note) {
+            (Some(_), Some(n)) => {
+                journal::RECORD_HEAD_BYTES + journal::encoded_len(n) + journal::RECORD_CHECK_BYTES
+            }
+            _ => Self::note_cost(rel),
+        }
     }
 
     /// Refuses a tar entry naming the scratch directory (or anything in it).
@@ -248,15 +317,15 @@ impl Undo {
             .iter()
             .map(|(k, v)| k.len() + v.len() + 2 * ALLOCATION_OVERHEAD)
             .sum();
-        self.charge(Self::note_cost(rel) + xattr_bytes)?;
+        let note = Note::Meta {
+            rel: rel.to_path_buf(),
+            meta,
+        };
+        self.charge(self.cost_of(rel, Some(&note)) + xattr_bytes)?;
         let others = self.note_bytes + self.new.bytes();
         let limit = self.over_budget();
         Self::add_to(&mut self.saved, rel, others, &limit)?;
-        self.notes.push(Note::Meta {
-            rel: rel.to_path_buf(),
-            meta,
-        });
-        Ok(())
+        self.record(note)
     }
 
     /// Notes that the apply is about to create `rel`, where nothing is.
@@ -270,10 +339,10 @@ impl Undo {
             return self.mark_new(rel);
         }
         self.before_meta(root, parent)?;
-        self.charge(Self::note_cost(rel))?;
+        let note = Note::Created(rel.to_path_buf());
+        self.charge(self.cost_of(rel, Some(&note)))?;
         self.mark_new(rel)?;
-        self.notes.push(Note::Created(rel.to_path_buf()));
-        Ok(())
+        self.record(note)
     }
 
     /// Takes `name` in `dir` (the layer's `rel`) out of the way of the apply: renamed aside
@@ -293,18 +362,19 @@ impl Undo {
             return remove_tree_at(dir, name).map_err(|e| ArchiveError::Sys(e.at(rel)));
         }
         self.before_meta(root, parent_rel(rel))?;
-        self.charge(Self::note_cost(rel))?;
-        self.make_scratch(root).map_err(ArchiveError::Sys)?;
-        let scratch = self.scratch.as_ref().expect("made above").as_fd();
         let slot = self.next_slot;
-        rename_noreplace_at(dir, name, scratch, OsStr::new(&slot.to_string()))
-            .map_err(|e| ArchiveError::Sys(e.at(rel)))?;
-        self.next_slot += 1;
-        self.notes.push(Note::MovedAside {
+        let note = Note::MovedAside {
             rel: rel.to_path_buf(),
             slot,
-        });
-        Ok(())
+        };
+        self.charge(self.cost_of(rel, Some(&note)))?;
+        self.make_scratch(root).map_err(ArchiveError::Sys)?;
+        // Written ahead: the slot is used once, whether or not the rename happens.
+        self.next_slot += 1;
+        self.record(note)?;
+        let scratch = self.scratch.as_ref().expect("made above").as_fd();
+        rename_noreplace_at(dir, name, scratch, OsStr::new(&slot.to_string()))
+            .map_err(|e| ArchiveError::Sys(e.at(rel)))
     }
 
     fn make_scratch(&mut self, root: &Dir) -> Result<(), SysError> {
@@ -319,82 +389,205 @@ impl Undo {
         Ok(())
     }
 
-    /// Removes the scratch directory (if any), keeping the root's times as they are.
-    fn drop_scratch(&mut self, root: &Dir) -> Result<(), SysError> {
-        if self.scratch.take().is_none() {
+    /// The apply succeeded: what it replaced or deleted goes. With a journal file the
+    /// scratch directory stays until the store has recorded the apply (a crash before that
+    /// still rolls it back): [`finish_journal`] removes it.
+    pub(super) fn commit(self, root: &Dir) -> Result<(), SysError> {
+        if self.journal.is_some() || self.scratch.is_none() {
             return Ok(());
         }
-        let st = root.lstat_rel(Path::new(""))?;
-        let rootfd = root.open_raw(
-            Path::new(""),
-            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
-        )?;
-        remove_tree_at(rootfd.as_fd(), &self.scratch_name)?;
-        root.set_times(
-            ".",
-            (st.atime_sec, st.atime_nsec),
-            (st.mtime_sec, st.mtime_nsec),
-        )
+        drop_scratch(root, &self.scratch_name)
     }
 
-    /// The apply succeeded: what it replaced or deleted goes.
-    pub(super) fn commit(mut self, root: &Dir) -> Result<(), SysError> {
-        self.drop_scratch(root)
-    }
-
-    /// The apply failed: everything it did is undone, in reverse. Carries on past a step
-    /// that fails and returns the first failure.
+    /// The apply failed: everything it did is undone, in reverse. Without a journal file
+    /// it carries on past a step that fails and returns the first failure; with one it
+    /// stops there, the file still holding what is left to undo (replaying it again must
+    /// never undo a note twice).
     pub(super) fn rollback(mut self, root: &Dir) -> Result<(), SysError> {
-        let mut first: Option<SysError> = None;
-        let mut keep = |r: Result<(), SysError>| {
-            if let Err(e) = r
-                && first.is_none()
-            {
-                first = Some(e);
+        drop(self.scratch.take());
+        match self.journal.take() {
+            None => {
+                let notes: Vec<(u64, Note)> = std::mem::take(&mut self.notes)
+                    .into_iter()
+                    .map(|n| (0, n))
+                    .collect();
+                undo_notes(
+                    &mut |_| root.with_confinement(Confinement::InRoot),
+                    &notes,
+                    None,
+                )
+            }
+            Some((j, from)) => {
+                let notes = j
+                    .records_from(from)
+                    .map_err(|e| SysError::invalid("undo", root.path(), e.to_string()))?;
+                undo_notes(
+                    &mut |_| root.with_confinement(Confinement::InRoot),
+                    &notes,
+                    Some(j),
+                )
+            }
+        }
+    }
+}
+
+/// Removes scratch directory `name` from `root` (if there), keeping the root's times.
+fn drop_scratch(root: &Dir, name: &OsStr) -> Result<(), SysError> {
+    let st = root.lstat_rel(Path::new(""))?;
+    let rootfd = root.open_raw(
+        Path::new(""),
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+    )?;
+    match stat_at(rootfd.as_fd(), name) {
+        Ok(_) => {}
+        Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    remove_tree_at(rootfd.as_fd(), name)?;
+    root.set_times(
+        ".",
+        (st.atime_sec, st.atime_nsec),
+        (st.mtime_sec, st.mtime_nsec),
+    )
+}
+
+/// Undoes `notes` (each with its offset in `journal`) in reverse. `root_of(dest)` opens the
+/// layer root a `Start` names (the notes after a `Start` are relative to its root). With a
+/// journal, the file is cut back to each note once it is undone, and the first failure
+/// stops it; without, it carries on and returns the first failure.
+fn undo_notes(
+    root_of: &mut dyn FnMut(&str) -> Result<Dir, SysError>,
+    notes: &[(u64, Note)],
+    mut journal: Option<&mut Journal>,
+) -> Result<(), SysError> {
+    // Each note's root: the last `Start` at or before it.
+    let mut roots: Vec<Option<usize>> = Vec::with_capacity(notes.len());
+    let mut current = None;
+    for (i, (_, n)) in notes.iter().enumerate() {
+        if matches!(n, Note::Start { .. }) {
+            current = Some(i);
+        }
+        roots.push(current);
+    }
+    let mut opened: Option<(usize, Dir)> = None;
+    let mut first: Option<SysError> = None;
+    for (i, (offset, note)) in notes.iter().enumerate().rev() {
+        let Some(start) = roots[i] else {
+            return Err(SysError::invalid(
+                "undo",
+                Path::new(""),
+                "a note before its start",
+            ));
+        };
+        let Note::Start { dest, scratch, .. } = &notes[start].1 else {
+            unreachable!("roots index starts")
+        };
+        let root = match &opened {
+            Some((s, dir)) if *s == start => dir,
+            _ => {
+                let dir = match root_of(dest) {
+                    Ok(d) => d,
+                    Err(e) => return Err(first.unwrap_or(e)),
+                };
+                &opened.insert((start, dir)).1
             }
         };
-        if self.fresh {
-            keep(empty_root(root));
-        } else {
+        let result = undo_note(root, scratch, note);
+        match result {
+            Ok(()) => {
+                if let Some(j) = journal.as_deref_mut()
+                    && let Err(e) = j.truncate(*offset)
+                {
+                    return Err(SysError::invalid("undo", j.path(), e.to_string()));
+                }
+            }
+            Err(e) if journal.is_some() => return Err(e),
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+/// Undoes one note; doing it again (after a crash mid-undo) does no harm.
+fn undo_note(root: &Dir, scratch: &OsStr, note: &Note) -> Result<(), SysError> {
+    match note {
+        Note::Created(rel) => remove_if_there(root, rel),
+        Note::MovedAside { rel, slot } => {
             let rootfd = root.open_raw(
                 Path::new(""),
                 rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
-            );
-            for note in std::mem::take(&mut self.notes).into_iter().rev() {
-                match note {
-                    Note::Created(rel) => keep(remove_if_there(root, &rel)),
-                    Note::MovedAside { rel, slot } => {
-                        keep(remove_if_there(root, &rel));
-                        let back = match (&self.scratch, root.parent(&rel)) {
-                            (Some(scratch), Ok((pfd, name))) => rename_noreplace_at(
-                                scratch.as_fd(),
-                                OsStr::new(&slot.to_string()),
-                                pfd.as_fd(),
-                                &name,
-                            )
-                            .map_err(|e| e.at(&rel)),
-                            (_, Err(e)) => Err(e),
-                            (None, _) => Err(SysError::invalid(
-                                "undo",
-                                &rel,
-                                "no scratch directory holds it",
-                            )),
-                        };
-                        keep(back);
-                    }
-                    Note::Meta { rel, meta } => keep(restore_meta(root, &rel, &meta)),
-                }
+            )?;
+            let scratch_fd = match open_dir_at(rootfd.as_fd(), scratch) {
+                Ok(fd) => fd,
+                // Renamed back already (and the scratch directory removed).
+                Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let slot = slot.to_string();
+            match stat_at(scratch_fd.as_fd(), OsStr::new(&slot)) {
+                Ok(_) => {}
+                // Renamed back already, or the rename it guards never happened.
+                Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
             }
-            if self.scratch.take().is_some() {
-                keep(rootfd.and_then(|fd| remove_tree_at(fd.as_fd(), &self.scratch_name)));
-            }
+            remove_if_there(root, rel)?;
+            let (pfd, name) = root.parent(rel)?;
+            rename_noreplace_at(scratch_fd.as_fd(), OsStr::new(&slot), pfd.as_fd(), &name)
+                .map_err(|e| e.at(rel))
         }
-        keep(restore_meta(root, Path::new(""), &self.root_meta));
-        match first {
-            None => Ok(()),
-            Some(e) => Err(e),
+        Note::Meta { rel, meta } => restore_meta(root, rel, meta),
+        Note::Start {
+            fresh, root_meta, ..
+        } => {
+            if *fresh {
+                empty_root(root)?;
+            } else {
+                let rootfd = root.open_raw(
+                    Path::new(""),
+                    rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+                )?;
+                remove_if_there_at(rootfd.as_fd(), scratch)?;
+            }
+            restore_meta(root, Path::new(""), root_meta)
         }
     }
+}
+
+fn remove_if_there_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), SysError> {
+    match remove_tree_at(dir, name) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Rolls back what `journal` holds (a killed apply), newest first, onto the layer roots its
+/// `Start`s name beneath `home`; the file is cut back as it goes, to the header at the end.
+pub fn replay_journal(home: &Dir, journal: &mut Journal) -> Result<(), ArchiveError> {
+    let notes = journal.records().map_err(journal_error)?;
+    undo_notes(
+        &mut |dest| home.open_dir(dest)?.with_confinement(Confinement::InRoot),
+        &notes,
+        Some(journal),
+    )
+    .map_err(ArchiveError::Sys)
+}
+
+/// The store has recorded the applies `journal` describes: their scratch directories (the
+/// replaced originals) go. The caller deletes the file after.
+pub fn finish_journal(home: &Dir, journal: &Journal) -> Result<(), ArchiveError> {
+    for (_, note) in journal.records().map_err(journal_error)? {
+        if let Note::Start { dest, scratch, .. } = note {
+            let root = home.open_dir(&dest)?;
+            drop_scratch(&root, &scratch)?;
+        }
+    }
+    Ok(())
 }
 
 fn remove_if_there(root: &Dir, rel: &Path) -> Result<(), SysError> {

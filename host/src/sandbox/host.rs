@@ -79,6 +79,9 @@ pub struct HostState {
     zfs: Option<ZfsAccess>,
     /// What the host's applies did to layers in this call.
     pub(super) applies: ApplyTrace,
+    /// The host's file the applies of this call write their undo journal ahead to (an
+    /// apply onto a layer with content: see `archive::journal`).
+    pub(super) journal: Option<archive::Journal>,
 }
 
 /// What the host's `archive.apply` did during one driver call: whether a layer may have been
@@ -121,6 +124,7 @@ impl HostState {
             run_dir: None,
             zfs: None,
             applies: ApplyTrace::default(),
+            journal: None,
         }
     }
 
@@ -532,7 +536,13 @@ impl wit_archive::Host for HostState {
         };
         Ok(self.timed(|s| {
             let dest_dir = s.open_dir(&dest)?;
-            let applied = archive::apply_layer_tar(reader, &dest_dir, whiteout_format(whiteouts));
+            let applied = archive::apply_layer_tar_journaled(
+                reader,
+                &dest_dir,
+                &dest,
+                whiteout_format(whiteouts),
+                s.journal.as_mut(),
+            );
             match &applied {
                 Ok(_) => s.applies.committed += 1,
                 Err(archive::ArchiveError::Undone(_)) => {}

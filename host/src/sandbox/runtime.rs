@@ -488,20 +488,23 @@ impl DriverRuntime {
         parent: Option<&str>,
         tar: Box<dyn std::io::Read + Send>,
     ) -> Result<u64, CallError> {
-        self.apply_diff_traced(id, parent, tar).0
+        self.apply_diff_traced(id, parent, tar, None).0
     }
 
     /// [`DriverRuntime::apply_diff`], and what the host's applies did in the call: when the
     /// call failed and [`ApplyTrace::left_nothing`], the layer is as it was (every host apply
-    /// was undone), as far as the host's own writes go.
+    /// was undone), as far as the host's own writes go. With a `journal`, the host's applies
+    /// write their undo journal ahead to it (`archive::journal`).
     pub fn apply_diff_traced(
         &self,
         id: &str,
         parent: Option<&str>,
         tar: Box<dyn std::io::Read + Send>,
+        journal: Option<crate::archive::Journal>,
     ) -> (Result<u64, CallError>, ApplyTrace) {
         let mut trace = ApplyTrace::default();
         let result = self.op("apply-diff", |s, d| {
+            s.data_mut().journal = journal;
             let diff: Resource<LayerDiff> = s.data_mut().push_diff(LayerDiff::input(tar))?;
             let borrowed = Resource::new_borrow(diff.rep());
             let r = d

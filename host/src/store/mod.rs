@@ -28,7 +28,7 @@ pub const MAX_CHAIN_DEPTH: usize = 1024;
 /// How long a writer waits for another process's transaction.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 /// Longest reason recorded for a layer set aside as damaged (a driver's error text).
 pub const MAX_DAMAGE_REASON: usize = 1024;
 
@@ -106,6 +106,9 @@ pub struct Layer {
     /// removed, or an owner keeps it). It stays incomplete, each open retries, and the rest of
     /// the store works; removing the layer (or its owner) clears it.
     pub damaged: Option<String>,
+    /// An apply onto the layer's content was in progress (`layer apply`): recovery rolls it
+    /// back from its undo journal (`archive::journal`) instead of removing the layer.
+    pub applying: bool,
 }
 
 /// What `begin_create` needs.
@@ -184,7 +187,7 @@ pub(crate) fn current_boot_id() -> String {
 }
 
 const COLUMNS: &str = "id, parent, names, created, driver, read_write, compressed_digest, \
-     compressed_size, uncompressed_digest, uncompressed_size, incomplete, mount_count, mount_point, template, mount_id, damaged";
+     compressed_size, uncompressed_digest, uncompressed_size, incomplete, mount_count, mount_point, template, mount_id, damaged, applying";
 
 fn row_to_layer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Layer> {
     let names: String = row.get(2)?;
@@ -205,6 +208,7 @@ fn row_to_layer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Layer> {
         template: row.get(13)?,
         mount_id: row.get::<_, Option<i64>>(14)?.map(|v| v as u64),
         damaged: row.get(15)?,
+        applying: row.get(16)?,
     })
 }
 
@@ -358,6 +362,16 @@ impl LayerStore {
                      COMMIT;",
                 )
                 .map_err(self.db("adding damaged layers to the schema"))?;
+        }
+        if version < 7 {
+            self.conn
+                .execute_batch(
+                    "BEGIN IMMEDIATE;
+                     ALTER TABLE layers ADD COLUMN applying INTEGER NOT NULL DEFAULT 0;
+                     PRAGMA user_version = 7;
+                     COMMIT;",
+                )
+                .map_err(self.db("adding applies in progress to the schema"))?;
         }
         let stored: Option<String> = self
             .conn
@@ -537,6 +551,74 @@ impl LayerStore {
         self.set_incomplete(id, true)
     }
 
+    /// Marks layer `id` incomplete with an apply in progress, whose undo journal recovery
+    /// replays.
+    pub fn begin_apply(&self, id: &str) -> Result<(), StoreError> {
+        self.update_one(
+            id,
+            "UPDATE layers SET incomplete = 1, applying = 1 WHERE id = ?1",
+        )
+    }
+
+    /// The apply onto layer `id` is over and the layer is whole (as after it, or as before
+    /// it when it was undone): complete, no apply in progress, not set aside.
+    pub fn end_apply(&self, id: &str) -> Result<(), StoreError> {
+        self.update_one(
+            id,
+            "UPDATE layers SET incomplete = 0, applying = 0, damaged = NULL WHERE id = ?1",
+        )
+    }
+
+    fn update_one(&self, id: &str, sql: &str) -> Result<(), StoreError> {
+        let n = self
+            .conn
+            .execute(sql, params![id])
+            .map_err(self.db("updating a layer"))?;
+        if n == 0 {
+            return Err(StoreError::NotFound(id.into()));
+        }
+        Ok(())
+    }
+
+    /// Records what an apply onto layer `id` gave and ends it ([`LayerStore::end_apply`]),
+    /// in one statement: a crash leaves either the apply in progress or all of it recorded.
+    pub fn finish_apply(
+        &self,
+        id: &str,
+        compressed_digest: &str,
+        compressed_size: u64,
+        uncompressed_digest: &str,
+        uncompressed_size: u64,
+    ) -> Result<(), StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE layers SET compressed_digest = ?2, compressed_size = ?3,
+                   uncompressed_digest = ?4, uncompressed_size = ?5,
+                   incomplete = 0, applying = 0, damaged = NULL WHERE id = ?1",
+                params![
+                    id,
+                    compressed_digest,
+                    compressed_size as i64,
+                    uncompressed_digest,
+                    uncompressed_size as i64
+                ],
+            )
+            .map_err(self.db("recording an apply"))?;
+        if n == 0 {
+            return Err(StoreError::NotFound(id.into()));
+        }
+        Ok(())
+    }
+
+    /// Layers with an apply in progress (a crash interrupted it), oldest first.
+    pub fn applying_layers(&self) -> Result<Vec<Layer>, StoreError> {
+        self.query(
+            &format!("SELECT {COLUMNS} FROM layers WHERE applying = 1 ORDER BY created, rowid"),
+            None,
+        )
+    }
+
     /// Records what applying a tar gave.
     pub fn set_sizes(
         &self,
@@ -600,7 +682,8 @@ impl LayerStore {
         Ok(())
     }
 
-    fn get_exact(&self, id: &str) -> Result<Option<Layer>, StoreError> {
+    /// Layer `id` by its id alone (no name lookup), if there is one.
+    pub fn get_exact(&self, id: &str) -> Result<Option<Layer>, StoreError> {
         self.conn
             .query_row(
                 &format!("SELECT {COLUMNS} FROM layers WHERE id = ?1"),
@@ -745,7 +828,11 @@ impl LayerStore {
             let mut progressed = false;
             for layer in self.incomplete_layers()? {
                 // Leaves first: an incomplete layer whose children are gone (or never existed).
-                if stuck.contains(&layer.id) || !self.children(&layer.id)?.is_empty() {
+                // An apply in progress is rolled back from its journal, never removed here.
+                if layer.applying
+                    || stuck.contains(&layer.id)
+                    || !self.children(&layer.id)?.is_empty()
+                {
                     continue;
                 }
                 // An image's or a container's layer cannot go without its owner (its record
@@ -783,7 +870,7 @@ impl LayerStore {
         }
         // Incomplete layers that keep children (above one set aside) wait for them.
         for layer in self.incomplete_layers()? {
-            if stuck.contains(&layer.id) {
+            if layer.applying || stuck.contains(&layer.id) {
                 continue;
             }
             let children: Vec<String> = self
@@ -945,13 +1032,15 @@ mod tests {
         let conn = Connection::open(d.path().join("layers.db")).unwrap();
         conn.execute_batch(
             "ALTER TABLE layers DROP COLUMN template; ALTER TABLE layers DROP COLUMN mount_id;
-             ALTER TABLE layers DROP COLUMN damaged; PRAGMA user_version = 1;",
+             ALTER TABLE layers DROP COLUMN damaged; ALTER TABLE layers DROP COLUMN applying;
+             PRAGMA user_version = 1;",
         )
         .unwrap();
         drop(conn);
         let s = store(d.path());
         let old = s.get("old").unwrap();
         assert_eq!(old.template, None);
+        assert!(!old.applying);
         let v: i64 = s
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
