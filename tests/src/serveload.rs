@@ -103,7 +103,8 @@ impl Drop for Serve {
 }
 
 /// A client of the daemon on `socket`, on a connection of its own. Connecting is retried
-/// for a while: the socket's file exists from `bind(2)` on, before the daemon listens.
+/// for a while (the daemon renames its socket into place once it listens, but a client may
+/// also race a restart).
 pub async fn connect(socket: &Path) -> SnapshotsClient<Channel> {
     let start = Instant::now();
     loop {

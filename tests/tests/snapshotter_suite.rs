@@ -52,24 +52,11 @@ impl Server {
             .enable_all()
             .build()
             .unwrap();
-        let channel = rt
-            .block_on(
-                tonic::transport::Endpoint::try_from("http://strata.invalid")
-                    .unwrap()
-                    .connect_with_connector(tower::service_fn(move |_| {
-                        let socket = socket.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                                tokio::net::UnixStream::connect(socket).await?,
-                            ))
-                        }
-                    })),
-            )
-            .expect("connecting to strata serve");
+        let client = rt.block_on(strata_tests::serveload::connect(&socket));
         Server {
             dir,
             child,
-            client: SnapshotsClient::new(channel),
+            client,
             rt,
             mounts: Vec::new(),
         }
