@@ -319,6 +319,23 @@ impl LoopBtrfs {
     pub fn mnt(&self) -> PathBuf {
         self.dir.path().join("mnt")
     }
+
+    /// `strata --driver btrfs ARGS` (the first-party driver by name, as an operator runs it)
+    /// on a store in this filesystem (`root/`, `run/`); its trimmed stdout, the command
+    /// checked to succeed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        run_tool(
+            strata_command(strata_bin())
+                .arg("--root")
+                .arg(self.mnt().join("root"))
+                .arg("--run-root")
+                .arg(self.mnt().join("run"))
+                .args(["--driver", "btrfs"])
+                .args(args),
+        )
+        .trim()
+        .to_string()
+    }
 }
 
 impl Drop for LoopBtrfs {

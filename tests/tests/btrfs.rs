@@ -12,7 +12,7 @@ use strata_host::sandbox::{CallError, DriverError, SandboxError};
 use strata_host::sys;
 use strata_tests::{
     LoopBtrfs, TempStore, assert_all_pass, btrfs_or_skip, cache_dir, driver_wasm, run_conformance,
-    run_tool, strata_bin, vfs_wasm,
+    run_tool, vfs_wasm,
 };
 
 fn btrfs_wasm() -> std::path::PathBuf {
@@ -107,19 +107,7 @@ fn removing_a_layer_deletes_the_subvolumes_a_container_made_inside_it() {
     let fs = LoopBtrfs::new(512 << 20);
     // Through the CLI by name, as an operator runs it: the first-party driver gets the
     // btrfs grant without any config.
-    let cli = |args: &[&str]| {
-        run_tool(
-            strata_tests::strata_command(strata_bin())
-                .arg("--root")
-                .arg(fs.mnt().join("root"))
-                .arg("--run-root")
-                .arg(fs.mnt().join("run"))
-                .args(["--driver", "btrfs"])
-                .args(args),
-        )
-        .trim()
-        .to_string()
-    };
+    let cli = |args: &[&str]| fs.cli(args);
     let base = cli(&["layer", "create", "--rw"]);
     let container = cli(&["layer", "create", "--rw", "--parent", &base]);
     let m = std::path::PathBuf::from(cli(&["layer", "mount", &container]));
