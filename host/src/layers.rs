@@ -27,14 +27,12 @@ use sha2::{Digest, Sha256};
 
 use crate::archive;
 use crate::config::Config;
-use crate::contract::{DriverInfo, MountRequest};
+use crate::contract::{
+    CallError, Capability, ComponentInfo, Driver, DriverInfo, DriverLoader, DriverSetup,
+    MountRequest, SandboxError,
+};
 use crate::mount::{self, PlanError};
 use crate::registry::{self, DriverLocation, LocateError};
-use crate::sandbox::inspect::{ComponentSummary, inspect_component};
-use crate::sandbox::{
-    CallError, Capability, ComponentCache, DriverComponent, DriverRuntime, SandboxEngine,
-    SandboxError, SandboxLimits,
-};
 use crate::store::{Layer, LayerStore, NewLayer, StoreError};
 use crate::sys::SysError;
 
@@ -156,16 +154,8 @@ pub struct Strata {
     store: LayerStore,
     /// The host's own mount points (`<root>/mounts/<id>`): where layers appear.
     mounts: mount::MountDir,
-    driver: DriverRuntime,
-    component: DriverComponent,
+    driver: Box<dyn Driver>,
     info: DriverInfo,
-}
-
-/// What the driver `spec` imports and exports, read from its component without compiling
-/// it and without a store: for `driver inspect` ([`crate::sandbox::inspect`]).
-pub fn inspect_driver(spec: &str, config: &Config) -> Result<ComponentSummary> {
-    let location = locate_driver(spec, config)?;
-    Ok(inspect_component(&location.name, &location.path)?)
 }
 
 /// The grants the driver `spec` would be linked with.
@@ -210,7 +200,7 @@ pub type MetadataAnswer = std::result::Result<Vec<(String, String)>, String>;
 impl Strata {
     /// Opens (creating if needed) the store at `config.root`, loads and initialises the driver,
     /// and removes layers left incomplete by a crash.
-    pub fn open(options: StoreOptions) -> Result<Strata> {
+    pub fn open(options: StoreOptions, loader: &dyn DriverLoader) -> Result<Strata> {
         let config = options.config;
         let spec = options.driver.unwrap_or_else(|| config.driver.clone());
         let location = locate_driver(&spec, &config)?;
@@ -232,16 +222,10 @@ impl Strata {
                 others,
             });
         }
-        let engine = SandboxEngine::new().map_err(|e| SandboxError::Setup {
-            driver: location.name.clone(),
-            reason: format!("{e:#}"),
-        })?;
         let cache_dir = options
             .cache_dir
             .unwrap_or_else(|| crate::layout::default_cache_dir(&config.root));
         crate::layout::check_cache_dir(&config.root, &cache_dir)?;
-        let cache = ComponentCache::new(cache_dir);
-        let component = DriverComponent::load(&engine, &cache, &location.name, &location.path)?;
         let home = crate::layout::driver_home(&config.root, &location.name);
         // Homes are `<root>/drivers/<checked name>`: none can reach `<root>/mounts`.
         let mounts_path = config.root.join(mount::MOUNTS_DIR);
@@ -251,18 +235,12 @@ impl Strata {
         })?;
         std::fs::create_dir_all(&home)
             .map_err(io(format!("creating driver home {}", home.display())))?;
-        let limits = SandboxLimits {
-            memory: usize::try_from(settings.memory).unwrap_or(usize::MAX),
-            deadline: settings.deadline,
-            call_timeout: settings.call_timeout,
-        };
         let granted = grants(&config.driver_grants(&location.name, location.first_party()))?;
         let run_dir = crate::layout::driver_run_dir(&config.run_root, &location.name);
-        let mut driver = DriverRuntime::new(&engine, &component, &granted, &home, limits)?
-            .with_run_dir(run_dir.clone());
         let mut init_options = settings.options.clone();
         init_options.extend(options.driver_options);
         let mut fsname = settings.fsname.clone();
+        let mut zfs = None;
         if granted.contains(&Capability::Zfs) {
             // containers/storage users pass the parent dataset as a driver option; it is the
             // host's setting (it confines the zfs grant), so the driver never sees it.
@@ -281,15 +259,26 @@ impl Strata {
                 Some(parent) => crate::sys::zfs::Zfs::new(parent, &run_dir)
                     .map_err(|e| (e.kind, format!("{parent}: {}", e.reason()))),
             };
-            driver = driver.with_zfs(std::sync::Arc::new(access));
+            zfs = Some(std::sync::Arc::new(access));
         }
+        let driver = loader.load(DriverSetup {
+            name: &location.name,
+            path: &location.path,
+            cache_dir,
+            home,
+            run_dir,
+            grants: granted,
+            memory: usize::try_from(settings.memory).unwrap_or(usize::MAX),
+            deadline: settings.deadline,
+            call_timeout: settings.call_timeout,
+            zfs,
+        })?;
         let info = driver.init(&init_options)?;
         let strata = Strata {
             config,
             store,
             mounts,
             driver,
-            component,
             info,
         };
         strata.recover()?;
@@ -367,12 +356,12 @@ impl Strata {
         &self.store
     }
 
-    pub fn driver(&self) -> &DriverRuntime {
-        &self.driver
+    pub fn driver(&self) -> &dyn Driver {
+        &*self.driver
     }
 
-    pub fn component(&self) -> &DriverComponent {
-        &self.component
+    pub fn component(&self) -> &ComponentInfo {
+        self.driver.component()
     }
 
     pub fn driver_info(&self) -> &DriverInfo {

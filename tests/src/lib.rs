@@ -198,7 +198,7 @@ impl TempStore {
     /// that name already in `config` keeps its other keys).
     pub fn open_with(&self, wasm: &Path, config: Config) -> strata_host::layers::Result<Strata> {
         let (name, config) = configure_driver(config, wasm);
-        Strata::open(StoreOptions {
+        strata_host::sandbox::open(StoreOptions {
             config,
             driver: Some(name),
             driver_options: vec![],
@@ -213,7 +213,7 @@ impl TempStore {
         wasm: &Path,
         config: Config,
     ) -> strata_host::layers::Result<Strata> {
-        Strata::open(StoreOptions {
+        strata_host::sandbox::open(StoreOptions {
             config,
             driver: Some(wasm.to_string_lossy().into_owned()),
             driver_options: vec![],

@@ -33,7 +33,7 @@ fn config_on(fs: &Path) -> Config {
 
 fn open_on(fs: &Path, wasm: &Path, config: Config) -> Result<Strata, LayerError> {
     let (name, config) = strata_tests::configure_driver(config, wasm);
-    Strata::open(StoreOptions {
+    strata_host::sandbox::open(StoreOptions {
         config,
         driver: Some(name),
         driver_options: vec![],
@@ -390,7 +390,7 @@ fn the_operator_default_size_limits_every_layer_and_children_inherit_limits() {
     let fs = LoopBtrfs::new(512 << 20);
     let open = |size: &str| {
         let (name, config) = strata_tests::configure_driver(config_on(&fs.mnt()), &btrfs_wasm());
-        Strata::open(StoreOptions {
+        strata_host::sandbox::open(StoreOptions {
             config,
             driver: Some(name),
             driver_options: vec![("size".into(), size.into())],

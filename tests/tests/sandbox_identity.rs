@@ -11,7 +11,7 @@ use strata_tests::{TempStore, create_with, hostile_wasm, root_or_skip, vfs_wasm}
 const ALL_GRANTS: &str = r#"grants = ["files", "copy", "archive", "btrfs", "zfs", "log"]"#;
 
 fn open(t: &TempStore, config: Config, driver: &str) -> Result<Strata, LayerError> {
-    Strata::open(StoreOptions {
+    strata_host::sandbox::open(StoreOptions {
         config,
         driver: Some(driver.into()),
         driver_options: vec![],
@@ -179,7 +179,7 @@ fn a_tampered_or_unrecorded_cache_entry_is_never_mapped() {
 fn a_component_cache_inside_the_driver_homes_is_refused() {
     let t = TempStore::new();
     let (name, config) = strata_tests::configure_driver(t.config(), &vfs_wasm());
-    let err = Strata::open(StoreOptions {
+    let err = strata_host::sandbox::open(StoreOptions {
         config,
         driver: Some(name),
         driver_options: vec![],

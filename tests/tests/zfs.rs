@@ -303,7 +303,7 @@ fn open_zfs_by_name(t: &TempStore, fsname: Option<&str>) -> Result<Strata, Layer
         t.dir.path().join("run"),
         zfs_wasm(),
     );
-    Strata::open(StoreOptions {
+    strata_host::sandbox::open(StoreOptions {
         config: Config::from_str(&text, "test.toml").unwrap(),
         driver: Some("zfs".into()),
         driver_options: vec![],

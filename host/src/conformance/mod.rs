@@ -177,7 +177,7 @@ fn open(options: &SuiteOptions, root: &Path) -> Result<Strata, LayerError> {
     let mut config = options.config.clone();
     config.root = root.join("root");
     config.run_root = root.join("run");
-    Strata::open(StoreOptions {
+    crate::sandbox::open(StoreOptions {
         config,
         driver: Some(options.driver.clone()),
         driver_options: options.driver_options.clone(),

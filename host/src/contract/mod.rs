@@ -11,6 +11,13 @@
 //! [`crate::archive`], copy modes and figures in [`crate::copy`], btrfs, zfs and overlayfs
 //! records in [`crate::sys`]) it is re-exported here rather than duplicated.
 
+pub mod driver;
+
+pub use driver::{
+    ApplyTrace, CallError, Capability, ComponentInfo, Driver, DriverLoader, DriverSetup,
+    LayerMetadata, LayerTar, SandboxError, ZfsAccess,
+};
+
 pub use crate::archive::{ApplyStats, Change, ChangeKind, WhiteoutFormat};
 pub use crate::copy::{CopyMode, CopyStats};
 pub use crate::sys::FileKind;

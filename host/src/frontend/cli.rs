@@ -15,9 +15,10 @@ use serde_json::json;
 use super::images::{ContainerCommand, ImageCommand, container_command, image_command};
 use crate::config::Config;
 use crate::conformance;
-use crate::layers::{ChangeKind, CreateLayer, StoreOptions, Strata, driver_grants, inspect_driver};
+use crate::layers::{ChangeKind, CreateLayer, StoreOptions, Strata, driver_grants};
 use crate::registry;
 use crate::sandbox::WIT_PACKAGE;
+use crate::sandbox::inspect_driver;
 use crate::text::escape;
 
 /// Strata: container layer storage with sandboxed WebAssembly drivers.
@@ -233,7 +234,7 @@ fn load_config(cli: &Cli) -> Result<Config> {
 fn open(cli: &Cli, config: Config) -> Result<Strata> {
     let driver = cli.driver.clone();
     let name = driver.clone().unwrap_or_else(|| config.driver.clone());
-    let strata = Strata::open(StoreOptions {
+    let strata = crate::sandbox::open(StoreOptions {
         config,
         driver,
         driver_options: cli.driver_opts.clone(),
@@ -260,7 +261,7 @@ fn warn_damaged(strata: &Strata) -> Result<()> {
 }
 
 /// A cache that cannot be written costs start-up time, not correctness: say so and go on.
-fn warn_uncached(component: &crate::sandbox::DriverComponent) {
+fn warn_uncached(component: &crate::contract::ComponentInfo) {
     if let Some(w) = &component.cache_warning {
         eprintln!(
             "strata: warning: {} (the driver was compiled and runs; it is compiled again next start)",

@@ -21,7 +21,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::limits::CallBudget;
 use crate::contract::{
-    ApplyStats, Change, CopyMode, CopyStats, DriverError, FileStat, IoError, LogLevel,
+    ApplyStats, ApplyTrace, Change, CopyMode, CopyStats, DriverError, FileStat, IoError, LogLevel,
     WhiteoutFormat,
 };
 use crate::sys::{self, ErrorKind, SysError};
@@ -87,23 +87,6 @@ pub struct HostState {
     /// The host's file the applies of this call write their undo journal ahead to (an
     /// apply onto a layer with content: see `archive::journal`).
     pub(super) journal: Option<archive::Journal>,
-}
-
-/// What the host's `archive.apply` did during one driver call: whether a layer may have been
-/// changed by it, which the caller needs when the call fails.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ApplyTrace {
-    /// Applies that succeeded (their changes stay).
-    pub committed: u32,
-    /// Applies that failed and could not be undone.
-    pub not_undone: u32,
-}
-
-impl ApplyTrace {
-    /// Whether no host apply of this call left a change behind.
-    pub fn left_nothing(&self) -> bool {
-        self.committed == 0 && self.not_undone == 0
-    }
 }
 
 impl HostState {

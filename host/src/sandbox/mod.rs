@@ -22,6 +22,7 @@
 //!   the cached code. Only `.wasm` from authors is accepted, never precompiled native code.
 
 pub mod cache;
+mod driver;
 pub mod host;
 pub mod inspect;
 pub mod limits;
@@ -29,9 +30,10 @@ mod runtime;
 mod v0_1;
 mod wasi_files;
 
+pub use crate::contract::{ApplyTrace, ZfsAccess};
 pub use cache::ComponentCache;
-pub use host::ZfsAccess;
-pub use host::{ApplyTrace, HostState, LayerDiff};
+pub use driver::{SandboxLoader, SandboxedDriver, inspect_driver, open};
+pub use host::{HostState, LayerDiff};
 pub use runtime::{
     ContractVersion, DriverComponent, DriverRuntime, MAX_LAYERS_PER_METADATA_CALL, SandboxEngine,
     SandboxLimits,
@@ -39,7 +41,7 @@ pub use runtime::{
 
 use std::time::Duration;
 
-use crate::contract::{DriverError, describe};
+pub use crate::contract::driver::{CallError, Capability, SandboxError};
 
 /// The WIT package this host serves.
 pub const WIT_PACKAGE: &str = "strata:driver";
@@ -54,163 +56,3 @@ pub const MAX_DRIVER_STDERR: usize = 64 * 1024;
 pub const MAX_HOST_RESOURCES: usize = 256;
 /// Bytes a single guest-to-host call may make the host copy out of guest memory.
 pub const MAX_HOSTCALL_BYTES: usize = 16 * 1024 * 1024;
-
-/// A host interface a driver may import; operators grant them per driver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Capability {
-    Files,
-    Copy,
-    Archive,
-    Overlay,
-    Btrfs,
-    Zfs,
-    Log,
-}
-
-impl Capability {
-    pub const ALL: [Capability; 7] = [
-        Capability::Files,
-        Capability::Copy,
-        Capability::Archive,
-        Capability::Overlay,
-        Capability::Btrfs,
-        Capability::Zfs,
-        Capability::Log,
-    ];
-
-    /// The interface name in the WIT package, which is also the grant's name in config.
-    pub fn name(self) -> &'static str {
-        match self {
-            Capability::Files => "files",
-            Capability::Copy => "copy",
-            Capability::Archive => "archive",
-            Capability::Overlay => "overlay",
-            Capability::Btrfs => "btrfs",
-            Capability::Zfs => "zfs",
-            Capability::Log => "log",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Capability> {
-        Capability::ALL.into_iter().find(|c| c.name() == name)
-    }
-}
-
-/// Why a driver could not be loaded or a call could not complete. A driver's own expected
-/// failures are [`DriverError`]s, not these.
-#[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
-    #[error("driver {driver}: cannot read {path}: {cause}")]
-    Read {
-        driver: String,
-        path: std::path::PathBuf,
-        cause: std::io::Error,
-    },
-    #[error(
-        "driver {driver}: {path} is precompiled native code; Strata loads only WebAssembly \
-         components (.wasm) and compiles them itself"
-    )]
-    Precompiled {
-        driver: String,
-        path: std::path::PathBuf,
-    },
-    #[error("driver {driver}: {path} is not a valid WebAssembly component: {reason}")]
-    Invalid {
-        driver: String,
-        path: std::path::PathBuf,
-        reason: String,
-    },
-    #[error(
-        "driver {driver} imports the `{capability}` capability ({import}), which is not granted \
-         to it; grant it with `grants = [..., \"{capability}\"]` in [drivers.{driver}] if you \
-         trust it"
-    )]
-    NotGranted {
-        driver: String,
-        capability: String,
-        import: String,
-    },
-    #[error("driver {driver} imports `{import}`, which Strata does not provide{hint}")]
-    UnknownImport {
-        driver: String,
-        import: String,
-        hint: String,
-    },
-    #[error(
-        "driver {driver} does not export strata:driver/driver@{WIT_VERSION}-compatible \
-         interface (it exports: {exports})"
-    )]
-    NoDriverExport { driver: String, exports: String },
-    #[error("driver {driver}: component cache {path}: {cause}")]
-    Cache {
-        driver: String,
-        path: std::path::PathBuf,
-        cause: std::io::Error,
-    },
-    #[error("driver {driver}: cannot open its home {path}: {reason}")]
-    Home {
-        driver: String,
-        path: std::path::PathBuf,
-        reason: String,
-    },
-    #[error(
-        "driver {driver}: {op}: exceeded its deadline of {deadline:?} of its own time (guest \
-         execution and waits; `deadline`)"
-    )]
-    Deadline {
-        driver: String,
-        op: String,
-        deadline: Duration,
-    },
-    #[error(
-        "driver {driver}: {op}: did not finish within its call timeout of {limit:?} (wall \
-         clock, host work and waits included; `call_timeout`)"
-    )]
-    CallTimeout {
-        driver: String,
-        op: String,
-        limit: Duration,
-    },
-    #[error(
-        "driver {driver}: {op}: exceeded its memory limit of {limit} bytes (linear memories \
-         and tables together){stderr}"
-    )]
-    OutOfMemory {
-        driver: String,
-        op: String,
-        limit: usize,
-        stderr: String,
-    },
-    #[error("driver {driver}: {op}: crashed: {reason}{stderr}")]
-    Crashed {
-        driver: String,
-        op: String,
-        reason: String,
-        stderr: String,
-    },
-    #[error("driver {driver}: {reason}")]
-    Setup { driver: String, reason: String },
-    /// The driver answered something its contract version can say but the host refuses
-    /// (an overlay mount option the host does not allow, ...).
-    #[error("driver {driver}: {op}: {reason}")]
-    InvalidAnswer {
-        driver: String,
-        op: String,
-        reason: String,
-    },
-}
-
-/// The outcome of a driver call that may fail either way.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    /// The driver answered with an expected failure.
-    #[error("driver {driver}: {op}: {}", describe(error))]
-    Driver {
-        driver: String,
-        op: String,
-        error: DriverError,
-    },
-    /// The call could not complete (trap, timeout, memory limit, ...).
-    #[error(transparent)]
-    Sandbox(#[from] SandboxError),
-}

@@ -10,7 +10,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use super::cache::ComponentCache;
-use super::host::{ApplyTrace, DeadlineExceeded, HostState, LayerDiff, ZfsAccess, sanitize};
+use super::host::{DeadlineExceeded, HostState, LayerDiff, ZfsAccess, sanitize};
 use super::limits::{BudgetExceeded, CallBudget, link_bounded_poll};
 use super::v0_1;
 use super::wasi_files::{WASI_BLOCKING_CURRENT_THREAD, link_checked_open};
@@ -18,15 +18,14 @@ use super::{
     CallError, Capability, EPOCH_TICK, MAX_DRIVER_STDERR, MAX_HOST_RESOURCES, MAX_HOSTCALL_BYTES,
     SandboxError, WIT_PACKAGE, WIT_VERSION,
 };
-use crate::contract::{Change, DriverError, DriverInfo, MountPlan, MountRequest};
+use crate::contract::{ApplyTrace, Change, DriverError, DriverInfo, MountPlan, MountRequest};
 use crate::sys;
 
 /// Layers whose metadata one `layers-metadata` call asks for (the answers cross into and
 /// out of guest memory).
 pub const MAX_LAYERS_PER_METADATA_CALL: usize = 1024;
 
-/// A driver's metadata pairs for one layer, or its error.
-pub type LayerMetadata = Result<Vec<(String, String)>, CallError>;
+pub use crate::contract::LayerMetadata;
 
 /// Memory and time limits of one driver call.
 #[derive(Clone, Copy, Debug)]
@@ -187,6 +186,7 @@ pub(super) fn interfaces(
         })
         .ok_or_else(|| SandboxError::NoDriverExport {
             driver: name.into(),
+            serves: format!("{WIT_PACKAGE}/driver@{WIT_VERSION}"),
             exports: exports.join(", "),
         })?;
     Ok((wit_version, capabilities))

@@ -5,16 +5,12 @@
 //! [`crate::sys::zfs`], next to the command they guard; mount targets are resolved beneath
 //! the home here, like every driver path, before the host mounts anything on them.
 
-use std::sync::Arc;
-
 use super::{HostResult, HostState, driver_error, to_error};
 use crate::contract::{DriverError, ZfsDataset, ZfsPoolInfo};
 use crate::sys::zfs::Zfs;
 use crate::sys::{ErrorKind, SysError};
 
-/// What the `zfs` capability works with: the confined `zfs` command, or why a driver granted
-/// `zfs` has none (no `fsname` configured, no `zfs` command), which every call answers.
-pub type ZfsAccess = Arc<Result<Zfs, (ErrorKind, String)>>;
+pub use crate::contract::ZfsAccess;
 
 impl HostState {
     /// Runs `f` with the confined `zfs` command, off the driver's deadline.

@@ -516,7 +516,7 @@ fn zfs_listing() {
     )
     .unwrap();
     let config = strata_host::config::Config::load(&config_path).unwrap();
-    let s = Strata::open(strata_host::layers::StoreOptions {
+    let s = strata_host::sandbox::open(strata_host::layers::StoreOptions {
         config,
         driver: Some("zfs".into()),
         driver_options: vec![],
