@@ -1,30 +1,15 @@
-//! Strata's host: the privileged half of a container storage driver.
+//! Strata's host binary: the `strata` CLI and daemon, wiring the crates together.
 //!
-//! Drivers (WebAssembly components) decide layering policy; this crate checks what they ask
-//! for against their sandbox and then performs it. Modules follow the architecture:
-//!
-//! - the [`sys`]: the only module with `unsafe` and raw syscalls; typed wrappers on rustix.
-//! - the [`archive`]: layer tars (apply, export) and tree comparison (changes, sizes).
-//! - the [`copy`]: copying trees with reflinks, preserving everything a layer holds.
-//! - the [`contract`]: the host's own types for what the driver contract carries.
-//! - the [`sandbox`]: wasmtime engine, component cache, the host interfaces drivers import.
-//! - the [`mount`]: mount-plan validation and execution, mount reference counts.
-//! - the [`store`]: the layer store (SQLite), crash recovery, locking.
-//! - the [`config`]: reading `strata.toml`.
-//! - the [`frontend`]: the CLI's commands, on top of the above.
+//! The crates follow the trust domains (see docs/architecture.md): `strata-sys` (syscalls,
+//! the only `unsafe`), `strata-core` (store, layers, mounts, archives, images),
+//! `strata-sandbox` (wasmtime and the driver contract), `strata-conformance` (the suite),
+//! `strata-containerd` (the containerd front end). This crate is the command line on top.
+#![forbid(unsafe_code)]
 
-pub mod archive;
-pub mod config;
-pub mod conformance;
-pub mod contract;
-pub mod copy;
 pub mod frontend;
-pub mod image;
-pub mod layers;
-pub mod layout;
-pub mod mount;
-pub mod registry;
-pub mod sandbox;
-pub mod store;
-pub mod sys;
-pub mod text;
+
+pub(crate) use strata_conformance as conformance;
+pub(crate) use strata_containerd as containerd;
+pub(crate) use strata_core::{config, contract, image, layers, registry, text};
+pub(crate) use strata_sandbox as sandbox;
+pub(crate) use strata_sys as sys;

@@ -276,6 +276,6 @@ impl Drop for Daemons {
         let _ = self.containerd.kill();
         let _ = self.containerd.wait();
         self.kill_strata();
-        strata_host::sys::mount::detach_all_beneath(self.dir.path());
+        strata_sys::mount::detach_all_beneath(self.dir.path());
     }
 }

@@ -209,7 +209,7 @@ impl<'a> Store<'a> {
     }
 
     fn home(&self) -> PathBuf {
-        strata_host::layout::driver_home(&self.root(), self.driver)
+        strata_core::layout::driver_home(&self.root(), self.driver)
     }
 
     /// The records, as `layer ls --json` prints them; an error when the store does not open

@@ -7,9 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use strata_host::config::Config;
-use strata_host::conformance::{self, Outcome, Report, SuiteOptions};
-use strata_host::layers::{StoreOptions, Strata};
+use strata_conformance::{self as conformance, Outcome, Report, SuiteOptions};
+use strata_core::config::Config;
+use strata_core::layers::{StoreOptions, Strata};
 
 pub mod applymem;
 pub mod containerd;
@@ -133,8 +133,8 @@ pub fn hostile_config(t: &TempStore, section: &str) -> Config {
 }
 
 /// Creates layer `id` (no parent, read-only) with driver options `opts`.
-pub fn create_with(s: &Strata, id: &str, opts: &[(&str, &str)]) -> strata_host::layers::Result<()> {
-    s.create_layer(strata_host::layers::CreateLayer {
+pub fn create_with(s: &Strata, id: &str, opts: &[(&str, &str)]) -> strata_core::layers::Result<()> {
+    s.create_layer(strata_core::layers::CreateLayer {
         id: Some(id.into()),
         options: opts
             .iter()
@@ -196,9 +196,9 @@ impl TempStore {
     /// Opens the store with the driver at `wasm`, configured as the operator would: a
     /// `[drivers.NAME]` section with its `path` (NAME from [`test_driver_name`]; a section of
     /// that name already in `config` keeps its other keys).
-    pub fn open_with(&self, wasm: &Path, config: Config) -> strata_host::layers::Result<Strata> {
+    pub fn open_with(&self, wasm: &Path, config: Config) -> strata_core::layers::Result<Strata> {
         let (name, config) = configure_driver(config, wasm);
-        strata_host::sandbox::open(StoreOptions {
+        strata_sandbox::open(StoreOptions {
             config,
             driver: Some(name),
             driver_options: vec![],
@@ -212,8 +212,8 @@ impl TempStore {
         &self,
         wasm: &Path,
         config: Config,
-    ) -> strata_host::layers::Result<Strata> {
-        strata_host::sandbox::open(StoreOptions {
+    ) -> strata_core::layers::Result<Strata> {
+        strata_sandbox::open(StoreOptions {
             config,
             driver: Some(wasm.to_string_lossy().into_owned()),
             driver_options: vec![],
@@ -223,7 +223,7 @@ impl TempStore {
 
     /// The home of driver `name` in this store.
     pub fn home(&self, name: &str) -> PathBuf {
-        strata_host::layout::driver_home(&self.root(), name)
+        strata_core::layout::driver_home(&self.root(), name)
     }
 
     pub fn open_vfs(&self) -> Strata {
@@ -259,7 +259,7 @@ impl Drop for TempStore {
     fn drop(&mut self) {
         // Unmount anything a failed test left mounted beneath the store, deepest first, so
         // that removing the temporary directory never walks into a mounted layer.
-        strata_host::sys::mount::detach_all_beneath(self.dir.path());
+        strata_sys::mount::detach_all_beneath(self.dir.path());
     }
 }
 
@@ -340,7 +340,7 @@ impl LoopBtrfs {
 
 impl Drop for LoopBtrfs {
     fn drop(&mut self) {
-        strata_host::sys::mount::detach_all_beneath(&self.mnt());
+        strata_sys::mount::detach_all_beneath(&self.mnt());
         // The loop device goes with the last unmount (mount -o loop sets autoclear).
         let _ = std::process::Command::new("umount")
             .arg(self.mnt())
@@ -367,7 +367,7 @@ pub fn run_tool(cmd: &mut std::process::Command) -> String {
 /// that its config section (grants, `fsname`) applies as it would for an operator.
 pub fn run_conformance(options: &SuiteOptions) -> Report {
     let mut options = options.clone();
-    if strata_host::registry::is_path(&options.driver) {
+    if strata_core::registry::is_path(&options.driver) {
         let (name, config) = configure_driver(options.config.clone(), Path::new(&options.driver));
         options.driver = name;
         options.config = config;

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use strata_host::frontend::containerd::api::snapshots as pb;
-use strata_host::frontend::containerd::api::snapshots::snapshots_client::SnapshotsClient;
+use strata_containerd::api::snapshots as pb;
+use strata_containerd::api::snapshots::snapshots_client::SnapshotsClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -232,7 +232,7 @@ fn labels() -> std::collections::HashMap<String, String> {
 pub async fn prepare(
     client: &mut SnapshotsClient<Channel>,
     key: &str,
-) -> Result<Vec<strata_host::frontend::containerd::api::types::Mount>, tonic::Status> {
+) -> Result<Vec<strata_containerd::api::types::Mount>, tonic::Status> {
     client
         .prepare(pb::PrepareSnapshotRequest {
             snapshotter: "strata".into(),

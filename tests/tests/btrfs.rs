@@ -5,12 +5,12 @@
 
 use std::path::Path;
 
-use strata_host::config::Config;
-use strata_host::conformance::{self, SuiteOptions};
-use strata_host::contract::DriverError;
-use strata_host::layers::{CreateLayer, LayerError, StoreOptions, Strata};
-use strata_host::sandbox::{CallError, SandboxError};
-use strata_host::sys;
+use strata_conformance::{self as conformance, SuiteOptions};
+use strata_core::config::Config;
+use strata_core::contract::DriverError;
+use strata_core::layers::{CreateLayer, LayerError, StoreOptions, Strata};
+use strata_sandbox::{CallError, SandboxError};
+use strata_sys as sys;
 use strata_tests::{
     LoopBtrfs, TempStore, assert_all_pass, btrfs_or_skip, cache_dir, driver_wasm, run_conformance,
     run_tool, vfs_wasm,
@@ -33,7 +33,7 @@ fn config_on(fs: &Path) -> Config {
 
 fn open_on(fs: &Path, wasm: &Path, config: Config) -> Result<Strata, LayerError> {
     let (name, config) = strata_tests::configure_driver(config, wasm);
-    strata_host::sandbox::open(StoreOptions {
+    strata_sandbox::open(StoreOptions {
         config,
         driver: Some(name),
         driver_options: vec![],
@@ -390,7 +390,7 @@ fn the_operator_default_size_limits_every_layer_and_children_inherit_limits() {
     let fs = LoopBtrfs::new(512 << 20);
     let open = |size: &str| {
         let (name, config) = strata_tests::configure_driver(config_on(&fs.mnt()), &btrfs_wasm());
-        strata_host::sandbox::open(StoreOptions {
+        strata_sandbox::open(StoreOptions {
             config,
             driver: Some(name),
             driver_options: vec![("size".into(), size.into())],

@@ -106,14 +106,14 @@ fn mount_and_unmount_from_the_command_line() {
     ok(&t, &["layer", "create", "--id", "c", "--rw"]);
     let mp = ok(&t, &["layer", "mount", "c"]).trim().to_string();
     assert!(
-        strata_host::sys::mount::is_mount_point(std::path::Path::new(&mp)),
+        strata_sys::mount::is_mount_point(std::path::Path::new(&mp)),
         "{mp}"
     );
     std::fs::write(format!("{mp}/hello"), b"hi").unwrap();
     ok(&t, &["layer", "unmount", "c"]);
-    assert!(!strata_host::sys::mount::is_mount_point(
-        std::path::Path::new(&mp)
-    ));
+    assert!(!strata_sys::mount::is_mount_point(std::path::Path::new(
+        &mp
+    )));
     assert_eq!(ok(&t, &["layer", "changes", "c"]), "Add /hello\n");
     let (success, _, err) = t.cli(&["layer", "unmount", "c"]);
     assert!(!success && err.contains("not mounted"), "{err}");

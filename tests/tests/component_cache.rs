@@ -1,7 +1,7 @@
 //! Compiled components are cached on disk, keyed by the component's hash and the engine: a
 //! warm start maps the cached code instead of compiling, and a damaged entry is recompiled.
 
-use strata_host::sandbox::{ComponentCache, DriverComponent, SandboxEngine};
+use strata_sandbox::{ComponentCache, DriverComponent, SandboxEngine};
 use strata_tests::{TempStore, vfs_wasm};
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use strata_host::conformance::{self, Report, SuiteOptions};
+use strata_conformance::{self as conformance, Report, SuiteOptions};
 use strata_tests::{
     TempStore, assert_all_pass, cache_dir, driver_wasm, root_or_skip, run_conformance,
 };

@@ -152,7 +152,7 @@ fn a_killed_snapshotter_restarts_with_its_snapshots() {
         if import.try_wait().unwrap().is_some() {
             break;
         }
-        let layers_dir = strata_host::layout::driver_home(&d.path("strata"), "overlay");
+        let layers_dir = strata_core::layout::driver_home(&d.path("strata"), "overlay");
         let present = std::fs::read_dir(&layers_dir)
             .map(|r| r.count())
             .unwrap_or(0);

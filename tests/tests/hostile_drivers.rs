@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use strata_host::contract::DriverError;
-use strata_host::layers::{LayerError, Strata};
-use strata_host::sandbox::{CallError, SandboxError};
+use strata_core::contract::DriverError;
+use strata_core::layers::{LayerError, Strata};
+use strata_sandbox::{CallError, SandboxError};
 use strata_tests::{TempStore, create_with, hostile_config, hostile_wasm, root_or_skip};
 
 const NAME: &str = strata_tests::HOSTILE;
@@ -135,7 +135,7 @@ fn hostile_mount_plans_are_refused_before_any_mount() {
     // The honest plan still mounts (as root, which this test requires).
     let p = s.mount("l", &[]).expect("the honest plan still mounts");
     s.unmount("l", false).unwrap();
-    assert!(!strata_host::sys::mount::is_mount_point(&p));
+    assert!(!strata_sys::mount::is_mount_point(&p));
     // An honest read-only overlay of the layer's own directory mounts through
     // fsopen/fsconfig(lowerdir+)/fsmount and refuses writes.
     std::fs::write(t.home(NAME).join("dir/l/seen"), b"through overlay").unwrap();
@@ -152,7 +152,7 @@ fn hostile_mount_plans_are_refused_before_any_mount() {
         Some(rustix::io::Errno::ROFS.raw_os_error())
     );
     s.unmount("l", false).unwrap();
-    assert!(!strata_host::sys::mount::is_mount_point(&p));
+    assert!(!strata_sys::mount::is_mount_point(&p));
 }
 
 #[test]

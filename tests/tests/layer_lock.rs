@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use strata_host::layers::{CreateLayer, Strata};
+use strata_core::layers::{CreateLayer, Strata};
 use strata_tests::{TempStore, vfs_wasm};
 
 type Call = fn(&Strata) -> Result<(), String>;

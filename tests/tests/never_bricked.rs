@@ -274,7 +274,7 @@ fn a_crash_mid_apply_on_a_containers_layer_never_bricks_the_store() {
 
     // Without its journal the interrupted apply cannot be rolled back: set aside.
     kill_mid_apply();
-    let journal = strata_host::layout::apply_journal(&t.root(), &id);
+    let journal = strata_core::layout::apply_journal(&t.root(), &id);
     std::fs::remove_file(&journal).unwrap();
     let (_, err) = vfs(&["layer", "ls"]);
     assert!(!err.contains("FOREIGN KEY"), "{err}");
@@ -301,8 +301,7 @@ fn serve_starts_beside_a_snapshot_layer_it_cannot_remove() {
         .unwrap();
     strata_tests::create_with(&s, "sn7", &[("fail-remove-always", "1")]).unwrap();
     strata_tests::create_with(&s, "sn8", &[]).unwrap();
-    strata_host::frontend::containerd::service::reconcile(&s)
-        .expect("one layer does not stop the daemon");
+    strata_containerd::service::reconcile(&s).expect("one layer does not stop the daemon");
     let stuck = s.get("sn7").unwrap();
     assert!(stuck.damaged.unwrap().contains("fail-remove-always"));
     assert!(s.get("sn8").is_err(), "the other orphan is removed");
@@ -313,5 +312,5 @@ fn serve_starts_beside_a_snapshot_layer_it_cannot_remove() {
                 .unwrap()
         })
         .collect();
-    assert!(strata_host::frontend::containerd::service::SnapshotService::new(handles).is_ok());
+    assert!(strata_containerd::service::SnapshotService::new(handles).is_ok());
 }

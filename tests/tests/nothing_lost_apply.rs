@@ -30,12 +30,12 @@ fn tree_state(root: &Path) -> BTreeMap<String, String> {
         } else {
             String::new()
         };
-        let mut xattrs: Vec<String> = strata_host::sys::fs::list_xattrs_path(path, true)
+        let mut xattrs: Vec<String> = strata_sys::fs::list_xattrs_path(path, true)
             .unwrap_or_default()
             .into_iter()
             .map(|k| {
                 let k = k.to_string_lossy().into_owned();
-                let v = strata_host::sys::fs::get_xattr_path(path, &k, true)
+                let v = strata_sys::fs::get_xattr_path(path, &k, true)
                     .ok()
                     .flatten()
                     .unwrap_or_default();

@@ -104,7 +104,7 @@ fn the_operators_lab_copy_up_whiteouts_and_diff() {
     std::fs::create_dir(merged.join("opt")).unwrap();
     std::fs::write(merged.join("opt/new"), b"new\n").unwrap();
     ok(&t, &["layer", "unmount", "web"]);
-    assert!(!strata_host::sys::mount::is_mount_point(&merged));
+    assert!(!strata_sys::mount::is_mount_point(&merged));
 
     assert_eq!(
         ok(&t, &["layer", "changes", "web"]),
@@ -263,8 +263,8 @@ fn operator_options_are_checked_and_size_is_unsupported() {
 
 #[test]
 fn the_legacy_lowerdir_fallback_mounts_and_names_its_limit() {
-    use strata_host::sys::Dir;
-    use strata_host::sys::mount::{LowerdirStyle, OverlaySpec, overlay_view, overlay_with};
+    use strata_sys::Dir;
+    use strata_sys::mount::{LowerdirStyle, OverlaySpec, overlay_view, overlay_with};
     if !root_or_skip(
         "the_legacy_lowerdir_fallback_mounts_and_names_its_limit",
         "overlay mounts",
@@ -293,7 +293,7 @@ fn the_legacy_lowerdir_fallback_mounts_and_names_its_limit() {
     overlay_with(&spec, LowerdirStyle::Legacy, &target, &p.join("target")).unwrap();
     assert_eq!(std::fs::read(p.join("target/shared")).unwrap(), b"top");
     assert!(p.join("target/only-1").exists(), "the lower layer shows");
-    strata_host::sys::mount::unmount(&p.join("target"), false).unwrap();
+    strata_sys::mount::unmount(&p.join("target"), false).unwrap();
 
     // Past one option string the fallback refuses, naming the way out.
     let many: Vec<Dir> = (0..300)
@@ -319,14 +319,14 @@ fn the_legacy_lowerdir_fallback_mounts_and_names_its_limit() {
     );
     if LowerdirStyle::detect() == LowerdirStyle::Append {
         overlay_with(&spec, LowerdirStyle::Append, &target, &p.join("target")).unwrap();
-        strata_host::sys::mount::unmount(&p.join("target"), false).unwrap();
+        strata_sys::mount::unmount(&p.join("target"), false).unwrap();
     }
 
     // A detached view merges without a mount point and leaves nothing mounted.
     let view = overlay_view(&[&top, &bottom], &[], Path::new("view")).unwrap();
     assert!(view.lstat("only-0").is_ok() && view.lstat("only-1").is_ok());
     drop(view);
-    assert!(strata_host::sys::mount::mount_points_beneath(p).is_empty());
+    assert!(strata_sys::mount::mount_points_beneath(p).is_empty());
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Host memory while applying a small but hostile layer: the bookkeeping an apply keeps
-//! across entries is deduplicated and bounded (`strata_host::archive::APPLY_BOOKKEEPING_BUDGET`,
+//! across entries is deduplicated and bounded (`strata_core::archive::APPLY_BOOKKEEPING_BUDGET`,
 //! docs/sandbox.md), so a 4 KiB-path directory entry repeated thousands of times, or thousands
 //! of distinct 4 KiB-path directories, cost the `strata` process no more than the deferred
 //! directory times' share of the budget above the peak of applying a one-entry layer.
@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use strata_host::archive::MAX_DIR_TIMES_BYTES;
+use strata_core::archive::MAX_DIR_TIMES_BYTES;
 use strata_tests::applymem::{MeasuredStore, distinct_dirs, mib, repeated_dir, write_layer, zstd};
 use strata_tests::{TempStore, root_or_skip, strata_bin};
 

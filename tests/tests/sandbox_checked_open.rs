@@ -8,7 +8,7 @@ use std::io::Cursor;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use strata_host::layers::{CreateLayer, Strata};
+use strata_core::layers::{CreateLayer, Strata};
 use strata_tests::targen::{Entry, tar_of};
 use strata_tests::{TempStore, driver_wasm, root_or_skip};
 

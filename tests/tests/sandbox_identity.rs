@@ -2,16 +2,16 @@
 //! set, never from a file name; driver homes cannot reach host state; cached native code is
 //! mapped only when it matches the digest the host recorded.
 
-use strata_host::config::Config;
-use strata_host::contract::DriverError;
-use strata_host::layers::{LayerError, StoreOptions, Strata};
-use strata_host::sandbox::{CallError, ComponentCache, DriverComponent, SandboxEngine};
+use strata_core::config::Config;
+use strata_core::contract::DriverError;
+use strata_core::layers::{LayerError, StoreOptions, Strata};
+use strata_sandbox::{CallError, ComponentCache, DriverComponent, SandboxEngine};
 use strata_tests::{TempStore, create_with, hostile_wasm, root_or_skip, vfs_wasm};
 
 const ALL_GRANTS: &str = r#"grants = ["files", "copy", "archive", "btrfs", "zfs", "log"]"#;
 
 fn open(t: &TempStore, config: Config, driver: &str) -> Result<Strata, LayerError> {
-    strata_host::sandbox::open(StoreOptions {
+    strata_sandbox::open(StoreOptions {
         config,
         driver: Some(driver.into()),
         driver_options: vec![],
@@ -44,7 +44,7 @@ fn a_driver_named_cache_cannot_reach_the_component_cache() {
     std::fs::copy(hostile_wasm(), &wasm).unwrap();
     let sections = format!("[drivers.cache]\npath = {wasm:?}\n{ALL_GRANTS}\n");
     let s = open(&t, config(&t, &sections), "cache").expect("a driver named cache opens");
-    let cache = strata_host::layout::default_cache_dir(&t.root());
+    let cache = strata_core::layout::default_cache_dir(&t.root());
     let cached_before = strata_tests::tree(&cache);
     assert!(
         !cached_before.is_empty(),
@@ -179,7 +179,7 @@ fn a_tampered_or_unrecorded_cache_entry_is_never_mapped() {
 fn a_component_cache_inside_the_driver_homes_is_refused() {
     let t = TempStore::new();
     let (name, config) = strata_tests::configure_driver(t.config(), &vfs_wasm());
-    let err = strata_host::sandbox::open(StoreOptions {
+    let err = strata_sandbox::open(StoreOptions {
         config,
         driver: Some(name),
         driver_options: vec![],
@@ -293,7 +293,7 @@ fn an_old_layout_store_is_migrated_or_refused_with_a_way_out() {
     std::fs::write(old_cache.join("planted.cwasm"), b"native code").unwrap();
     std::fs::write(old_cache.join("planted.sha256"), b"forged").unwrap();
     {
-        let store = strata_host::store::LayerStore::open(&root).unwrap();
+        let store = strata_core::store::LayerStore::open(&root).unwrap();
         store.set_meta("layout", "1").unwrap();
     }
     // Something mounted beneath the old home: refused, nothing moved.

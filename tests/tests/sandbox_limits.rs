@@ -16,8 +16,8 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use strata_host::layers::{LayerError, Strata};
-use strata_host::sandbox::{
+use strata_core::layers::{LayerError, Strata};
+use strata_sandbox::{
     CallError, ComponentCache, DriverComponent, DriverRuntime, SandboxEngine, SandboxError,
     SandboxLimits,
 };

@@ -10,11 +10,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use strata_host::frontend::containerd::api::snapshots as pb;
-use strata_host::frontend::containerd::api::snapshots::snapshots_server::Snapshots;
-use strata_host::frontend::containerd::service::{SnapshotService, layer_id};
-use strata_host::layers::{LayerError, Strata};
-use strata_host::sys::mount::is_mount_point;
+use strata_containerd::api::snapshots as pb;
+use strata_containerd::api::snapshots::snapshots_server::Snapshots;
+use strata_containerd::service::{SnapshotService, layer_id};
+use strata_core::layers::{LayerError, Strata};
+use strata_sys::mount::is_mount_point;
 use strata_tests::{TempStore, create_with, hostile_config, hostile_wasm, root_or_skip};
 
 fn open(t: &TempStore) -> Strata {
@@ -157,7 +157,7 @@ fn repointing_the_plan_after_mount_changes_nothing_the_host_hands_out_or_unmount
             .any(|l| l.contains(&*s.driver().home_path().to_string_lossy())),
         "nothing is left mounted in the driver home"
     );
-    strata_host::sys::mount::unmount(&host.join("l"), false).unwrap();
+    strata_sys::mount::unmount(&host.join("l"), false).unwrap();
 }
 
 #[test]
@@ -206,7 +206,7 @@ fn containerd_mounts_cannot_be_repointed_to_host_directories() {
     );
 
     // containerd mounts what Prepare returned, then what Mounts returns.
-    let check = |n: usize, ms: &[strata_host::frontend::containerd::api::types::Mount]| {
+    let check = |n: usize, ms: &[strata_containerd::api::types::Mount]| {
         let rootfs: PathBuf = t.dir.path().join(format!("rootfs-{n}"));
         std::fs::create_dir_all(&rootfs).unwrap();
         for m in ms {

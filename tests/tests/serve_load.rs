@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use strata_host::frontend::containerd::SHUTDOWN_GRACE;
+use strata_containerd::SHUTDOWN_GRACE;
 use strata_tests::serveload::{self, Outcome, Serve, Work};
 use strata_tests::{root_or_skip, strata_bin};
 use tonic::Code;
@@ -42,7 +42,7 @@ struct Unmount<'a>(&'a std::path::Path);
 
 impl Drop for Unmount<'_> {
     fn drop(&mut self) {
-        strata_host::sys::mount::detach_all_beneath(self.0);
+        strata_sys::mount::detach_all_beneath(self.0);
     }
 }
 

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use strata_host::frontend::containerd::api::snapshots as pb;
-use strata_host::frontend::containerd::api::snapshots::snapshots_client::SnapshotsClient;
-use strata_host::frontend::containerd::api::types::Mount;
+use strata_containerd::api::snapshots as pb;
+use strata_containerd::api::snapshots::snapshots_client::SnapshotsClient;
+use strata_containerd::api::types::Mount;
 use strata_tests::{root_or_skip, strata_bin};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -219,7 +219,7 @@ impl Drop for Server {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        strata_host::sys::mount::detach_all_beneath(self.dir.path());
+        strata_sys::mount::detach_all_beneath(self.dir.path());
     }
 }
 

@@ -162,7 +162,7 @@ fn a_sparse_map_of_more_than_max_sparse_entries_is_refused() {
     }
     // An old GNU sparse entry whose extension blocks go on and on: 21 regions of 512 bytes
     // each, a map any reader without a limit takes in.
-    let max = strata_host::archive::MAX_SPARSE_ENTRIES;
+    let max = strata_core::archive::MAX_SPARSE_ENTRIES;
     let blocks = max / 21 + 2;
     let regions = blocks * 21;
     let mut z = zstd::stream::Encoder::new(Vec::new(), 19).expect("zstd");

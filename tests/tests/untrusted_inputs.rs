@@ -215,7 +215,7 @@ fn files_named_on_the_command_line_must_be_regular() {
         &big,
         format!(
             "# {}\n",
-            "x".repeat(strata_host::config::MAX_CONFIG_SIZE as usize)
+            "x".repeat(strata_core::config::MAX_CONFIG_SIZE as usize)
         ),
     )
     .unwrap();

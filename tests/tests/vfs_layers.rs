@@ -4,11 +4,11 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use strata_host::conformance::tree::{differences, manifest};
-use strata_host::layers::{ChangeKind, CreateLayer, Strata};
+use strata_conformance::tree::{differences, manifest};
+use strata_core::layers::{ChangeKind, CreateLayer, Strata};
 use strata_tests::targen::{Entry, tar_of};
 
-fn snapshot(root: &std::path::Path) -> strata_host::conformance::tree::Manifest {
+fn snapshot(root: &std::path::Path) -> strata_conformance::tree::Manifest {
     manifest(root).expect("reading the layer tree")
 }
 
@@ -368,7 +368,7 @@ fn a_crash_mid_create_is_recovered_on_open() {
         // Simulate a crash between the incomplete record and the end of driver work.
         let layer = s
             .store()
-            .begin_create(strata_host::store::NewLayer {
+            .begin_create(strata_core::store::NewLayer {
                 id: Some("halfway".into()),
                 parent: Some("done".into()),
                 names: vec![],
@@ -389,7 +389,7 @@ fn a_crash_mid_create_is_recovered_on_open() {
 }
 
 fn mounted(path: &Path) -> bool {
-    strata_host::sys::mount::is_mount_point(path)
+    strata_sys::mount::is_mount_point(path)
 }
 
 #[test]
@@ -424,7 +424,7 @@ fn mounts_nest_views_are_read_only_and_removal_follows_the_rules() {
     assert!(
         matches!(
             s.remove("rw"),
-            Err(strata_host::layers::LayerError::Store(_))
+            Err(strata_core::layers::LayerError::Store(_))
         ),
         "a mounted layer cannot be removed"
     );
@@ -448,7 +448,7 @@ fn mounts_nest_views_are_read_only_and_removal_follows_the_rules() {
     s.unmount("base", false).unwrap();
     assert!(matches!(
         s.unmount("base", false),
-        Err(strata_host::layers::LayerError::NotMounted(_))
+        Err(strata_core::layers::LayerError::NotMounted(_))
     ));
 
     assert!(

@@ -5,11 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use strata_host::config::Config;
-use strata_host::conformance::{self, SuiteOptions};
-use strata_host::contract::DriverError;
-use strata_host::layers::{CreateLayer, LayerError, StoreOptions, Strata};
-use strata_host::sandbox::CallError;
+use strata_conformance::{self as conformance, SuiteOptions};
+use strata_core::config::Config;
+use strata_core::contract::DriverError;
+use strata_core::layers::{CreateLayer, LayerError, StoreOptions, Strata};
+use strata_sandbox::CallError;
 use strata_tests::{
     TempStore, ZfsPool, assert_all_pass, cache_dir, driver_wasm, hostile_wasm, run_conformance,
     strata_bin, zfs_or_skip,
@@ -303,7 +303,7 @@ fn open_zfs_by_name(t: &TempStore, fsname: Option<&str>) -> Result<Strata, Layer
         t.dir.path().join("run"),
         zfs_wasm(),
     );
-    strata_host::sandbox::open(StoreOptions {
+    strata_sandbox::open(StoreOptions {
         config: Config::from_str(&text, "test.toml").unwrap(),
         driver: Some("zfs".into()),
         driver_options: vec![],

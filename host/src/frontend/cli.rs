@@ -416,7 +416,7 @@ fn run(cli: Cli) -> Result<()> {
             layer_command(&strata, cmd, json)
         }
         Command::Serve { containerd_socket } => {
-            crate::frontend::containerd::serve(|| open(&cli, config.clone()), containerd_socket)
+            crate::containerd::serve(|| open(&cli, config.clone()), containerd_socket)
         }
         Command::Image(cmd) => {
             let strata = open(&cli, config)?;

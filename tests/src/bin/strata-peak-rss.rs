@@ -22,7 +22,7 @@ fn main() {
             eprintln!("strata-peak-rss: running {cmd}: {e}");
             std::process::exit(2);
         });
-    match strata_host::sys::rusage::wait_with_peak_rss(&mut child) {
+    match strata_sys::rusage::wait_with_peak_rss(&mut child) {
         Ok((status, peak)) => {
             println!("{peak}");
             std::process::exit(status.code().unwrap_or(1));

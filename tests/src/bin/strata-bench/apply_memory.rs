@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use strata_host::archive::{APPLY_BOOKKEEPING_BUDGET, MAX_ZSTD_WINDOW_LOG};
+use strata_core::archive::{APPLY_BOOKKEEPING_BUDGET, MAX_ZSTD_WINDOW_LOG};
 use strata_tests::applymem::{
     Compression, MeasuredStore, apply_peak, mib, write_compressed, write_distinct_dirs,
     write_many_files, write_repeated_dir,

@@ -72,7 +72,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
-use strata_host::sys::mount::{is_mount_point, mount_points_beneath, unmount};
+use strata_sys::mount::{is_mount_point, mount_points_beneath, unmount};
 use strata_tests::oci::{self, Compression};
 use strata_tests::target_dir;
 use tar::{EntryType, Header};

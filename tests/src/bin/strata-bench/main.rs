@@ -43,7 +43,7 @@ mod serve_load;
 
 use std::time::{Duration, Instant};
 
-use strata_host::layers::{CreateLayer, Strata};
+use strata_core::layers::{CreateLayer, Strata};
 use strata_tests::targen::{Entry, tar_of};
 use strata_tests::{
     LoopBtrfs, TempStore, ZfsPool, cache_dir, driver_wasm, hostile_wasm, target_dir,
@@ -112,7 +112,7 @@ fn host_call() {
         create(&s, &next(), vec![("host-calls".into(), n.clone())])
     });
     let per_call = with.saturating_sub(without).as_secs_f64() / CALLS as f64;
-    let home = strata_host::sys::Dir::open_ambient(&t.home("strata_test_driver_hostile"))
+    let home = strata_sys::Dir::open_ambient(&t.home("strata_test_driver_hostile"))
         .expect("opening the driver home");
     let native = time(5, || {
         for _ in 0..CALLS {
@@ -164,7 +164,7 @@ fn lifecycle() {
 /// One overlay mount of `lowers` (topmost first) with a fresh upper, made without Strata:
 /// by `mount -t overlay` when `with_command`, else by the same syscalls in-process.
 fn native_overlay(base: &std::path::Path, lowers: &[std::path::PathBuf], with_command: bool) {
-    use strata_host::sys::Dir;
+    use strata_sys::Dir;
     let (u, w, m) = (base.join("u"), base.join("w"), base.join("m"));
     for d in [&u, &w, &m] {
         std::fs::create_dir(d).unwrap();
@@ -196,14 +196,14 @@ fn native_overlay(base: &std::path::Path, lowers: &[std::path::PathBuf], with_co
         let options: Vec<String> = ["index=off", "redirect_dir=off", "metacopy=off"]
             .map(String::from)
             .to_vec();
-        let spec = strata_host::sys::mount::OverlaySpec {
+        let spec = strata_sys::mount::OverlaySpec {
             lower: dirs.iter().collect(),
             upper: Some(&ud),
             work: Some(&wd),
             options: &options,
             read_only: false,
         };
-        strata_host::sys::mount::overlay(&spec, &md, &m).expect("overlay mount");
+        strata_sys::mount::overlay(&spec, &md, &m).expect("overlay mount");
     }
     rustix::mount::unmount(&m, rustix::mount::UnmountFlags::empty()).expect("unmount");
     std::fs::remove_dir_all(&u).unwrap();
@@ -307,7 +307,7 @@ fn sync() {
 
 /// A store on `fs` with a populated base layer `base`.
 fn populated_store(t: &TempStore, wasm: &str, fs: &std::path::Path) -> Strata {
-    let config = strata_host::config::Config::from_str(
+    let config = strata_core::config::Config::from_str(
         &format!(
             "root = {:?}\nrun_root = {:?}\n[drivers.btrfs]\ngrants = [\"files\", \"archive\", \"btrfs\", \"log\"]\n",
             fs.join(format!("root-{wasm}")),
@@ -396,7 +396,7 @@ fn btrfs_copies() {
     let t = TempStore::new();
     let ext4 = t.dir.path().to_path_buf();
     let fs_type = |p: &std::path::Path| {
-        strata_host::sys::Dir::open_ambient(p)
+        strata_sys::Dir::open_ambient(p)
             .and_then(|d| d.filesystem_type("."))
             .unwrap_or("unknown")
     };
@@ -515,8 +515,8 @@ fn zfs_listing() {
         ),
     )
     .unwrap();
-    let config = strata_host::config::Config::load(&config_path).unwrap();
-    let s = strata_host::sandbox::open(strata_host::layers::StoreOptions {
+    let config = strata_core::config::Config::load(&config_path).unwrap();
+    let s = strata_sandbox::open(strata_core::layers::StoreOptions {
         config,
         driver: Some("zfs".into()),
         driver_options: vec![],

@@ -21,8 +21,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use strata_host::frontend::containerd::SHUTDOWN_GRACE;
-use strata_host::frontend::containerd::workers::{MAX_QUEUED_REQUESTS, STORE_HANDLES};
+use strata_containerd::SHUTDOWN_GRACE;
+use strata_containerd::workers::{MAX_QUEUED_REQUESTS, STORE_HANDLES};
 use strata_tests::serveload::{self, Outcome, Report, Serve, Work, quantile};
 
 const CLIENTS: usize = 1000;
@@ -58,7 +58,7 @@ struct Scratch(tempfile::TempDir);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        strata_host::sys::mount::detach_all_beneath(self.0.path());
+        strata_sys::mount::detach_all_beneath(self.0.path());
     }
 }
 

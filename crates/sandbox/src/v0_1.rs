@@ -26,10 +26,10 @@ use crate::contract::{
 mod bindings {
     wasmtime::component::bindgen!({
         world: "strata-driver",
-        path: "../wit",
+        path: "../../wit",
         imports: { default: trappable },
         with: {
-            "strata:driver/types.layer-diff": crate::sandbox::host::LayerDiff,
+            "strata:driver/types.layer-diff": crate::host::LayerDiff,
         },
     });
 }

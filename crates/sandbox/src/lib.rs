@@ -21,6 +21,11 @@
 //!   the component's SHA-256 and the engine's compatibility hash, so a warm start only maps
 //!   the cached code. Only `.wasm` from authors is accepted, never precompiled native code.
 
+#![forbid(unsafe_code)]
+
+pub(crate) use strata_core::{archive, config, contract, copy, layers, mount, store, text};
+pub(crate) use strata_sys as sys;
+
 pub mod cache;
 mod driver;
 pub mod host;

@@ -3,14 +3,17 @@
 //! This is `unsafe` in wasmtime because a serialized component is native code: loading
 //! attacker-controlled bytes would run them. The host therefore never loads artifacts from
 //! driver authors; it only maps what it compiled itself, and only bytes whose SHA-256 matches
-//! the digest it recorded when it wrote them (checked by [`crate::sandbox::ComponentCache`]
+//! the digest it recorded when it wrote them (checked by `strata_sandbox::ComponentCache`
 //! on the very bytes handed here, so nothing can swap the file between check and use).
+// Mapping native code wasmtime compiled earlier (`Component::deserialize_file`) is unsafe:
+// only files whose digest the cache recorded are loaded.
+#![allow(unsafe_code)]
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// A compiled component read from the host's cache whose bytes matched their recorded
-/// digest. Only [`crate::sandbox::ComponentCache`] makes these.
+/// digest. Only `strata_sandbox::ComponentCache` makes these.
 pub struct VerifiedArtifact<'a> {
     bytes: &'a [u8],
 }
@@ -18,12 +21,12 @@ pub struct VerifiedArtifact<'a> {
 impl<'a> VerifiedArtifact<'a> {
     /// `bytes` must be an artifact the host serialized itself, verified against the digest
     /// it recorded in its own (host-only) cache directory.
-    pub(crate) fn new_checked(bytes: &'a [u8]) -> Self {
+    pub fn new_checked(bytes: &'a [u8]) -> Self {
         VerifiedArtifact { bytes }
     }
 }
 
-/// Loads a component that [`crate::sandbox::ComponentCache`] compiled, wrote and verified.
+/// Loads a component that `strata_sandbox::ComponentCache` compiled, wrote and verified.
 pub fn load_cached_component(
     engine: &Engine,
     artifact: VerifiedArtifact<'_>,

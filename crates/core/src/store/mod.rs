@@ -180,7 +180,7 @@ fn now() -> i64 {
 }
 
 /// This boot's id: mounts and probe results do not outlive it.
-pub(crate) fn current_boot_id() -> String {
+pub fn current_boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()

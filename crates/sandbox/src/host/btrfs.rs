@@ -12,7 +12,7 @@ const NEW_SUBVOLUME_MODE: u32 = 0o755;
 
 /// The `btrfs` interface.
 impl HostState {
-    pub(in crate::sandbox) fn btrfs_create_subvolume(&mut self, path: String) -> HostResult<()> {
+    pub(crate) fn btrfs_create_subvolume(&mut self, path: String) -> HostResult<()> {
         Ok(self
             .timed(|s| {
                 s.home.create_subvolume(&path)?;
@@ -22,7 +22,7 @@ impl HostState {
             .map_err(|e| to_error(&path, e)))
     }
 
-    pub(in crate::sandbox) fn btrfs_snapshot(
+    pub(crate) fn btrfs_snapshot(
         &mut self,
         source: String,
         dest: String,
@@ -38,7 +38,7 @@ impl HostState {
         }))
     }
 
-    pub(in crate::sandbox) fn btrfs_delete_subvolume(&mut self, path: String) -> HostResult<()> {
+    pub(crate) fn btrfs_delete_subvolume(&mut self, path: String) -> HostResult<()> {
         Ok(self.timed(|s| {
             s.home.delete_subvolume(&path).map_err(|e| {
                 let named = e.path.to_string_lossy().into_owned();
@@ -47,22 +47,19 @@ impl HostState {
         }))
     }
 
-    pub(in crate::sandbox) fn btrfs_is_subvolume(&mut self, path: String) -> HostResult<bool> {
+    pub(crate) fn btrfs_is_subvolume(&mut self, path: String) -> HostResult<bool> {
         Ok(self.timed(|s| s.home.is_subvolume(&path).map_err(|e| to_error(&path, e))))
     }
 
-    pub(in crate::sandbox) fn btrfs_subvolume_info(
-        &mut self,
-        path: String,
-    ) -> HostResult<SubvolumeInfo> {
+    pub(crate) fn btrfs_subvolume_info(&mut self, path: String) -> HostResult<SubvolumeInfo> {
         Ok(self.timed(|s| s.home.subvolume_info(&path).map_err(|e| to_error(&path, e))))
     }
 
-    pub(in crate::sandbox) fn btrfs_enable_quota(&mut self, path: String) -> HostResult<()> {
+    pub(crate) fn btrfs_enable_quota(&mut self, path: String) -> HostResult<()> {
         Ok(self.timed(|s| s.home.enable_quota(&path).map_err(|e| to_error(&path, e))))
     }
 
-    pub(in crate::sandbox) fn btrfs_set_qgroup_limit(
+    pub(crate) fn btrfs_set_qgroup_limit(
         &mut self,
         path: String,
         limit: Option<u64>,

@@ -36,7 +36,7 @@ fn named(e: SysError) -> DriverError {
 
 /// The `zfs` interface.
 impl HostState {
-    pub(in crate::sandbox) fn zfs_info(&mut self) -> HostResult<ZfsPoolInfo> {
+    pub(crate) fn zfs_info(&mut self) -> HostResult<ZfsPoolInfo> {
         Ok(self.zfs_call(|zfs, _| {
             // The parent must exist and be a filesystem; `type` is a statistic every
             // dataset has, so this one query proves both.
@@ -58,7 +58,7 @@ impl HostState {
         }))
     }
 
-    pub(in crate::sandbox) fn zfs_create(
+    pub(crate) fn zfs_create(
         &mut self,
         dataset: String,
         properties: Vec<(String, String)>,
@@ -66,11 +66,11 @@ impl HostState {
         Ok(self.zfs_call(|zfs, _| zfs.create(&dataset, &properties).map_err(named)))
     }
 
-    pub(in crate::sandbox) fn zfs_snapshot(&mut self, snapshot: String) -> HostResult<()> {
+    pub(crate) fn zfs_snapshot(&mut self, snapshot: String) -> HostResult<()> {
         Ok(self.zfs_call(|zfs, _| zfs.snapshot(&snapshot).map_err(named)))
     }
 
-    pub(in crate::sandbox) fn zfs_clone_snapshot(
+    pub(crate) fn zfs_clone_snapshot(
         &mut self,
         snapshot: String,
         dataset: String,
@@ -82,15 +82,11 @@ impl HostState {
         }))
     }
 
-    pub(in crate::sandbox) fn zfs_destroy(
-        &mut self,
-        name: String,
-        recursive: bool,
-    ) -> HostResult<()> {
+    pub(crate) fn zfs_destroy(&mut self, name: String, recursive: bool) -> HostResult<()> {
         Ok(self.zfs_call(|zfs, _| zfs.destroy(&name, recursive).map_err(named)))
     }
 
-    pub(in crate::sandbox) fn zfs_set_properties(
+    pub(crate) fn zfs_set_properties(
         &mut self,
         name: String,
         properties: Vec<(String, String)>,
@@ -98,7 +94,7 @@ impl HostState {
         Ok(self.zfs_call(|zfs, _| zfs.set_properties(&name, &properties).map_err(named)))
     }
 
-    pub(in crate::sandbox) fn zfs_get_properties(
+    pub(crate) fn zfs_get_properties(
         &mut self,
         name: String,
         names: Vec<String>,
@@ -106,7 +102,7 @@ impl HostState {
         Ok(self.zfs_call(|zfs, _| zfs.get_properties(&name, &names).map_err(named)))
     }
 
-    pub(in crate::sandbox) fn zfs_list_datasets(
+    pub(crate) fn zfs_list_datasets(
         &mut self,
         dataset: Option<String>,
         names: Vec<String>,
@@ -115,18 +111,14 @@ impl HostState {
         Ok(self.zfs_call(|zfs, _| zfs.list(dataset.as_deref(), &names, depth).map_err(named)))
     }
 
-    pub(in crate::sandbox) fn zfs_mount(
-        &mut self,
-        dataset: String,
-        path: String,
-    ) -> HostResult<()> {
+    pub(crate) fn zfs_mount(&mut self, dataset: String, path: String) -> HostResult<()> {
         Ok(self.zfs_call(|zfs, s| {
             let target = s.open_dir(&path)?;
             zfs.mount(&dataset, &target, &path).map_err(named)
         }))
     }
 
-    pub(in crate::sandbox) fn zfs_unmount(&mut self, path: String) -> HostResult<()> {
+    pub(crate) fn zfs_unmount(&mut self, path: String) -> HostResult<()> {
         Ok(self.zfs_call(|zfs, s| zfs.unmount(&s.home, &path).map_err(named)))
     }
 }

@@ -1,8 +1,11 @@
-//! Syscalls. The one module of Strata allowed `unsafe`; everything above it uses the typed,
+//! Syscalls. The one crate of Strata allowed `unsafe`, and only in the files that say so
+//! (`#![allow(unsafe_code)]` at their top: [`btrfs`] ioctls, [`rusage`]'s `wait4`, and
+//! [`component`], loading native code wasmtime compiled); everything above it uses the typed,
 //! confined wrappers here. Errno values are mapped to meaning once, in [`error`].
-#![allow(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod btrfs;
+#[cfg(feature = "component")]
 pub mod component;
 pub mod error;
 pub mod fs;

@@ -11,18 +11,23 @@
 //! case cannot disturb the next. A case ends by removing every layer it created in reverse
 //! order, which must succeed; then anything left mounted is detached and the root deleted.
 
+#![forbid(unsafe_code)]
+
 mod cases;
 pub mod ops;
 pub mod tree;
+
+use strata_core::{config, contract, layers};
+use strata_sys as sys;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::contract::CallError;
 use crate::contract::{Change, ChangeKind, DriverError};
 use crate::layers::{Applied, CreateLayer, LayerError, StoreOptions, Strata};
-use crate::sandbox::CallError;
 
 /// Layers in the deep-chain case unless asked otherwise (graphtest's overlay figure).
 pub const DEFAULT_DEEP_CHAIN: usize = 128;
@@ -177,7 +182,7 @@ fn open(options: &SuiteOptions, root: &Path) -> Result<Strata, LayerError> {
     let mut config = options.config.clone();
     config.root = root.join("root");
     config.run_root = root.join("run");
-    crate::sandbox::open(StoreOptions {
+    strata_sandbox::open(StoreOptions {
         config,
         driver: Some(options.driver.clone()),
         driver_options: options.driver_options.clone(),

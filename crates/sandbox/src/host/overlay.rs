@@ -117,10 +117,7 @@ impl HostState {
 
 /// The `overlay` interface.
 impl HostState {
-    pub(in crate::sandbox) fn overlay_probe(
-        &mut self,
-        scratch: String,
-    ) -> HostResult<OverlayFeatures> {
+    pub(crate) fn overlay_probe(&mut self, scratch: String) -> HostResult<OverlayFeatures> {
         Ok(self.timed(|s| {
             let key = s.probe_cache_key();
             if let Some(cached) = key
@@ -147,7 +144,7 @@ impl HostState {
         }))
     }
 
-    pub(in crate::sandbox) fn overlay_diff_upper(
+    pub(crate) fn overlay_diff_upper(
         &mut self,
         upper: String,
         lower: Vec<String>,
@@ -165,7 +162,7 @@ impl HostState {
         }
     }
 
-    pub(in crate::sandbox) fn overlay_changes_upper(
+    pub(crate) fn overlay_changes_upper(
         &mut self,
         upper: String,
         lower: Vec<String>,
@@ -179,7 +176,7 @@ impl HostState {
         }))
     }
 
-    pub(in crate::sandbox) fn overlay_diff_stacks(
+    pub(crate) fn overlay_diff_stacks(
         &mut self,
         layer: Vec<String>,
         parent: Vec<String>,
@@ -193,7 +190,7 @@ impl HostState {
         }
     }
 
-    pub(in crate::sandbox) fn overlay_changes_stacks(
+    pub(crate) fn overlay_changes_stacks(
         &mut self,
         layer: Vec<String>,
         parent: Vec<String>,
@@ -208,7 +205,7 @@ impl HostState {
         }))
     }
 
-    pub(in crate::sandbox) fn overlay_diff_size_stacks(
+    pub(crate) fn overlay_diff_size_stacks(
         &mut self,
         layer: Vec<String>,
         parent: Vec<String>,

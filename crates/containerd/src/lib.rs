@@ -10,6 +10,10 @@
 //! did not; what an interrupted request leaves (a record without its layer, a layer without
 //! its record, a mount) is what a killed daemon leaves, and the next start reconciles it.
 
+#![forbid(unsafe_code)]
+
+pub(crate) use strata_core::{layers, store, text};
+
 pub mod filters;
 pub mod service;
 pub mod workers;
@@ -156,26 +160,6 @@ mod tests {
 
     use super::filters::{any_matches, parse_all};
     use crate::store::{LayerStore, SnapshotKind};
-
-    /// `strata serve --help` states the figures the constants hold.
-    #[test]
-    fn serve_help_states_the_bounds() {
-        use clap::CommandFactory;
-        let mut cli = crate::frontend::cli::Cli::command();
-        let help = cli
-            .find_subcommand_mut("serve")
-            .unwrap()
-            .render_long_help()
-            .to_string();
-        for figure in [
-            format!("{} worker threads", super::workers::STORE_HANDLES),
-            format!("queue of {}", super::workers::MAX_QUEUED_REQUESTS),
-            format!("waits {} s", super::workers::MAX_QUEUE_WAIT.as_secs()),
-            format!("within {} s", super::SHUTDOWN_GRACE.as_secs()),
-        ] {
-            assert!(help.contains(&figure), "`{figure}` in: {help}");
-        }
-    }
 
     /// containerd's testsuite `Walk` case: the same snapshots, filters and expected names.
     #[test]

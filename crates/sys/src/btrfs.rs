@@ -11,6 +11,9 @@
 //! `ENOTEMPTY`; [`Dir::delete_subvolume`] then walks the tree (descriptor-relative, never
 //! following symlinks or entering mounts), deletes the nested subvolumes deepest first and
 //! tries again, as containers/storage's btrfs driver does.
+// btrfs ioctls: rustix's `ioctl` is unsafe (the kernel reads and writes the argument
+// structs); each call names its opcode and argument type, with a `SAFETY:` comment.
+#![allow(unsafe_code)]
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -3,6 +3,8 @@
 //!
 //! `std::process::Child::wait` drops the kernel's resource usage of the child; `wait4` returns
 //! it, and its `ru_maxrss` is the child's peak resident set (its `VmHWM` at exit).
+// `wait4` with a `rusage` out-parameter: rustix has no wrapper for it.
+#![allow(unsafe_code)]
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
