@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use strata_core::store::{LayerStore, SnapshotKind};
+use strata_containerd::snapshots::{SnapshotKind, SnapshotRecords};
+use strata_core::store::LayerStore;
 use strata_tests::containerd::{Daemons, NAMESPACE, ctr_at, tools_or_skip};
 
 /// Concurrent `ctr` clients.

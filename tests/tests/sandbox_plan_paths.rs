@@ -13,6 +13,7 @@ use std::process::Command;
 use strata_containerd::api::snapshots as pb;
 use strata_containerd::api::snapshots::snapshots_server::Snapshots;
 use strata_containerd::service::{SnapshotService, layer_id};
+use strata_containerd::snapshots::SnapshotRecords;
 use strata_core::layers::{LayerError, Strata};
 use strata_sys::mount::is_mount_point;
 use strata_tests::{TempStore, create_with, hostile_config, hostile_wasm, root_or_skip};

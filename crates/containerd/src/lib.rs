@@ -16,6 +16,7 @@ pub(crate) use strata_core::{layers, store, text};
 
 pub mod filters;
 pub mod service;
+pub mod snapshots;
 pub mod workers;
 
 use std::time::Duration;
@@ -136,7 +137,7 @@ pub fn serve(
     served
 }
 
-use crate::store::SnapshotInfo;
+use crate::snapshots::SnapshotInfo;
 
 /// The fields containerd's filters name on a snapshot: `name`, `parent`, `kind`
 /// (`active`, `view`, `committed`) and `labels.<key>`.
@@ -159,7 +160,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::filters::{any_matches, parse_all};
-    use crate::store::{LayerStore, SnapshotKind};
+    use crate::snapshots::{SnapshotKind, SnapshotRecords};
+    use crate::store::LayerStore;
 
     /// containerd's testsuite `Walk` case: the same snapshots, filters and expected names.
     #[test]

@@ -41,7 +41,8 @@ use super::api::snapshots as pb;
 use super::api::types::Mount;
 use super::filters;
 use crate::layers::{CreateLayer, LayerError, Strata};
-use crate::store::{SnapshotError, SnapshotInfo, SnapshotKind, StoreError};
+use crate::snapshots::{SnapshotError, SnapshotInfo, SnapshotKind, SnapshotRecords};
+use crate::store::StoreError;
 
 /// Infos per `List` response message (containerd's own batch size).
 pub const LIST_BATCH: usize = 100;

@@ -16,10 +16,25 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 mod images;
-mod snapshots;
 
 pub use images::{Container, Image, NewContainer, NewImage, validate_image_name};
-pub use snapshots::{MAX_LABEL_SIZE, SnapshotError, SnapshotInfo, SnapshotKind, checked_labels};
+
+/// containerd's snapshot records (their rules: the `strata-containerd` crate).
+const SCHEMA_V4: &str = "BEGIN IMMEDIATE;
+     CREATE TABLE IF NOT EXISTS snapshots (
+        key TEXT PRIMARY KEY,
+        id INTEGER NOT NULL UNIQUE,
+        kind INTEGER NOT NULL,
+        parent TEXT REFERENCES snapshots(key),
+        labels TEXT NOT NULL DEFAULT '{}',
+        created_ns INTEGER NOT NULL,
+        updated_ns INTEGER NOT NULL,
+        size INTEGER NOT NULL DEFAULT 0,
+        inodes INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent);
+     PRAGMA user_version = 4;
+     COMMIT;";
 
 /// Longest layer id or name.
 pub const MAX_ID_LEN: usize = 128;
@@ -253,6 +268,20 @@ impl LayerStore {
         Ok(store)
     }
 
+    /// The store's database, for a front end's own records in it (containerd's snapshots:
+    /// its table is part of this store's schema, its rules live with the front end).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The store's error for a failed statement of a front end's own records.
+    pub fn db_error(
+        &self,
+        context: &'static str,
+    ) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+        self.db(context)
+    }
+
     fn db(&self, context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
         move |cause| StoreError::Db {
             path: self.db_path.clone(),
@@ -265,7 +294,7 @@ impl LayerStore {
     /// that reads before it writes starts this way: a deferred one that read first fails at
     /// once with "database is locked" when another handle committed in between (the busy
     /// timeout does not apply to that upgrade), so no request fails because another ran.
-    pub(super) fn immediate_transaction(&self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+    pub fn immediate_transaction(&self) -> Result<rusqlite::Transaction<'_>, StoreError> {
         rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
             .map_err(self.db("starting a transaction"))
     }
@@ -340,7 +369,7 @@ impl LayerStore {
         }
         if version < 4 {
             self.conn
-                .execute_batch(snapshots::SCHEMA_V4)
+                .execute_batch(SCHEMA_V4)
                 .map_err(self.db("adding containerd snapshots to the schema"))?;
         }
         if version < 5 {

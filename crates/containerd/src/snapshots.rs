@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{LayerStore, StoreError};
+use crate::store::{LayerStore, StoreError};
 
 /// Bytes of one label's key and value together (containerd's own limit).
 pub const MAX_LABEL_SIZE: usize = 4096;
@@ -20,22 +20,6 @@ pub const MAX_LABEL_SIZE: usize = 4096;
 pub const MAX_LABELS: usize = 256;
 /// Longest snapshot key or name.
 pub const MAX_KEY_LEN: usize = 4096;
-
-pub(super) const SCHEMA_V4: &str = "BEGIN IMMEDIATE;
-     CREATE TABLE IF NOT EXISTS snapshots (
-        key TEXT PRIMARY KEY,
-        id INTEGER NOT NULL UNIQUE,
-        kind INTEGER NOT NULL,
-        parent TEXT REFERENCES snapshots(key),
-        labels TEXT NOT NULL DEFAULT '{}',
-        created_ns INTEGER NOT NULL,
-        updated_ns INTEGER NOT NULL,
-        size INTEGER NOT NULL DEFAULT 0,
-        inodes INTEGER NOT NULL DEFAULT 0
-     );
-     CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent);
-     PRAGMA user_version = 4;
-     COMMIT;";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum SnapshotKind {
@@ -155,49 +139,97 @@ fn row_to_snapshot(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotInfo> {
     })
 }
 
-impl LayerStore {
-    fn snapshot_row(&self, key: &str) -> Result<Option<SnapshotInfo>, StoreError> {
-        self.conn
-            .query_row(
-                &format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE key = ?1"),
-                params![key],
-                row_to_snapshot,
-            )
-            .optional()
-            .map_err(self.db("reading a snapshot"))
-    }
+fn snapshot_row(store: &LayerStore, key: &str) -> Result<Option<SnapshotInfo>, StoreError> {
+    store
+        .connection()
+        .query_row(
+            &format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE key = ?1"),
+            params![key],
+            row_to_snapshot,
+        )
+        .optional()
+        .map_err(store.db_error("reading a snapshot"))
+}
 
-    pub fn snapshot(&self, key: &str) -> Result<SnapshotInfo, SnapshotError> {
-        self.snapshot_row(key)?
-            .ok_or_else(|| SnapshotError::NotFound(key.into()))
+/// containerd's snapshot records and rules, kept in the layer store's database (the
+/// `snapshots` table of its schema): an extension of [`LayerStore`] that only this front end
+/// uses.
+pub trait SnapshotRecords {
+    fn snapshot(&self, key: &str) -> Result<SnapshotInfo, SnapshotError>;
+
+    /// Every snapshot, in key order.
+    fn snapshots(&self) -> Result<Vec<SnapshotInfo>, StoreError>;
+
+    /// The snapshot's committed ancestors, nearest first.
+    fn snapshot_parents(&self, info: &SnapshotInfo) -> Result<Vec<SnapshotInfo>, SnapshotError>;
+
+    /// Records a new active snapshot or view on `parent` (which must be committed).
+    fn create_snapshot(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        kind: SnapshotKind,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<SnapshotInfo, SnapshotError>;
+
+    /// Commits active snapshot `key` as `name`: same id, same data; times reset; labels
+    /// replaced by `labels`; `usage` (bytes, inodes) stored. `rebase` gives a parent to an
+    /// active snapshot made without one.
+    fn commit_snapshot(
+        &self,
+        name: &str,
+        key: &str,
+        labels: &BTreeMap<String, String>,
+        rebase: Option<&str>,
+        usage: (i64, i64),
+    ) -> Result<SnapshotInfo, SnapshotError>;
+
+    /// Removes a snapshot's record (the caller removes its data by id); refused while it has
+    /// children. The key is free again at once.
+    fn remove_snapshot(&self, key: &str) -> Result<SnapshotInfo, SnapshotError>;
+
+    /// containerd's `Update`: labels only. No field paths or `labels` replace them all;
+    /// `labels.K` sets (or, given no or an empty value, deletes) one; anything else is an
+    /// invalid argument.
+    fn update_snapshot(
+        &self,
+        key: &str,
+        labels: &BTreeMap<String, String>,
+        fieldpaths: &[String],
+    ) -> Result<SnapshotInfo, SnapshotError>;
+}
+
+impl SnapshotRecords for LayerStore {
+    fn snapshot(&self, key: &str) -> Result<SnapshotInfo, SnapshotError> {
+        snapshot_row(self, key)?.ok_or_else(|| SnapshotError::NotFound(key.into()))
     }
 
     /// Every snapshot, in key order.
-    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>, StoreError> {
+    fn snapshots(&self) -> Result<Vec<SnapshotInfo>, StoreError> {
         let ctx = "listing snapshots";
         let mut stmt = self
-            .conn
+            .connection()
             .prepare(&format!(
                 "SELECT {SNAPSHOT_COLUMNS} FROM snapshots ORDER BY key"
             ))
-            .map_err(self.db(ctx))?;
-        let rows = stmt.query_map([], row_to_snapshot).map_err(self.db(ctx))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.db(ctx))
+            .map_err(self.db_error(ctx))?;
+        let rows = stmt
+            .query_map([], row_to_snapshot)
+            .map_err(self.db_error(ctx))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(self.db_error(ctx))
     }
 
     /// The snapshot's committed ancestors, nearest first.
-    pub fn snapshot_parents(
-        &self,
-        info: &SnapshotInfo,
-    ) -> Result<Vec<SnapshotInfo>, SnapshotError> {
+    fn snapshot_parents(&self, info: &SnapshotInfo) -> Result<Vec<SnapshotInfo>, SnapshotError> {
         let mut out: Vec<SnapshotInfo> = Vec::new();
         let mut next = info.parent.clone();
         while let Some(p) = next {
-            if out.len() >= super::MAX_CHAIN_DEPTH {
+            if out.len() >= crate::store::MAX_CHAIN_DEPTH {
                 return Err(SnapshotError::InvalidArgument(format!(
                     "snapshot {}: more than {} parents",
                     info.key,
-                    super::MAX_CHAIN_DEPTH
+                    crate::store::MAX_CHAIN_DEPTH
                 )));
             }
             let parent = self.snapshot(&p)?;
@@ -208,7 +240,7 @@ impl LayerStore {
     }
 
     /// Records a new active snapshot or view on `parent` (which must be committed).
-    pub fn create_snapshot(
+    fn create_snapshot(
         &self,
         key: &str,
         parent: Option<&str>,
@@ -218,7 +250,7 @@ impl LayerStore {
         check_key("a snapshot key", key)?;
         let labels = checked_labels(labels)?;
         let tx = self.immediate_transaction()?;
-        if self.snapshot_row(key)?.is_some() {
+        if snapshot_row(self, key)?.is_some() {
             return Err(SnapshotError::AlreadyExists(key.into()));
         }
         if let Some(p) = parent {
@@ -238,13 +270,13 @@ impl LayerStore {
                 [],
                 |r| r.get(0),
             )
-            .map_err(self.db("allocating a snapshot id"))?;
+            .map_err(self.db_error("allocating a snapshot id"))?;
         tx.execute(
             "INSERT INTO meta(key, value) VALUES('snapshot_seq', ?1)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             params![id.to_string()],
         )
-        .map_err(self.db("allocating a snapshot id"))?;
+        .map_err(self.db_error("allocating a snapshot id"))?;
         let now = now_ns();
         tx.execute(
             "INSERT INTO snapshots(key, id, kind, parent, labels, created_ns, updated_ns)
@@ -258,15 +290,16 @@ impl LayerStore {
                 now
             ],
         )
-        .map_err(self.db("inserting a snapshot"))?;
-        tx.commit().map_err(self.db("committing a snapshot"))?;
+        .map_err(self.db_error("inserting a snapshot"))?;
+        tx.commit()
+            .map_err(self.db_error("committing a snapshot"))?;
         self.snapshot(key)
     }
 
     /// Commits active snapshot `key` as `name`: same id, same data; times reset; labels
     /// replaced by `labels`; `usage` (bytes, inodes) stored. `rebase` gives a parent to an
     /// active snapshot made without one.
-    pub fn commit_snapshot(
+    fn commit_snapshot(
         &self,
         name: &str,
         key: &str,
@@ -284,7 +317,7 @@ impl LayerStore {
                 active.kind.word()
             )));
         }
-        if self.snapshot_row(name)?.is_some() {
+        if snapshot_row(self, name)?.is_some() {
             return Err(SnapshotError::AlreadyExists(name.into()));
         }
         let parent = match (rebase, &active.parent) {
@@ -320,39 +353,40 @@ impl LayerStore {
                 usage.1
             ],
         )
-        .map_err(self.db("committing a snapshot"))?;
-        tx.commit().map_err(self.db("committing a snapshot"))?;
+        .map_err(self.db_error("committing a snapshot"))?;
+        tx.commit()
+            .map_err(self.db_error("committing a snapshot"))?;
         self.snapshot(name)
     }
 
     /// Removes a snapshot's record (the caller removes its data by id); refused while it has
     /// children. The key is free again at once.
-    pub fn remove_snapshot(&self, key: &str) -> Result<SnapshotInfo, SnapshotError> {
+    fn remove_snapshot(&self, key: &str) -> Result<SnapshotInfo, SnapshotError> {
         let tx = self.immediate_transaction()?;
         let info = self.snapshot(key)?;
         let children: i64 = self
-            .conn
+            .connection()
             .query_row(
                 "SELECT COUNT(*) FROM snapshots WHERE parent = ?1",
                 params![key],
                 |r| r.get(0),
             )
-            .map_err(self.db("counting a snapshot's children"))?;
+            .map_err(self.db_error("counting a snapshot's children"))?;
         if children > 0 {
             return Err(SnapshotError::FailedPrecondition(format!(
                 "cannot remove snapshot with child: {key} has {children}"
             )));
         }
         tx.execute("DELETE FROM snapshots WHERE key = ?1", params![key])
-            .map_err(self.db("removing a snapshot"))?;
-        tx.commit().map_err(self.db("removing a snapshot"))?;
+            .map_err(self.db_error("removing a snapshot"))?;
+        tx.commit().map_err(self.db_error("removing a snapshot"))?;
         Ok(info)
     }
 
     /// containerd's `Update`: labels only. No field paths or `labels` replace them all;
     /// `labels.K` sets (or, given no or an empty value, deletes) one; anything else is an
     /// invalid argument.
-    pub fn update_snapshot(
+    fn update_snapshot(
         &self,
         key: &str,
         labels: &BTreeMap<String, String>,
@@ -397,8 +431,8 @@ impl LayerStore {
                 info.updated_ns
             ],
         )
-        .map_err(self.db("updating a snapshot"))?;
-        tx.commit().map_err(self.db("updating a snapshot"))?;
+        .map_err(self.db_error("updating a snapshot"))?;
+        tx.commit().map_err(self.db_error("updating a snapshot"))?;
         Ok(info)
     }
 }
