@@ -26,3 +26,6 @@ pub mod sandbox;
 pub mod store;
 pub mod sys;
 pub mod text;
+
+#[cfg(test)]
+pub(crate) mod test_env;

@@ -159,7 +159,10 @@ fn init_refuses_a_home_that_is_not_on_btrfs() {
         .filesystem_type(".")
         .unwrap();
     if fs_type == "btrfs" {
-        eprintln!("skipped: init_refuses_a_home_that_is_not_on_btrfs: the temp dir is on btrfs");
+        strata_tests::skip(
+            "init_refuses_a_home_that_is_not_on_btrfs",
+            "the temp dir is on btrfs",
+        );
         return;
     }
     let err = open_on(t.dir.path(), &btrfs_wasm(), config_on(t.dir.path()))
