@@ -118,6 +118,10 @@ pub fn skip_if_allowed(require_all: bool, test: &str, reason: &str) {
     eprintln!("skipped: {test}: {reason}");
 }
 
+/// Why a test that opens a store needs root: every driver's `init` makes its directories
+/// owned 0:0 (through the host's `files.mkdir`), which only root may do.
+pub const DRIVER_INIT_NEEDS_ROOT: &str = "a driver's init makes its directories owned 0:0";
+
 /// Whether this process is root; when it is not, [`skip`]s `test` (`why` says what needs
 /// root).
 pub fn root_or_skip(test: &str, why: &str) -> bool {

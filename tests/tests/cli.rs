@@ -170,7 +170,7 @@ fn driver_inspect_shows_wit_version_and_capabilities() {
 fn unsupported_quota_is_reported_not_ignored() {
     if !root_or_skip(
         "unsupported_quota_is_reported_not_ignored",
-        "a driver's init makes its directories owned 0:0",
+        strata_tests::DRIVER_INIT_NEEDS_ROOT,
     ) {
         return;
     }

@@ -96,7 +96,7 @@ fn deep_image_refused_or_removable(d: &[&str]) {
 fn an_image_1100_levels_deep_is_refused_cleanly_on_vfs() {
     if !strata_tests::root_or_skip(
         "an_image_1100_levels_deep_is_refused_cleanly_on_vfs",
-        "vfs makes its directories owned 0:0",
+        strata_tests::DRIVER_INIT_NEEDS_ROOT,
     ) {
         return;
     }
@@ -119,7 +119,7 @@ fn an_image_1100_levels_deep_is_refused_cleanly_on_overlay() {
 fn an_image_at_the_depth_limit_works() {
     if !strata_tests::root_or_skip(
         "an_image_at_the_depth_limit_works",
-        "vfs makes its directories owned 0:0",
+        strata_tests::DRIVER_INIT_NEEDS_ROOT,
     ) {
         return;
     }

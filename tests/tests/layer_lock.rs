@@ -44,6 +44,12 @@ const CALLS: &[(&str, Call)] = &[
 /// call ends after the holder said it lets go.
 #[test]
 fn driver_calls_on_a_layer_wait_for_the_store_lock() {
+    if !strata_tests::root_or_skip(
+        "driver_calls_on_a_layer_wait_for_the_store_lock",
+        strata_tests::DRIVER_INIT_NEEDS_ROOT,
+    ) {
+        return;
+    }
     let t = TempStore::new();
     let holder = t.open_with(&vfs_wasm(), t.config()).unwrap();
     let mut other = t.open_with(&vfs_wasm(), t.config()).unwrap();
