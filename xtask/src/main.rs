@@ -261,8 +261,27 @@ fn test(args: &[String]) -> Result<()> {
     c.env("STRATA_TEST_WASM_DIR", wasm_dir()).args(args);
     // As root (as in CI) every test can run, and the packages they need were installed
     // above: a test that would skip fails instead. An explicit value is left as it is.
-    if is_root() && std::env::var_os(REQUIRE_ALL_ENV).is_none() {
-        c.env(REQUIRE_ALL_ENV, "1");
+    if let Some(v) = require_all(is_root(), std::env::var_os(REQUIRE_ALL_ENV).is_some()) {
+        c.env(REQUIRE_ALL_ENV, v);
     }
     run(&mut c)
+}
+
+/// The value `cargo xtask test` gives [`REQUIRE_ALL_ENV`]: `1` as root (every test can run
+/// there, so a skip is a failure), unless the caller set it already; otherwise left alone.
+fn require_all(root: bool, already_set: bool) -> Option<&'static str> {
+    (root && !already_set).then_some("1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_test_must_run_as_root_unless_the_caller_says_otherwise() {
+        assert_eq!(require_all(true, false), Some("1"));
+        assert_eq!(require_all(true, true), None);
+        assert_eq!(require_all(false, false), None);
+        assert_eq!(require_all(false, true), None);
+    }
 }
