@@ -561,3 +561,7 @@ fsname = "tank/strata"
         assert_eq!(parse_duration("3"), None);
     }
 }
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod syntax_tests;
