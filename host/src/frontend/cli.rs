@@ -381,7 +381,7 @@ fn run(cli: Cli) -> Result<()> {
             let c = strata.config();
             if json {
                 print_json(json!({
-                    "driver": strata.driver().name(),
+                    "driver": strata.driver_name(),
                     "root": c.root,
                     "run_root": c.run_root,
                     "layers": layers,
@@ -392,7 +392,7 @@ fn run(cli: Cli) -> Result<()> {
                     "status": pairs_json(&status),
                 }))
             } else {
-                println!("Driver: {}", strata.driver().name());
+                println!("Driver: {}", strata.driver_name());
                 println!("Root: {}", quoted(&c.root.to_string_lossy()));
                 println!("Run root: {}", quoted(&c.run_root.to_string_lossy()));
                 println!("Layers: {layers}");
