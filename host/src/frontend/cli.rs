@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use super::images::{ContainerCommand, ImageCommand, container_command, image_command};
+use super::output::{parse_kv, print_human_json, print_json, quoted};
 use crate::config::Config;
 use crate::conformance;
 use crate::layers::{ChangeKind, CreateLayer, StoreOptions, Strata, driver_grants, inspect_driver};
@@ -182,13 +183,6 @@ struct TestArgs {
     list: bool,
 }
 
-pub(super) fn parse_kv(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("`{s}` is not KEY=VALUE")),
-    }
-}
-
 /// Runs the CLI and maps errors to an exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -267,32 +261,6 @@ fn warn_uncached(component: &crate::sandbox::DriverComponent) {
             escape(&w.to_string())
         );
     }
-}
-
-pub(super) fn print_json(value: serde_json::Value) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &value)?;
-    writeln!(out)?;
-    Ok(())
-}
-
-/// A JSON document for people (`inspect` without `--json`): pretty, each line escaped.
-/// JSON escapes C0 controls in strings but not DEL, C1 controls (`\u{9b}` starts a terminal
-/// sequence too) or bidirectional overrides; strings from images and drivers may hold them.
-/// Real newlines are only the layout's, so escaping line by line keeps the layout.
-pub(super) fn print_human_json(value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    let mut out = std::io::stdout().lock();
-    for line in text.lines() {
-        writeln!(out, "{}", escape(line))?;
-    }
-    Ok(())
-}
-
-/// A path given by a user or found in an image, for a line of human output: quoted when it
-/// holds anything unusual, as `ls` quotes.
-pub(super) fn quoted(path: &str) -> String {
-    crate::text::quote_path(path).into_owned()
 }
 
 fn pairs_json(pairs: &[(String, String)]) -> serde_json::Value {
