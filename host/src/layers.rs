@@ -118,8 +118,9 @@ pub struct StoreOptions {
     pub driver: Option<String>,
     /// Driver options added on top of `[drivers.NAME] options`.
     pub driver_options: Vec<(String, String)>,
-    /// Where compiled components are cached; default `<root>/cache/components`. Never at or
-    /// beneath `<root>/drivers`, where drivers write.
+    /// Where compiled components are cached; default `$STRATA_COMPONENT_CACHE`, else
+    /// `<root>/cache/components` ([`crate::paths::component_cache`]). Never at or beneath
+    /// `<root>/drivers`, where drivers write.
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -235,9 +236,7 @@ impl Strata {
             driver: location.name.clone(),
             reason: format!("{e:#}"),
         })?;
-        let cache_dir = options
-            .cache_dir
-            .unwrap_or_else(|| crate::layout::default_cache_dir(&config.root));
+        let cache_dir = crate::paths::component_cache(&config.root, options.cache_dir);
         crate::layout::check_cache_dir(&config.root, &cache_dir)?;
         let cache = ComponentCache::new(cache_dir);
         let component = DriverComponent::load(&engine, &cache, &location.name, &location.path)?;

@@ -204,24 +204,11 @@ pub fn main() -> ExitCode {
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
-    let mut config = match &cli.config {
-        Some(path) => Config::load(path)?,
-        None => {
-            let default = PathBuf::from("/etc/strata/strata.toml");
-            if default.is_file() {
-                Config::load(&default)?
-            } else {
-                Config::default()
-            }
-        }
-    };
-    if let Some(root) = &cli.root {
-        config.root = root.clone();
-    }
-    if let Some(run_root) = &cli.run_root {
-        config.run_root = run_root.clone();
-    }
-    Ok(config)
+    Ok(crate::paths::load_config(
+        cli.config.as_deref(),
+        cli.root.as_deref(),
+        cli.run_root.as_deref(),
+    )?)
 }
 
 fn open(cli: &Cli, config: Config) -> Result<Strata> {
@@ -231,7 +218,7 @@ fn open(cli: &Cli, config: Config) -> Result<Strata> {
         config,
         driver,
         driver_options: cli.driver_opts.clone(),
-        cache_dir: std::env::var_os("STRATA_COMPONENT_CACHE").map(PathBuf::from),
+        cache_dir: None,
     })
     .with_context(|| format!("opening the store with driver {name}"))?;
     warn_uncached(strata.component());
@@ -413,9 +400,7 @@ fn driver_test(cli: &Cli, config: Config, args: &TestArgs) -> Result<()> {
         .clone()
         .or_else(|| cli.driver.clone())
         .unwrap_or_else(|| config.driver.clone());
-    let cache_dir = std::env::var_os("STRATA_COMPONENT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| args.scratch.join("strata-conformance-cache"));
+    let cache_dir = crate::paths::conformance_cache(&args.scratch);
     let options = conformance::SuiteOptions {
         driver: driver.clone(),
         config,
