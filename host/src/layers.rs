@@ -234,7 +234,7 @@ impl Strata {
         }
         let engine = SandboxEngine::new().map_err(|e| SandboxError::Setup {
             driver: location.name.clone(),
-            reason: format!("{e:#}"),
+            reason: e.to_string(),
         })?;
         let cache_dir = crate::paths::component_cache(&config.root, options.cache_dir);
         crate::layout::check_cache_dir(&config.root, &cache_dir)?;

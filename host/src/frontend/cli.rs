@@ -371,6 +371,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve { containerd_socket } => {
             crate::frontend::containerd::serve(|| open(&cli, config.clone()), containerd_socket)
+                .map_err(anyhow::Error::from)
         }
         Command::Image(cmd) => {
             let strata = open(&cli, config)?;
