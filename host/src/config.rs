@@ -113,8 +113,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             driver: "overlay".into(),
-            root: PathBuf::from("/var/lib/strata"),
-            run_root: PathBuf::from("/run/strata"),
+            root: PathBuf::from(crate::paths::DEFAULT_ROOT),
+            run_root: PathBuf::from(crate::paths::DEFAULT_RUN_ROOT),
             sandbox: Sandbox::default(),
             drivers: BTreeMap::new(),
         }

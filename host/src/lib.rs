@@ -21,6 +21,7 @@ pub mod image;
 pub mod layers;
 pub mod layout;
 pub mod mount;
+pub mod paths;
 pub mod registry;
 pub mod sandbox;
 pub mod store;

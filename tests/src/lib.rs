@@ -70,8 +70,8 @@ pub fn strata_bin() -> PathBuf {
 /// component cache.
 pub fn strata_env() -> [(&'static str, PathBuf); 2] {
     [
-        ("STRATA_COMPONENT_CACHE", cache_dir()),
-        ("STRATA_DRIVER_DIR", wasm_dir()),
+        (strata_host::paths::COMPONENT_CACHE_ENV, cache_dir()),
+        (strata_host::paths::DRIVER_DIR_ENV, wasm_dir()),
     ]
 }
 

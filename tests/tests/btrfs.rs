@@ -413,7 +413,7 @@ fn the_operator_default_size_limits_every_layer_and_children_inherit_limits() {
     create(&s, "own", Some("base"), &[("size", "32M")]).unwrap();
     create(&s, "inherits", Some("own"), &[]).unwrap();
     let limit_of = |id: &str| {
-        let meta = s.driver().metadata(id).unwrap();
+        let meta = s.metadata(id).unwrap();
         meta.iter()
             .find(|(k, _)| k == "size")
             .map(|(_, v)| v.parse::<u64>().unwrap())

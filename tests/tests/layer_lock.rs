@@ -64,7 +64,7 @@ fn driver_calls_on_a_layer_wait_for_the_store_lock() {
     }
     for (name, call) in CALLS {
         call(&other).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let lock = holder.store().lock_exclusive().unwrap();
+        let lock = holder.lock_exclusive().unwrap();
         let released = Arc::new(AtomicBool::new(false));
         let seen = released.clone();
         let call = *call;

@@ -372,7 +372,6 @@ fn a_failed_rollback_leaves_a_record_that_recovery_finishes() {
         assert!(err.to_string().contains("fail-remove-once"), "{err}");
         assert!(layer_data.is_dir(), "the driver made the layer's data");
         let incomplete: Vec<String> = s
-            .store()
             .incomplete_layers()
             .unwrap()
             .into_iter()
@@ -390,5 +389,5 @@ fn a_failed_rollback_leaves_a_record_that_recovery_finishes() {
         !layer_data.exists(),
         "recovery removed the driver's data: nothing orphaned"
     );
-    assert!(s.store().incomplete_layers().unwrap().is_empty());
+    assert!(s.incomplete_layers().unwrap().is_empty());
 }

@@ -28,7 +28,8 @@ pub use cache::ComponentCache;
 pub use host::ZfsAccess;
 pub use host::{ApplyTrace, HostState, LayerDiff};
 pub use runtime::{
-    DriverComponent, DriverRuntime, MAX_LAYERS_PER_METADATA_CALL, SandboxEngine, SandboxLimits,
+    DriverComponent, DriverRuntime, EngineError, MAX_LAYERS_PER_METADATA_CALL, SandboxEngine,
+    SandboxLimits,
 };
 
 use std::time::Duration;
