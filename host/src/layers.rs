@@ -27,17 +27,18 @@ use sha2::{Digest, Sha256};
 
 use crate::archive;
 use crate::config::Config;
+use crate::contract::{DriverInfo, MountRequest};
 use crate::mount::{self, PlanError};
 use crate::registry::{self, DriverLocation, LocateError};
 use crate::sandbox::inspect::{ComponentSummary, inspect_component};
 use crate::sandbox::{
-    CallError, Capability, ComponentCache, DriverComponent, DriverInfo, DriverRuntime,
-    MountRequest, SandboxEngine, SandboxError, SandboxLimits,
+    CallError, Capability, ComponentCache, DriverComponent, DriverRuntime, SandboxEngine,
+    SandboxError, SandboxLimits,
 };
 use crate::store::{Layer, LayerStore, NewLayer, StoreError};
 use crate::sys::SysError;
 
-pub use crate::sandbox::{Change, ChangeKind};
+pub use crate::contract::{Change, ChangeKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -758,7 +759,13 @@ impl Strata {
     fn checked_plan(&self, id: &str, request: &MountRequest) -> Result<mount::CheckedPlan> {
         // Held by the callers already (re-entrant): the plan may write into the layer.
         let _lock = self.store.lock_exclusive()?;
-        let plan = self.driver.plan_mount(id, request)?;
+        let plan = match self.driver.plan_mount(id, request) {
+            // A plan the contract could carry but the host refuses is a refused plan.
+            Err(CallError::Sandbox(SandboxError::InvalidAnswer { driver, reason, .. })) => {
+                return Err(PlanError::Invalid { driver, reason }.into());
+            }
+            other => other?,
+        };
         Ok(mount::check_plan(
             self.driver.name(),
             self.driver.home(),

@@ -6,6 +6,7 @@
 //! - the [`sys`]: the only module with `unsafe` and raw syscalls; typed wrappers on rustix.
 //! - the [`archive`]: layer tars (apply, export) and tree comparison (changes, sizes).
 //! - the [`copy`]: copying trees with reflinks, preserving everything a layer holds.
+//! - the [`contract`]: the host's own types for what the driver contract carries.
 //! - the [`sandbox`]: wasmtime engine, component cache, the host interfaces drivers import.
 //! - the [`mount`]: mount-plan validation and execution, mount reference counts.
 //! - the [`store`]: the layer store (SQLite), crash recovery, locking.
@@ -15,6 +16,7 @@
 pub mod archive;
 pub mod config;
 pub mod conformance;
+pub mod contract;
 pub mod copy;
 pub mod frontend;
 pub mod image;

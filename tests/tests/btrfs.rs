@@ -7,8 +7,9 @@ use std::path::Path;
 
 use strata_host::config::Config;
 use strata_host::conformance::{self, SuiteOptions};
+use strata_host::contract::DriverError;
 use strata_host::layers::{CreateLayer, LayerError, StoreOptions, Strata};
-use strata_host::sandbox::{CallError, DriverError, SandboxError};
+use strata_host::sandbox::{CallError, SandboxError};
 use strata_host::sys;
 use strata_tests::{
     LoopBtrfs, TempStore, assert_all_pass, btrfs_or_skip, cache_dir, driver_wasm, run_conformance,

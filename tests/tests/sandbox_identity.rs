@@ -3,10 +3,9 @@
 //! mapped only when it matches the digest the host recorded.
 
 use strata_host::config::Config;
+use strata_host::contract::DriverError;
 use strata_host::layers::{LayerError, StoreOptions, Strata};
-use strata_host::sandbox::{
-    CallError, ComponentCache, DriverComponent, DriverError, SandboxEngine,
-};
+use strata_host::sandbox::{CallError, ComponentCache, DriverComponent, SandboxEngine};
 use strata_tests::{TempStore, create_with, hostile_wasm, root_or_skip, vfs_wasm};
 
 const ALL_GRANTS: &str = r#"grants = ["files", "copy", "archive", "btrfs", "zfs", "log"]"#;

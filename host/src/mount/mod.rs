@@ -2,8 +2,10 @@
 //!
 //! A driver's [`MountPlan`] names directories relative to its home. Before any mount syscall
 //! every one of them is resolved beneath the home without following any symlink (an escape
-//! or a symlink is `denied`), overlay options are checked against [`OVERLAY_OPTIONS`], and a
-//! plan that would give write access where the host asked for a read-only mount is refused.
+//! or a symlink is `denied`), and a plan that would give write access where the host asked for
+//! a read-only mount is refused. Overlay options are typed ([`OverlayOption`]): a contract
+//! version's edge in the sandbox refuses any option the host does not allow before a plan gets
+//! here.
 //! Only then are the resolved descriptors handed to [`crate::sys::mount`].
 //!
 //! The host mounts a layer on a mount point of its own, `<root>/mounts/<layer id>`
@@ -18,7 +20,7 @@
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use crate::sandbox::{MountKind, MountPlan, MountRequest};
+use crate::contract::{MountKind, MountPlan, MountRequest, OverlayOption};
 use crate::sys::{self, SysError};
 
 /// The kernel's limit of overlay lower directories.
@@ -32,24 +34,6 @@ pub const MAX_OVERLAY_LOWERS: usize = 500;
 pub fn max_image_depth(driver: &str) -> Option<usize> {
     (driver == "overlay").then_some(MAX_OVERLAY_LOWERS)
 }
-
-/// Options a driver may put on an overlay mount; anything naming a path (`lowerdir=`,
-/// `upperdir=`, `workdir=`, `datadir+=`) must come through the typed plan instead.
-pub const OVERLAY_OPTIONS: &[&str] = &[
-    "index=off",
-    "index=on",
-    "metacopy=off",
-    "metacopy=on",
-    "redirect_dir=off",
-    "redirect_dir=on",
-    "redirect_dir=follow",
-    "redirect_dir=nofollow",
-    "xino=off",
-    "xino=on",
-    "xino=auto",
-    "userxattr",
-    "volatile",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -290,22 +274,6 @@ pub fn check_overlay_shape(lowers: usize, upper: bool, work: bool) -> Result<(),
     Ok(())
 }
 
-/// Checks a driver's overlay options: each must be one of [`OVERLAY_OPTIONS`] exactly (no
-/// option naming a path, no comma smuggling a second option).
-pub fn check_overlay_options(options: &[impl AsRef<str>]) -> Result<(), String> {
-    match options
-        .iter()
-        .map(AsRef::as_ref)
-        .find(|o| !OVERLAY_OPTIONS.contains(o))
-    {
-        Some(bad) => Err(format!(
-            "overlay option `{bad}` is not allowed (allowed: {})",
-            OVERLAY_OPTIONS.join(", ")
-        )),
-        None => Ok(()),
-    }
-}
-
 /// Checks `plan` (from driver `driver`, whose home is `home`) against the sandbox and against
 /// `request`.
 pub fn check_plan(
@@ -351,7 +319,6 @@ pub fn check_plan(
         MountKind::Overlay(ov) => {
             check_overlay_shape(ov.lower.len(), ov.upper.is_some(), ov.work.is_some())
                 .map_err(invalid)?;
-            check_overlay_options(&ov.options).map_err(invalid)?;
             let lower = ov
                 .lower
                 .iter()
@@ -369,7 +336,11 @@ pub fn check_plan(
                     .as_deref()
                     .map(|w| resolve("overlay work", w))
                     .transpose()?,
-                options: ov.options.clone(),
+                options: ov
+                    .options
+                    .iter()
+                    .map(|o| OverlayOption::as_str(*o).to_string())
+                    .collect(),
             }
         }
     };
