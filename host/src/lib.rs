@@ -10,6 +10,6 @@ pub mod frontend;
 
 pub(crate) use strata_conformance as conformance;
 pub(crate) use strata_containerd as containerd;
-pub(crate) use strata_core::{config, contract, image, layers, registry, text};
+pub(crate) use strata_core::{config, contract, image, layers, paths, registry, text};
 pub(crate) use strata_sandbox as sandbox;
 pub(crate) use strata_sys as sys;

@@ -318,8 +318,7 @@ impl Ctx {
 
     pub fn exists(&self, id: &str) -> Check<bool> {
         self.strata
-            .driver()
-            .exists(id)
+            .driver_exists(id)
             .map_err(|e| format!("asking whether layer {id} exists: {e}"))
     }
 

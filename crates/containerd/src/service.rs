@@ -40,9 +40,9 @@ use tonic::{Request, Response, Status};
 use super::api::snapshots as pb;
 use super::api::types::Mount;
 use super::filters;
-use crate::layers::{CreateLayer, LayerError, Strata};
+use crate::layers::{LayerError, PendingLayers, Strata};
 use crate::snapshots::{SnapshotError, SnapshotInfo, SnapshotKind, SnapshotRecords};
-use crate::store::StoreError;
+use crate::store::{NewLayer, StoreError};
 
 /// Infos per `List` response message (containerd's own batch size).
 pub const LIST_BATCH: usize = 100;
@@ -76,7 +76,7 @@ fn status_of(e: SnapshotError) -> Status {
 
 /// The store's exclusive lock, held by a request from its first read to its last write.
 fn lock(s: &Strata) -> Result<crate::store::StoreLock<'_>, Status> {
-    s.store()
+    s.front_end_store()
         .lock_exclusive()
         .map_err(|e| Status::internal(message(e.to_string())))
 }
@@ -170,32 +170,40 @@ impl SnapshotService {
             let _lock = lock(s)?;
             let parent = (!parent.is_empty()).then_some(parent);
             let info = s
-                .store()
+                .front_end_store()
                 .create_snapshot(&key, parent.as_deref(), kind, &labels)
                 .map_err(status_of)?;
             let parent_layer = match &info.parent {
-                Some(p) => Some(layer_id(s.store().snapshot(p).map_err(status_of)?.id)),
+                Some(p) => Some(layer_id(
+                    s.front_end_store().snapshot(p).map_err(status_of)?.id,
+                )),
                 None => None,
             };
-            let layer = layer_id(info.id);
-            let made = s
-                .create_layer(CreateLayer {
-                    id: Some(layer.clone()),
-                    parent: parent_layer,
-                    read_write: kind == SnapshotKind::Active,
-                    ..Default::default()
-                })
-                .and_then(|_| {
-                    // containerd's snapshots start as an empty 0755 directory.
-                    let root_mode = info.parent.is_none().then_some(0o755);
-                    s.hold_mount(&layer, root_mode)
-                });
+            // The layer and its mount: on a failure the guard ends the mount and removes
+            // the layer, then the record goes.
+            let made = (|| -> Result<std::path::PathBuf, LayerError> {
+                let mut pending = PendingLayers::new(s)?;
+                let id = pending.create(
+                    NewLayer {
+                        id: Some(layer_id(info.id)),
+                        parent: parent_layer.clone(),
+                        read_write: kind == SnapshotKind::Active,
+                        ..Default::default()
+                    },
+                    parent_layer.as_deref(),
+                    &[],
+                )?;
+                s.front_end_store().finish_create(&id)?;
+                // containerd's snapshots start as an empty 0755 directory.
+                let root_mode = info.parent.is_none().then_some(0o755);
+                let path = s.hold_mount(&id, root_mode)?;
+                pending.keep();
+                Ok(path)
+            })();
             match made {
                 Ok(path) => Ok(mounts_of(path, kind == SnapshotKind::View)),
                 Err(e) => {
-                    let _ = s.release_mount(&layer);
-                    let _ = s.remove(&layer);
-                    let _ = s.store().remove_snapshot(&key);
+                    let _ = s.front_end_store().remove_snapshot(&key);
                     Err(layer_status(e))
                 }
             }
@@ -212,7 +220,7 @@ impl SnapshotService {
 pub fn reconcile(s: &Strata) -> Result<(), Status> {
     let _lock = lock(s)?;
     let snapshots = s
-        .store()
+        .front_end_store()
         .snapshots()
         .map_err(|e| Status::internal(message(e.to_string())))?;
     let layers = s.list().map_err(layer_status)?;
@@ -231,7 +239,7 @@ pub fn reconcile(s: &Strata) -> Result<(), Status> {
     for info in &snapshots {
         let layer = layer_id(info.id);
         if !complete.contains(layer.as_str()) {
-            if let Err(e) = s.store().remove_snapshot(&info.key) {
+            if let Err(e) = s.front_end_store().remove_snapshot(&info.key) {
                 known.insert(layer);
                 failed(status_of(e));
             }
@@ -253,8 +261,14 @@ pub fn reconcile(s: &Strata) -> Result<(), Status> {
         .filter(|l| l.id.starts_with("sn") && !known.contains(&l.id))
         .collect();
     // Children first.
-    orphans
-        .sort_by_key(|l| std::cmp::Reverse(s.store().chain(&l.id).map(|c| c.len()).unwrap_or(0)));
+    orphans.sort_by_key(|l| {
+        std::cmp::Reverse(
+            s.front_end_store()
+                .chain(&l.id)
+                .map(|c| c.len())
+                .unwrap_or(0),
+        )
+    });
     for l in orphans {
         // One layer that cannot go never stops the daemon (nor the other snapshots): it is
         // set aside, reported, and the next reconcile (start, `Cleanup`) tries again.
@@ -265,7 +279,7 @@ pub fn reconcile(s: &Strata) -> Result<(), Status> {
                 l.id,
                 crate::text::escape(&reason)
             );
-            if let Err(e) = s.store().set_damaged(&l.id, &reason) {
+            if let Err(e) = s.front_end_store().set_damaged(&l.id, &reason) {
                 failed(Status::internal(message(e.to_string())));
             }
         }
@@ -305,7 +319,7 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
         let mounts = self
             .run(move |s| {
                 let _lock = lock(s)?;
-                let info = s.store().snapshot(&key).map_err(status_of)?;
+                let info = s.front_end_store().snapshot(&key).map_err(status_of)?;
                 if info.kind == SnapshotKind::Committed {
                     return Err(Status::failed_precondition(format!(
                         "snapshot {key} is committed: not active or view"
@@ -326,7 +340,7 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
         let r = request.into_inner();
         self.run(move |s| {
             let _lock = lock(s)?;
-            let active = s.store().snapshot(&r.key).map_err(status_of)?;
+            let active = s.front_end_store().snapshot(&r.key).map_err(status_of)?;
             // Only an active snapshot commits (the store says why not otherwise).
             let is_active = active.kind == SnapshotKind::Active;
             let usage = if is_active {
@@ -342,9 +356,13 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
                 s.release_mount(&layer).map_err(layer_status)?;
             }
             let rebase = (!r.parent.is_empty()).then_some(r.parent.as_str());
-            let committed =
-                s.store()
-                    .commit_snapshot(&r.name, &r.key, &labels_of(r.labels), rebase, usage);
+            let committed = s.front_end_store().commit_snapshot(
+                &r.name,
+                &r.key,
+                &labels_of(r.labels),
+                rebase,
+                usage,
+            );
             if let Err(e) = committed {
                 // Still active: mounted again (else on its next `Mounts`).
                 if is_active {
@@ -365,12 +383,14 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
         let key = request.into_inner().key;
         self.run(move |s| {
             let _lock = lock(s)?;
-            let info = s.store().snapshot(&key).map_err(status_of)?;
+            let info = s.front_end_store().snapshot(&key).map_err(status_of)?;
             let layer = layer_id(info.id);
             // The record goes first (refused while it has children); a crash or a failure
             // before the layer is gone leaves an `sn` layer without a record, which the next
             // reconcile (start, `Cleanup`) removes. A layer already gone is fine.
-            s.store().remove_snapshot(&key).map_err(status_of)?;
+            s.front_end_store()
+                .remove_snapshot(&key)
+                .map_err(status_of)?;
             match s.release_mount(&layer).and_then(|()| s.remove(&layer)) {
                 Ok(()) | Err(LayerError::Store(StoreError::NotFound(_))) => Ok(()),
                 Err(e) => Err(layer_status(e)),
@@ -386,7 +406,7 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
     ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
         let key = request.into_inner().key;
         let info = self
-            .run(move |s| s.store().snapshot(&key).map_err(status_of))
+            .run(move |s| s.front_end_store().snapshot(&key).map_err(status_of))
             .await?;
         Ok(Response::new(pb::StatSnapshotResponse {
             info: Some(info_of(&info)),
@@ -404,7 +424,7 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let updated = self
             .run(move |s| {
-                s.store()
+                s.front_end_store()
                     .update_snapshot(&info.name, &labels_of(info.labels), &paths)
                     .map_err(status_of)
             })
@@ -428,7 +448,7 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
                 let parsed = filters::parse_all(&texts)
                     .map_err(|e| Status::invalid_argument(message(e.to_string())))?;
                 let all = s
-                    .store()
+                    .front_end_store()
                     .snapshots()
                     .map_err(|e| Status::internal(e.to_string()))?;
                 Ok(all
@@ -453,7 +473,7 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
         let (size, inodes) = self
             .run(move |s| {
                 let _lock = lock(s)?;
-                let info = s.store().snapshot(&key).map_err(status_of)?;
+                let info = s.front_end_store().snapshot(&key).map_err(status_of)?;
                 match info.kind {
                     SnapshotKind::Committed => Ok((info.size, info.inodes)),
                     _ => usage_of(s, &info),

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, params};
 
+use crate::layers::Strata;
 use crate::store::{LayerStore, StoreError};
 
 /// Bytes of one label's key and value together (containerd's own limit).
@@ -434,6 +435,17 @@ impl SnapshotRecords for LayerStore {
         .map_err(self.db_error("updating a snapshot"))?;
         tx.commit().map_err(self.db_error("updating a snapshot"))?;
         Ok(info)
+    }
+}
+
+/// containerd's snapshot `key` in an open store (`strata serve`'s records).
+pub trait StrataSnapshots {
+    fn snapshot(&self, key: &str) -> Result<SnapshotInfo, SnapshotError>;
+}
+
+impl StrataSnapshots for Strata {
+    fn snapshot(&self, key: &str) -> Result<SnapshotInfo, SnapshotError> {
+        self.front_end_store().snapshot(key)
     }
 }
 

@@ -15,7 +15,7 @@
 //! component cache as its home — and with it native code the host would map. Homes now live
 //! in their own directory, names are checked ([`crate::registry::check_name`]), the cache is
 //! outside every home, and a cached artifact is verified against a digest before it is
-//! mapped ([`crate::sandbox::ComponentCache`]).
+//! mapped (`strata_sandbox::ComponentCache`).
 //!
 //! A store made before this layout is moved on its first open (under the store lock): every
 //! recorded driver's `<root>/<name>/` (and `<run_root>/<name>/`) moves to

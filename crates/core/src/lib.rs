@@ -26,6 +26,10 @@ pub mod image;
 pub mod layers;
 pub mod layout;
 pub mod mount;
+pub mod paths;
 pub mod registry;
 pub mod store;
 pub mod text;
+
+#[cfg(test)]
+pub(crate) mod test_env;

@@ -8,7 +8,7 @@
 //! Mapping an entry runs its bytes as native code, so an entry is loaded only when:
 //! - the cache directory is a real directory (not a symlink) owned by the host's user and
 //!   writable by nobody else (the host creates it `0700`), outside every driver home (checked
-//!   by [`crate::layout::check_cache_dir`]);
+//!   by `strata_core::layout::check_cache_dir`);
 //! - the entry and its digest file are regular files owned by the host's user, opened without
 //!   following symlinks;
 //! - the SHA-256 of the entry's bytes, read into memory, equals the digest the host wrote

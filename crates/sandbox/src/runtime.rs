@@ -53,6 +53,11 @@ impl Default for SandboxLimits {
 /// that run driver calls have at least 2 MiB of stack).
 pub const MAX_WASM_STACK: usize = 512 << 10;
 
+/// wasmtime could not make its engine (the reason, with its causes).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EngineError(String);
+
 /// The process-wide wasmtime engine and its epoch ticker.
 #[derive(Clone)]
 pub struct SandboxEngine {
@@ -62,7 +67,7 @@ pub struct SandboxEngine {
 impl SandboxEngine {
     /// The process-wide engine (created on first use, with its epoch ticker). One engine
     /// serves every driver: compiled code and the ticker are shared.
-    pub fn new() -> anyhow::Result<Self> {
+    pub fn new() -> Result<Self, EngineError> {
         static SHARED: OnceLock<SandboxEngine> = OnceLock::new();
         if let Some(e) = SHARED.get() {
             return Ok(e.clone());
@@ -71,7 +76,7 @@ impl SandboxEngine {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(MAX_WASM_STACK);
-        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let engine = Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))?;
         let created = SandboxEngine { engine };
         let shared = SHARED.get_or_init(|| {
             created.start_ticker();
@@ -201,7 +206,7 @@ fn strata_interface(import: &str) -> Option<&str> {
 /// A version of the driver contract this host speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ContractVersion {
-    /// `strata:driver@0.1.x`, module [`v0_1`].
+    /// `strata:driver@0.1.x`, module `v0_1`.
     V0_1,
 }
 

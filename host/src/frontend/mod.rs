@@ -2,6 +2,7 @@
 
 pub mod cli;
 mod images;
+mod output;
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,7 @@
 //! driver errors, file stats, copy and apply figures, btrfs and zfs records.
 //!
 //! Why they exist: the WIT of each contract version (`wit/`) generates its own Rust types in
-//! [`crate::sandbox`], one set per version. The rest of the host (mount, layers, the suite,
+//! the sandbox crate (`strata-sandbox`), one set per version. The rest of the host (mount, layers, the suite,
 //! the front ends) works on these types only, and each version's module in the sandbox
 //! converts at the edge, so a new contract version is one more module in the sandbox and
 //! nothing else changes. These types never name wasmtime.
@@ -277,6 +277,11 @@ mod tests {
             "datadir+=/",
             "index",
             "",
+            // A comma would smuggle a second option past an exact match on the first.
+            "index=off,lowerdir=/etc",
+            "index=off ",
+            "INDEX=off",
+            "xino",
         ] {
             let e = OverlayOption::parse(bad).expect_err(bad);
             assert!(e.contains("is not allowed"), "{e}");

@@ -248,6 +248,32 @@ impl MountDir {
     }
 }
 
+/// Checks a plan's target (relative to the driver home): it may not be the home itself.
+/// Escapes and symlinks are refused when it is resolved.
+pub fn check_target(target: &str) -> Result<(), String> {
+    if sys::fs::check_relative(target).is_ok_and(|p| p.as_os_str().is_empty()) {
+        return Err("the mount target may not be the driver home itself".into());
+    }
+    Ok(())
+}
+
+/// Checks an overlay's shape: 1 to [`MAX_OVERLAY_LOWERS`] lower directories, and an upper
+/// directory exactly when there is a work directory.
+pub fn check_overlay_shape(lowers: usize, upper: bool, work: bool) -> Result<(), String> {
+    if lowers == 0 {
+        return Err("an overlay needs at least one lower directory".into());
+    }
+    if lowers > MAX_OVERLAY_LOWERS {
+        return Err(format!(
+            "{lowers} lower directories is more than the kernel's {MAX_OVERLAY_LOWERS}"
+        ));
+    }
+    if upper != work {
+        return Err("an overlay needs both an upper and a work directory, or neither".into());
+    }
+    Ok(())
+}
+
 /// Checks `plan` (from driver `driver`, whose home is `home`) against the sandbox and against
 /// `request`.
 pub fn check_plan(
@@ -282,11 +308,7 @@ pub fn check_plan(
             "the host asked for a read-only mount and the plan is read-write".into(),
         ));
     }
-    if crate::sys::fs::check_relative(&plan.target).is_ok_and(|p| p.as_os_str().is_empty()) {
-        return Err(invalid(
-            "the mount target may not be the driver home itself".into(),
-        ));
-    }
+    check_target(&plan.target).map_err(invalid)?;
     // The target is a directory the driver reserves for the layer; the host mounts on its
     // own mount point instead (see the module doc), but a plan naming a bad one is refused.
     resolve("target", &plan.target)?;
@@ -295,22 +317,8 @@ pub fn check_plan(
             source: resolve("bind source", &bind.source)?,
         },
         MountKind::Overlay(ov) => {
-            if ov.lower.is_empty() {
-                return Err(invalid(
-                    "an overlay needs at least one lower directory".into(),
-                ));
-            }
-            if ov.lower.len() > MAX_OVERLAY_LOWERS {
-                return Err(invalid(format!(
-                    "{} lower directories is more than the kernel's {MAX_OVERLAY_LOWERS}",
-                    ov.lower.len()
-                )));
-            }
-            if ov.upper.is_some() != ov.work.is_some() {
-                return Err(invalid(
-                    "an overlay needs both an upper and a work directory, or neither".into(),
-                ));
-            }
+            check_overlay_shape(ov.lower.len(), ov.upper.is_some(), ov.work.is_some())
+                .map_err(invalid)?;
             let lower = ov
                 .lower
                 .iter()
@@ -341,3 +349,6 @@ pub fn check_plan(
         resolved,
     })
 }
+
+#[cfg(test)]
+mod checks_tests;
