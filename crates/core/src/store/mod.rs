@@ -160,7 +160,7 @@ impl Drop for StoreLock<'_> {
         let depth = self.store.lock_depth.get().saturating_sub(1);
         self.store.lock_depth.set(depth);
         if depth == 0 {
-            let _ = rustix::fs::flock(&self.store.lock_file, rustix::fs::FlockOperation::Unlock);
+            crate::sys::fs::unlock(&self.store.lock_file);
         }
     }
 }
@@ -452,13 +452,11 @@ impl LayerStore {
         if let Some(guard) = self.relock() {
             return Ok(guard);
         }
-        rustix::fs::flock(&self.lock_file, rustix::fs::FlockOperation::LockExclusive).map_err(
-            |e| StoreError::Io {
-                path: self.root.join("store.lock"),
-                context: "locking",
-                cause: e.into(),
-            },
-        )?;
+        crate::sys::fs::lock_exclusive(&self.lock_file, true).map_err(|cause| StoreError::Io {
+            path: self.root.join("store.lock"),
+            context: "locking",
+            cause,
+        })?;
         Ok(self.locked())
     }
 
@@ -467,16 +465,13 @@ impl LayerStore {
         if let Some(guard) = self.relock() {
             return Ok(Some(guard));
         }
-        match rustix::fs::flock(
-            &self.lock_file,
-            rustix::fs::FlockOperation::NonBlockingLockExclusive,
-        ) {
-            Ok(()) => Ok(Some(self.locked())),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(StoreError::Io {
+        match crate::sys::fs::lock_exclusive(&self.lock_file, false) {
+            Ok(true) => Ok(Some(self.locked())),
+            Ok(false) => Ok(None),
+            Err(cause) => Err(StoreError::Io {
                 path: self.root.join("store.lock"),
                 context: "locking",
-                cause: e.into(),
+                cause,
             }),
         }
     }
