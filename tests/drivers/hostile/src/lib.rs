@@ -53,14 +53,16 @@
 //! | `bind=PATH`            | a bind of PATH (e.g. `/`, `..`, `evil`)                     |
 //! | `target=PATH`          | its own layer bound at PATH                                 |
 //! | `lower=PATH[,PATH]`    | a read-only overlay of these lower directories              |
-//! | `overlay-option=OPT`   | an overlay with option OPT                                  |
+//! | `overlay-option=OPT`   | an overlay with option OPT (one contract 0.2 can name; the  |
+//! |                        | 0.1 build in `tests/drivers/v0.1` sends any string)         |
 //! | `writable=1`           | a read-write plan whatever the host asked                   |
 #![forbid(unsafe_code)]
 
 use strata_driver_sdk::host::{archive, btrfs, copy, files, zfs};
 use strata_driver_sdk::{
-    BindMount, Driver, DriverInfo, Error, LayerDiff, MountKind, MountPlan, MountRequest, Options,
-    OverlayMount, WhiteoutFormat, ensure_dir, error, remove_bind_target, remove_if_exists,
+    BindMount, Driver, DriverInfo, Error, IncomingDiff, MountKind, MountPlan, MountRequest,
+    Options, OverlayMount, OverlayOption, WhiteoutFormat, ensure_dir, error, remove_bind_target,
+    remove_if_exists,
 };
 
 pub struct Hostile;
@@ -368,7 +370,7 @@ impl Driver for Hostile {
         remove_bind_target(id)
     }
 
-    fn apply_diff(id: &str, _parent: Option<&str>, diff: &LayerDiff) -> Result<u64, Error> {
+    fn apply_diff(id: &str, _parent: Option<&str>, diff: IncomingDiff<'_>) -> Result<u64, Error> {
         let size = archive::apply(diff, &Self::layer_dir(id), WhiteoutFormat::Delete)?.size;
         if files::stat(&apply_fails_marker(id)).is_ok() {
             return Err(error::invalid_argument(
@@ -379,7 +381,7 @@ impl Driver for Hostile {
     }
 
     fn plan_mount(id: &str, request: MountRequest) -> Result<MountPlan, Error> {
-        let options = Options(request.options);
+        let options = request.options;
         let target = match options.get("target") {
             Some(t) => t.to_string(),
             None => {
@@ -401,7 +403,7 @@ impl Driver for Hostile {
                 lower: vec![Self::layer_dir(id)],
                 upper: None,
                 work: None,
-                options: vec![opt.to_string()],
+                options: vec![OverlayOption::parse(opt)?],
             })
         } else {
             MountKind::Bind(BindMount {
