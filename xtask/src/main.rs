@@ -21,7 +21,12 @@ use anyhow::{Context, Result, bail};
 /// Drivers that ship with Strata (crate `strata-driver-NAME`, installed as `NAME.wasm`).
 pub const DRIVERS: &[&str] = &["overlay", "vfs", "btrfs", "zfs"];
 /// Drivers only the tests use.
-pub const TEST_DRIVERS: &[&str] = &["strata-test-driver-hostile", "strata-test-driver-forgetful"];
+pub const TEST_DRIVERS: &[&str] = &[
+    "strata-test-driver-hostile",
+    "strata-test-driver-forgetful",
+    // Built for contract 0.9.0, which no host speaks: the host must refuse it by name.
+    "strata-test-driver-future",
+];
 /// The cargo profile drivers are built with (small, optimised components).
 pub const WASM_PROFILE: &str = "wasm";
 pub const WASM_TARGET: &str = "wasm32-wasip2";
