@@ -13,7 +13,7 @@
 //!   no call holds the store lock for longer. An epoch ticker wakes the store every
 //!   [`EPOCH_TICK`] and the callback checks both; WASI waits and bulk host work check them
 //!   themselves ([`limits`]). Memory is one budget for all memories and tables of the call.
-//! - Each contract version has its own module (`v0_1`): its bindings, the conversions between
+//! - Each contract version has its own module (`v0_1`, `v0_2`): its bindings, the conversions between
 //!   them and the host's own types ([`crate::contract`]) and thin adapters; nothing outside
 //!   that module names a generated type, so serving a new version is adding a module and the
 //!   arms that name it ([`ContractVersion`]).
@@ -27,6 +27,7 @@ pub mod inspect;
 pub mod limits;
 mod runtime;
 mod v0_1;
+mod v0_2;
 mod wasi_files;
 
 pub use cache::ComponentCache;
@@ -41,10 +42,8 @@ use std::time::Duration;
 
 use crate::contract::{DriverError, describe};
 
-/// The WIT package this host serves.
+/// The WIT package this host serves, in the versions of [`ContractVersion::ALL`].
 pub const WIT_PACKAGE: &str = "strata:driver";
-/// Its version; drivers built against any `0.1.x` load (component-model semver rules).
-pub const WIT_VERSION: &str = "0.1.0";
 
 /// How often the epoch ticker wakes running drivers to check their deadline.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -137,10 +136,26 @@ pub enum SandboxError {
         hint: String,
     },
     #[error(
-        "driver {driver} does not export strata:driver/driver@{WIT_VERSION}-compatible \
-         interface (it exports: {exports})"
+        "driver {driver} does not export a strata:driver/driver interface (it exports: \
+         {exports})"
     )]
     NoDriverExport { driver: String, exports: String },
+    /// The driver exports a contract version this host does not speak: refused before
+    /// anything is linked, with the versions it speaks (docs/contract.md).
+    #[error(
+        "driver {driver} was built for contract strata:driver {version}, which this host does \
+         not speak (it speaks {speaks}); rebuild it with a strata-driver-sdk of one of those \
+         versions, or use a Strata release that speaks {wanted}"
+    )]
+    UnsupportedContract {
+        driver: String,
+        /// The version it exports (escaped).
+        version: String,
+        /// The versions this host speaks: `0.1, 0.2`.
+        speaks: String,
+        /// `MAJOR.MINOR` of `version`.
+        wanted: String,
+    },
     #[error("driver {driver}: component cache {path}: {cause}")]
     Cache {
         driver: String,
