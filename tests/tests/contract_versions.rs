@@ -479,3 +479,37 @@ fn overlay_options_are_checked_as_0_1_strings_and_cannot_be_misspelt_in_0_2() {
         .expect("an allowed 0.2 option mounts");
     s.unmount("l", false).unwrap();
 }
+
+#[test]
+fn nanoseconds_reach_the_file_and_invalid_ones_are_refused() {
+    if !root_or_skip(
+        "nanoseconds_reach_the_file_and_invalid_ones_are_refused",
+        "layers are created owned 0:0",
+    ) {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let t = TempStore::new();
+    let s = t
+        .open_with(&hostile_wasm(), hostile_config(&t, ""))
+        .expect("the hostile driver loads");
+    create_with(&s, "ns", &[("set-times", "123456789")]).unwrap();
+    let meta = std::fs::symlink_metadata(t.home(strata_tests::HOSTILE).join("dir/ns")).unwrap();
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), (1, 123_456_789));
+    assert_eq!((meta.atime(), meta.atime_nsec()), (1, 123_456_789));
+    // A second of nanoseconds is no timestamp, and UTIME_NOW (2^30 - 1) must not reach the
+    // kernel, which would read it as "now".
+    for bad in ["1000000000", "1073741823", "4294967295"] {
+        let err = create_with(&s, "bad", &[("set-times", bad)]).expect_err(bad);
+        assert!(
+            matches!(
+                &err,
+                LayerError::Call(CallError::Driver {
+                    error: DriverError::InvalidArgument(m),
+                    ..
+                }) if m.contains("nanoseconds must be below 1000000000")
+            ),
+            "{bad}: {err}"
+        );
+    }
+}

@@ -43,6 +43,8 @@
 //! |                        | while `fail-remove-always-ID` is in the home                 |
 //! | `fail-after-apply=1`   | makes the layer; each `apply-diff` onto it applies the tar   |
 //! |                        | (the host's apply goes through), then fails                 |
+//! | `set-times=NANOS`      | makes the layer, then `files.set-times` of its directory to  |
+//! |                        | 1 s + NANOS ns (atime and mtime): any `u32`, valid or not    |
 //!
 //! | marker in the home     | what the driver does while it exists                        |
 //! |------------------------|-------------------------------------------------------------|
@@ -226,6 +228,26 @@ fn hostile_links(options: &Options) -> Option<Result<(), Error>> {
     None
 }
 
+/// The `set-times` option: a layer whose directory gets times with the nanoseconds asked
+/// for (contract 0.2 carries nanoseconds; a second or more is not a valid timestamp).
+fn hostile_times(id: &str, parent: Option<&str>, options: &Options) -> Option<Result<(), Error>> {
+    let nanos = options.get("set-times")?;
+    let Ok(nanoseconds) = nanos.parse::<u32>() else {
+        return Some(Err(error::invalid_argument("set-times=NANOS")));
+    };
+    Some((|| {
+        if parent.is_some() {
+            return Err(error::invalid_argument("set-times makes a base layer"));
+        }
+        files::mkdir(&Hostile::layer_dir(id), 0o755, 0, 0)?;
+        let t = strata_driver_sdk::Timestamp {
+            seconds: 1,
+            nanoseconds,
+        };
+        files::set_times(&Hostile::layer_dir(id), t, t)
+    })())
+}
+
 /// Where the `wasi-*` options leave what they read, for the test to compare.
 const WASI_OUT_FILE: &str = "wasi-out";
 
@@ -364,6 +386,9 @@ impl Driver for Hostile {
         }
         if options.get("panic").is_some() {
             panic!("hostile driver panicked on purpose");
+        }
+        if let Some(r) = hostile_times(id, parent, &options) {
+            return r;
         }
         lasting_failures(id, &options)?;
         match parent {
