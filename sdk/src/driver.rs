@@ -2,7 +2,8 @@
 
 use crate::host::archive;
 use crate::{
-    Change, DriverInfo, Error, LayerDiff, MountPlan, MountRequest, Options, WhiteoutFormat,
+    Change, DriverInfo, Error, IncomingDiff, LayerDiff, MountPlan, MountRequest, Options,
+    WhiteoutFormat,
 };
 
 /// A storage driver: the policy half of a layer store.
@@ -31,7 +32,7 @@ pub trait Driver {
     }
 
     /// Creates layer `id`, empty or as a child of `parent`. `read_write` is true for a
-    /// container layer (`create-rw`).
+    /// container layer.
     fn create(
         id: &str,
         parent: Option<&str>,
@@ -57,7 +58,7 @@ pub trait Driver {
     }
 
     /// Applies a layer tar onto layer `id`; returns the bytes of file content written.
-    fn apply_diff(id: &str, _parent: Option<&str>, diff: &LayerDiff) -> Result<u64, Error> {
+    fn apply_diff(id: &str, _parent: Option<&str>, diff: IncomingDiff<'_>) -> Result<u64, Error> {
         Self::open_layer_dir(id)?;
         archive::apply(diff, &Self::layer_dir(id), WhiteoutFormat::Delete).map(|s| s.size)
     }
@@ -98,11 +99,6 @@ pub trait Driver {
     fn layers_metadata(ids: &[String]) -> Vec<Result<Vec<(String, String)>, Error>> {
         ids.iter().map(|id| Self::metadata(id)).collect()
     }
-
-    /// Called when the host shuts the store down.
-    fn cleanup() -> Result<(), Error> {
-        Ok(())
-    }
 }
 
 fn open_pair<D: Driver + ?Sized>(id: &str, parent: Option<&str>) -> Result<(), Error> {
@@ -113,101 +109,173 @@ fn open_pair<D: Driver + ?Sized>(id: &str, parent: Option<&str>) -> Result<(), E
     }
 }
 
+/// The glue [`export_driver!`](crate::export_driver) expands to: each export of the contract
+/// converted from the bindings to the SDK's types, the [`Driver`] called, and its answer
+/// converted back. Not for drivers to call.
+#[doc(hidden)]
+pub mod __private {
+    use super::Driver;
+    use crate::bindings::exports::strata::driver::driver as wit;
+    use crate::bindings::strata::driver::types as wit_types;
+    use crate::{IncomingDiff, Options};
+
+    type R<T> = Result<T, wit_types::Error>;
+
+    pub fn init<D: Driver>(options: Vec<(String, String)>) -> R<wit::DriverInfo> {
+        D::init(Options(options))
+            .map(Into::into)
+            .map_err(Into::into)
+    }
+
+    pub fn create<D: Driver>(
+        id: String,
+        parent: Option<String>,
+        read_write: bool,
+        options: Vec<(String, String)>,
+    ) -> R<()> {
+        D::create(&id, parent.as_deref(), Options(options), read_write).map_err(Into::into)
+    }
+
+    pub fn remove<D: Driver>(id: String) -> R<()> {
+        D::remove(&id).map_err(Into::into)
+    }
+
+    pub fn exists<D: Driver>(id: String) -> bool {
+        D::exists(&id)
+    }
+
+    pub fn plan_mount<D: Driver>(id: String, request: wit::MountRequest) -> R<wit::MountPlan> {
+        D::plan_mount(&id, request.into())
+            .map(Into::into)
+            .map_err(Into::into)
+    }
+
+    pub fn unmounted<D: Driver>(id: String) -> R<()> {
+        D::unmounted(&id).map_err(Into::into)
+    }
+
+    pub fn apply_diff<D: Driver>(
+        id: String,
+        parent: Option<String>,
+        diff: &wit_types::LayerDiff,
+    ) -> R<u64> {
+        D::apply_diff(&id, parent.as_deref(), IncomingDiff::__from_bindings(diff))
+            .map_err(Into::into)
+    }
+
+    pub fn diff<D: Driver>(id: String, parent: Option<String>) -> R<wit_types::LayerDiff> {
+        D::diff(&id, parent.as_deref())
+            .map(|d| d.0)
+            .map_err(Into::into)
+    }
+
+    pub fn changes<D: Driver>(id: String, parent: Option<String>) -> R<Vec<wit_types::Change>> {
+        D::changes(&id, parent.as_deref())
+            .map(|c| c.into_iter().map(Into::into).collect())
+            .map_err(Into::into)
+    }
+
+    pub fn diff_size<D: Driver>(id: String, parent: Option<String>) -> R<u64> {
+        D::diff_size(&id, parent.as_deref()).map_err(Into::into)
+    }
+
+    pub fn status<D: Driver>() -> Vec<(String, String)> {
+        D::status()
+    }
+
+    pub fn metadata<D: Driver>(id: String) -> R<Vec<(String, String)>> {
+        D::metadata(&id).map_err(Into::into)
+    }
+
+    pub fn layers_metadata<D: Driver>(ids: Vec<String>) -> Vec<R<Vec<(String, String)>>> {
+        D::layers_metadata(&ids)
+            .into_iter()
+            .map(|r| r.map_err(Into::into))
+            .collect()
+    }
+}
+
 /// Exports a [`Driver`] implementation as the component's `strata:driver/driver` interface.
 ///
 /// Use it once, at the crate root of a `cdylib`: `strata_driver_sdk::export_driver!(MyDriver);`
+/// On targets other than wasm32 the implementation is type-checked but nothing is exported
+/// (so a driver's code and the SDK's doc tests compile and link natively).
 #[macro_export]
 macro_rules! export_driver {
     ($driver:ident) => {
         const _: () = {
+            use $crate::__private as __p;
             use $crate::bindings::exports::strata::driver::driver as __wit;
+            use $crate::bindings::strata::driver::types as __types;
+            type __R<T> = ::core::result::Result<T, __types::Error>;
+            type __Pairs = ::std::vec::Vec<(::std::string::String, ::std::string::String)>;
 
             impl __wit::Guest for $driver {
-                fn init(
-                    options: ::std::vec::Vec<(String, String)>,
-                ) -> Result<__wit::DriverInfo, $crate::Error> {
-                    <$driver as $crate::Driver>::init($crate::Options(options))
+                fn init(options: __Pairs) -> __R<__wit::DriverInfo> {
+                    __p::init::<$driver>(options)
                 }
                 fn create(
-                    id: String,
-                    parent: Option<String>,
-                    options: ::std::vec::Vec<(String, String)>,
-                ) -> Result<(), $crate::Error> {
-                    <$driver as $crate::Driver>::create(
-                        &id,
-                        parent.as_deref(),
-                        $crate::Options(options),
-                        false,
-                    )
+                    id: ::std::string::String,
+                    parent: ::core::option::Option<::std::string::String>,
+                    read_write: bool,
+                    options: __Pairs,
+                ) -> __R<()> {
+                    __p::create::<$driver>(id, parent, read_write, options)
                 }
-                fn create_rw(
-                    id: String,
-                    parent: Option<String>,
-                    options: ::std::vec::Vec<(String, String)>,
-                ) -> Result<(), $crate::Error> {
-                    <$driver as $crate::Driver>::create(
-                        &id,
-                        parent.as_deref(),
-                        $crate::Options(options),
-                        true,
-                    )
+                fn remove(id: ::std::string::String) -> __R<()> {
+                    __p::remove::<$driver>(id)
                 }
-                fn remove(id: String) -> Result<(), $crate::Error> {
-                    <$driver as $crate::Driver>::remove(&id)
-                }
-                fn exists(id: String) -> bool {
-                    <$driver as $crate::Driver>::exists(&id)
+                fn exists(id: ::std::string::String) -> bool {
+                    __p::exists::<$driver>(id)
                 }
                 fn plan_mount(
-                    id: String,
+                    id: ::std::string::String,
                     request: __wit::MountRequest,
-                ) -> Result<__wit::MountPlan, $crate::Error> {
-                    <$driver as $crate::Driver>::plan_mount(&id, request)
+                ) -> __R<__wit::MountPlan> {
+                    __p::plan_mount::<$driver>(id, request)
                 }
-                fn unmounted(id: String) -> Result<(), $crate::Error> {
-                    <$driver as $crate::Driver>::unmounted(&id)
+                fn unmounted(id: ::std::string::String) -> __R<()> {
+                    __p::unmounted::<$driver>(id)
                 }
                 fn apply_diff(
-                    id: String,
-                    parent: Option<String>,
-                    diff: &$crate::LayerDiff,
-                ) -> Result<u64, $crate::Error> {
-                    <$driver as $crate::Driver>::apply_diff(&id, parent.as_deref(), diff)
+                    id: ::std::string::String,
+                    parent: ::core::option::Option<::std::string::String>,
+                    diff: &__types::LayerDiff,
+                ) -> __R<u64> {
+                    __p::apply_diff::<$driver>(id, parent, diff)
                 }
                 fn diff(
-                    id: String,
-                    parent: Option<String>,
-                ) -> Result<$crate::LayerDiff, $crate::Error> {
-                    <$driver as $crate::Driver>::diff(&id, parent.as_deref())
+                    id: ::std::string::String,
+                    parent: ::core::option::Option<::std::string::String>,
+                ) -> __R<__types::LayerDiff> {
+                    __p::diff::<$driver>(id, parent)
                 }
                 fn changes(
-                    id: String,
-                    parent: Option<String>,
-                ) -> Result<::std::vec::Vec<$crate::Change>, $crate::Error> {
-                    <$driver as $crate::Driver>::changes(&id, parent.as_deref())
+                    id: ::std::string::String,
+                    parent: ::core::option::Option<::std::string::String>,
+                ) -> __R<::std::vec::Vec<__types::Change>> {
+                    __p::changes::<$driver>(id, parent)
                 }
-                fn diff_size(id: String, parent: Option<String>) -> Result<u64, $crate::Error> {
-                    <$driver as $crate::Driver>::diff_size(&id, parent.as_deref())
+                fn diff_size(
+                    id: ::std::string::String,
+                    parent: ::core::option::Option<::std::string::String>,
+                ) -> __R<u64> {
+                    __p::diff_size::<$driver>(id, parent)
                 }
-                fn status() -> ::std::vec::Vec<(String, String)> {
-                    <$driver as $crate::Driver>::status()
+                fn status() -> __Pairs {
+                    __p::status::<$driver>()
                 }
-                fn metadata(
-                    id: String,
-                ) -> Result<::std::vec::Vec<(String, String)>, $crate::Error> {
-                    <$driver as $crate::Driver>::metadata(&id)
+                fn metadata(id: ::std::string::String) -> __R<__Pairs> {
+                    __p::metadata::<$driver>(id)
                 }
                 fn layers_metadata(
-                    ids: ::std::vec::Vec<String>,
-                ) -> ::std::vec::Vec<Result<::std::vec::Vec<(String, String)>, $crate::Error>>
-                {
-                    <$driver as $crate::Driver>::layers_metadata(&ids)
-                }
-                fn cleanup() -> Result<(), $crate::Error> {
-                    <$driver as $crate::Driver>::cleanup()
+                    ids: ::std::vec::Vec<::std::string::String>,
+                ) -> ::std::vec::Vec<__R<__Pairs>> {
+                    __p::layers_metadata::<$driver>(ids)
                 }
             }
 
+            #[cfg(target_arch = "wasm32")]
     $crate::bindings::__export_strata_driver!($driver with_types_in $crate::bindings);
         };
     };

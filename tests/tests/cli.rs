@@ -147,7 +147,7 @@ fn driver_inspect_shows_wit_version_and_capabilities() {
     let t = TempStore::new();
     let out: serde_json::Value =
         serde_json::from_str(&ok(&t, &["--json", "driver", "inspect", "vfs"])).unwrap();
-    assert_eq!(out["wit"], "strata:driver@0.1.0");
+    assert_eq!(out["wit"], "strata:driver@0.2.0");
     let caps: Vec<&str> = out["capabilities"]
         .as_array()
         .unwrap()

@@ -53,7 +53,7 @@ fn a_warm_start_loads_from_the_cache_and_a_damaged_entry_is_rebuilt() {
     let again = DriverComponent::load(&engine, &cache, "vfs", &vfs_wasm()).unwrap();
     assert!(again.from_cache, "and cached again");
     assert_eq!(again.sha256, sha);
-    assert_eq!(again.wit_version, "0.1.0");
+    assert_eq!(again.wit_version, "0.2.0");
 }
 
 #[test]
@@ -76,5 +76,5 @@ fn a_cache_that_cannot_be_written_warns_and_still_loads() {
         warning.contains("component cache") && warning.contains("not-a-dir"),
         "the warning names the cache path: {warning}"
     );
-    assert_eq!(loaded.wit_version, "0.1.0", "and the component is usable");
+    assert_eq!(loaded.wit_version, "0.2.0", "and the component is usable");
 }

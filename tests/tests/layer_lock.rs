@@ -1,4 +1,4 @@
-//! The lock rule (host/src/layers.rs, docs/containerd.md): every driver call that names a
+//! The lock rule (crates/core/src/layers.rs, docs/containerd.md): every driver call that names a
 //! layer runs under the store's exclusive lock, the lock removal takes, because a driver may
 //! write into the layer's directory on any of them (overlay re-creates `merged/` and lost
 //! links on a mount plan or a diff; zfs mounts the dataset for a diff), and a removal beside

@@ -1,6 +1,6 @@
 //! Copy and export open a regular file only after checking the descriptor against the
-//! `lstat` (host/src/sys/fs.rs `open_regular_checked`, unit-tested with swapped-in fifos,
-//! devices and symlinks in host/src/archive/checked_open_tests.rs). Here, end to end: a layer
+//! `lstat` (crates/sys/src/fs.rs `open_regular_checked`, unit-tested with swapped-in fifos,
+//! devices and symlinks in crates/core/src/archive/checked_open_tests.rs). Here, end to end: a layer
 //! holding a fifo and device nodes (never opened, recreated from their `lstat`) is copied to
 //! a child and exported, on vfs and on overlay, without blocking and with every entry intact.
 

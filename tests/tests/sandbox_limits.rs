@@ -370,7 +370,7 @@ mod generated {
     const HEAP: i32 = 4096;
 
     pub fn component(attack: Attack) -> Vec<u8> {
-        let wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/v0.2");
         let mut resolve = Resolve::new();
         let (pkg, _) = resolve.push_dir(&wit).expect("parsing wit/");
         let world = resolve

@@ -698,7 +698,7 @@ fn driver_inspect_reads_a_component_without_compiling_it() {
     let (imports, exports) = reference_names(&original);
     assert_eq!(list("imports"), imports);
     assert_eq!(list("exports"), exports);
-    assert_eq!(v["wit"], "strata:driver@0.1.0");
+    assert_eq!(v["wit"], "strata:driver@0.2.0");
     assert_eq!(v["sha256"], json!(oci::sha256(&padded)["sha256:".len()..]));
 
     // A core module is not a component, and a damaged body is found without compiling.

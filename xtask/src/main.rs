@@ -22,7 +22,12 @@ use anyhow::{Context, Result, bail};
 /// Drivers that ship with Strata (crate `strata-driver-NAME`, installed as `NAME.wasm`).
 pub const DRIVERS: &[&str] = &["overlay", "vfs", "btrfs", "zfs"];
 /// Drivers only the tests use.
-pub const TEST_DRIVERS: &[&str] = &["strata-test-driver-hostile", "strata-test-driver-forgetful"];
+pub const TEST_DRIVERS: &[&str] = &[
+    "strata-test-driver-hostile",
+    "strata-test-driver-forgetful",
+    // Built for contract 0.9.0, which no host speaks: the host must refuse it by name.
+    "strata-test-driver-future",
+];
 /// Set to `1`, every test that cannot run here (not root, a tool missing) fails instead of
 /// printing `skipped:`; `cargo xtask test` sets it when it runs as root (see `test`).
 pub const REQUIRE_ALL_ENV: &str = "STRATA_TEST_REQUIRE_ALL";

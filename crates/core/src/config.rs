@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Grants a config may name: the host interfaces of `wit/strata-driver.wit` (and those later
+/// Grants a config may name: the host interfaces of `wit/v0.2/strata-driver.wit` (and those later
 /// drivers bring).
 pub const KNOWN_GRANTS: &[&str] = &["files", "copy", "archive", "overlay", "log", "btrfs", "zfs"];
 /// Bounds of `memory`.

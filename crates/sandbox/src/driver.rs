@@ -165,8 +165,4 @@ impl Driver for SandboxedDriver {
     fn layers_metadata(&self, ids: &[String]) -> Result<Vec<LayerMetadata>, SandboxError> {
         self.runtime.layers_metadata(ids)
     }
-
-    fn cleanup(&self) -> Result<(), CallError> {
-        self.runtime.cleanup()
-    }
 }

@@ -37,6 +37,8 @@ pub use zfs::ZfsAccess;
 pub const MAX_CHANGES_TO_GUEST: usize = 1_000_000;
 /// Bytes of one log message kept; the rest is cut.
 pub const MAX_LOG_MESSAGE: usize = 4096;
+/// Nanoseconds in a second: a timestamp's nanoseconds are below it.
+pub const NANOS_PER_SECOND: u32 = 1_000_000_000;
 /// Largest xattr value a driver may set.
 pub const MAX_XATTR_VALUE: usize = 64 * 1024;
 
@@ -391,15 +393,22 @@ impl HostState {
         }))
     }
 
+    /// Sets times given as (seconds, nanoseconds); nanoseconds of a second or more are
+    /// refused here, before the kernel could read them as `UTIME_NOW` or `UTIME_OMIT`.
     pub(super) fn files_set_times(
         &mut self,
         path: String,
-        atime: i64,
-        mtime: i64,
+        atime: (i64, u32),
+        mtime: (i64, u32),
     ) -> HostResult<()> {
+        if atime.1 >= NANOS_PER_SECOND || mtime.1 >= NANOS_PER_SECOND {
+            return Ok(Err(DriverError::InvalidArgument(format!(
+                "{path}: set-times: nanoseconds must be below {NANOS_PER_SECOND}"
+            ))));
+        }
         Ok(self.paced(|s| {
             s.home
-                .set_times(&path, (atime, 0), (mtime, 0))
+                .set_times(&path, atime, mtime)
                 .map_err(|e| to_error(&path, e))
         }))
     }

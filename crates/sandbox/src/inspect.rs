@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use wasmparser::{Encoding, FuncValidatorAllocations, Parser, Payload, ValidPayload, Validator};
 
-use super::runtime::interfaces;
+use super::runtime::{ContractVersion, Interfaces, interfaces};
 use super::{Capability, SandboxError};
 
 /// What `driver inspect` shows of a component.
@@ -25,6 +25,8 @@ pub struct ComponentSummary {
     pub sha256: String,
     /// The WIT version of the driver interface it exports, e.g. `0.1.0`.
     pub wit_version: String,
+    /// The contract version whose bindings would serve it.
+    pub contract: ContractVersion,
     /// Strata capabilities it imports.
     pub capabilities: Vec<Capability>,
     /// Every top-level import and export, as named in the component (WASI included), in the
@@ -43,12 +45,17 @@ pub fn inspect_component(name: &str, path: &Path) -> Result<ComponentSummary, Sa
         reason,
     };
     let (imports, exports) = names(&wasm).map_err(invalid)?;
-    let (wit_version, capabilities) = interfaces(name, &imports, &exports)?;
+    let Interfaces {
+        wit_version,
+        contract,
+        capabilities,
+    } = interfaces(name, &imports, &exports)?;
     Ok(ComponentSummary {
         name: name.into(),
         path: path.into(),
         sha256: hex::encode(Sha256::digest(&wasm)),
         wit_version,
+        contract,
         capabilities,
         imports,
         exports,

@@ -13,7 +13,7 @@
 //!   no call holds the store lock for longer. An epoch ticker wakes the store every
 //!   [`EPOCH_TICK`] and the callback checks both; WASI waits and bulk host work check them
 //!   themselves ([`limits`]). Memory is one budget for all memories and tables of the call.
-//! - Each contract version has its own module (`v0_1`): its bindings, the conversions between
+//! - Each contract version has its own module (`v0_1`, `v0_2`): its bindings, the conversions between
 //!   them and the host's own types ([`crate::contract`]) and thin adapters; nothing outside
 //!   that module names a generated type, so serving a new version is adding a module and the
 //!   arms that name it ([`ContractVersion`]).
@@ -33,6 +33,7 @@ pub mod inspect;
 pub mod limits;
 mod runtime;
 mod v0_1;
+mod v0_2;
 mod wasi_files;
 
 pub use crate::contract::{ApplyTrace, ZfsAccess};
@@ -48,10 +49,8 @@ use std::time::Duration;
 
 pub use crate::contract::driver::{CallError, Capability, SandboxError};
 
-/// The WIT package this host serves.
+/// The WIT package this host serves, in the versions of [`ContractVersion::ALL`].
 pub const WIT_PACKAGE: &str = "strata:driver";
-/// Its version; drivers built against any `0.1.x` load (component-model semver rules).
-pub const WIT_VERSION: &str = "0.1.0";
 
 /// How often the epoch ticker wakes running drivers to check their deadline.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);

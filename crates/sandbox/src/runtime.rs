@@ -12,12 +12,12 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 use super::cache::ComponentCache;
 use super::host::{DeadlineExceeded, HostState, LayerDiff, ZfsAccess, sanitize};
 use super::limits::{BudgetExceeded, CallBudget, link_bounded_poll};
-use super::v0_1;
 use super::wasi_files::{WASI_BLOCKING_CURRENT_THREAD, link_checked_open};
 use super::{
     CallError, Capability, EPOCH_TICK, MAX_DRIVER_STDERR, MAX_HOST_RESOURCES, MAX_HOSTCALL_BYTES,
-    SandboxError, WIT_PACKAGE, WIT_VERSION,
+    SandboxError, WIT_PACKAGE,
 };
+use super::{v0_1, v0_2};
 use crate::contract::{ApplyTrace, Change, DriverError, DriverInfo, MountPlan, MountRequest};
 use crate::sys;
 
@@ -117,6 +117,8 @@ pub struct DriverComponent {
     pub component: Component,
     /// The WIT version of the driver interface it exports, e.g. `0.1.0`.
     pub wit_version: String,
+    /// The contract version whose bindings serve it.
+    pub contract: ContractVersion,
     /// Strata capabilities it imports.
     pub capabilities: Vec<Capability>,
     /// Every import, as named in the component (WASI included).
@@ -141,7 +143,11 @@ impl DriverComponent {
             .exports(&engine.engine)
             .map(|(n, _)| n.to_string())
             .collect();
-        let (wit_version, capabilities) = interfaces(name, &imports, &exports)?;
+        let Interfaces {
+            wit_version,
+            contract,
+            capabilities,
+        } = interfaces(name, &imports, &exports)?;
         Ok(DriverComponent {
             name: name.into(),
             path: path.into(),
@@ -150,24 +156,75 @@ impl DriverComponent {
             cache_warning: loaded.cache_warning,
             component: loaded.component,
             wit_version,
+            contract,
             capabilities,
             imports,
         })
     }
 }
 
-/// What a driver's imports and exports say: the WIT version of the driver interface it
-/// exports and the Strata capabilities it imports. Refused: an import of this package that
-/// this host does not serve, no driver export. Shared by loading and by `driver inspect`
-/// (which reads the names from the binary without compiling it).
+/// What a driver's imports and exports say.
+pub(super) struct Interfaces {
+    /// The version of the driver interface it exports, as it names it (`0.2.0`).
+    pub wit_version: String,
+    /// The contract version whose bindings serve it.
+    pub contract: ContractVersion,
+    /// The Strata capabilities it imports.
+    pub capabilities: Vec<Capability>,
+}
+
+/// Longest contract version of a component's export the host repeats in a message.
+const MAX_SHOWN_VERSION: usize = 64;
+
+/// What a driver's imports and exports say: the contract version of the driver interface it
+/// exports and the Strata capabilities it imports. Refused: no driver export, a contract
+/// version this host does not speak (with a sentence naming the versions it speaks, before
+/// anything is linked), an import of this package that this host does not serve or of
+/// another version than the export. Shared by loading and by `driver inspect` (which reads
+/// the names from the binary without compiling it).
 pub(super) fn interfaces(
     name: &str,
     imports: &[String],
     exports: &[String],
-) -> Result<(String, Vec<Capability>), SandboxError> {
+) -> Result<Interfaces, SandboxError> {
+    let wit_version = exports
+        .iter()
+        .find_map(|n| {
+            n.strip_prefix(&format!("{WIT_PACKAGE}/driver@"))
+                .map(str::to_string)
+        })
+        .ok_or_else(|| SandboxError::NoDriverExport {
+            driver: name.into(),
+            exports: exports.join(", "),
+        })?;
+    let contract = ContractVersion::of_export(&wit_version).ok_or_else(|| {
+        let version = crate::text::escape_capped(&wit_version, MAX_SHOWN_VERSION);
+        SandboxError::UnsupportedContract {
+            driver: name.into(),
+            wanted: major_minor(&version),
+            version,
+            speaks: ContractVersion::spoken(),
+        }
+    })?;
     let mut capabilities = Vec::new();
     for import in imports {
         if let Some(interface) = strata_interface(import) {
+            let same_version = import
+                .split_once('@')
+                .and_then(|(_, v)| ContractVersion::of_export(v))
+                == Some(contract);
+            let hint = format!(
+                " (this driver exports {WIT_PACKAGE}/driver@{}, served with contract {})",
+                crate::text::escape_capped(&wit_version, MAX_SHOWN_VERSION),
+                contract.name()
+            );
+            if !same_version {
+                return Err(SandboxError::UnknownImport {
+                    driver: name.into(),
+                    import: import.clone(),
+                    hint,
+                });
+            }
             if interface == "types" {
                 continue;
             }
@@ -177,24 +234,26 @@ pub(super) fn interfaces(
                     return Err(SandboxError::UnknownImport {
                         driver: name.into(),
                         import: import.clone(),
-                        hint: format!(" (this host serves {WIT_PACKAGE}@{WIT_VERSION})"),
+                        hint,
                     });
                 }
             }
         }
     }
-    let wit_version = exports
-        .iter()
-        .find_map(|n| {
-            n.strip_prefix(&format!("{WIT_PACKAGE}/driver@"))
-                .map(str::to_string)
-        })
-        .ok_or_else(|| SandboxError::NoDriverExport {
-            driver: name.into(),
-            serves: format!("{WIT_PACKAGE}/driver@{WIT_VERSION}"),
-            exports: exports.join(", "),
-        })?;
-    Ok((wit_version, capabilities))
+    Ok(Interfaces {
+        wit_version,
+        contract,
+        capabilities,
+    })
+}
+
+/// `MAJOR.MINOR` of a version (`0.9.0` → `0.9`), or the whole text when it has no second dot.
+fn major_minor(version: &str) -> String {
+    let mut parts = version.splitn(3, '.');
+    match (parts.next(), parts.next()) {
+        (Some(major), Some(minor)) => format!("{major}.{minor}"),
+        _ => version.to_string(),
+    }
 }
 
 /// The interface name of a `strata:driver/NAME@VERSION` import.
@@ -203,11 +262,45 @@ fn strata_interface(import: &str) -> Option<&str> {
     Some(rest.split('@').next().unwrap_or(rest))
 }
 
-/// A version of the driver contract this host speaks.
+/// A version of the driver contract this host speaks (docs/contract.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ContractVersion {
     /// `strata:driver@0.1.x`, module `v0_1`.
     V0_1,
+    /// `strata:driver@0.2.x`, module `v0_2`.
+    V0_2,
+}
+
+impl ContractVersion {
+    /// Every version this host speaks, oldest first.
+    pub const ALL: [ContractVersion; 2] = [ContractVersion::V0_1, ContractVersion::V0_2];
+
+    /// `MAJOR.MINOR`, as people name the version (`0.2`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ContractVersion::V0_1 => "0.1",
+            ContractVersion::V0_2 => "0.2",
+        }
+    }
+
+    /// The versions this host speaks, for messages: `0.1, 0.2`.
+    pub fn spoken() -> String {
+        ContractVersion::ALL.map(|v| v.name()).join(", ")
+    }
+
+    /// The version serving a component that names `version` (`0.2.0`) in its interfaces:
+    /// the same major and minor version, any patch (while the major version is 0, a minor
+    /// version is a contract of its own); `None` when this host speaks no such version.
+    pub fn of_export(version: &str) -> Option<ContractVersion> {
+        let mut parts = version.splitn(3, '.');
+        let (major, minor, patch) = (parts.next()?, parts.next()?, parts.next()?);
+        if patch.is_empty() || !patch.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        ContractVersion::ALL
+            .into_iter()
+            .find(|v| v.name() == format!("{major}.{minor}"))
+    }
 }
 
 /// A driver's answer that its contract version can carry but the host refuses (a mount
@@ -292,12 +385,12 @@ pub(super) trait DriverExports {
         s: &mut Store<HostState>,
         ids: &[String],
     ) -> wasmtime::Result<Vec<Result<Pairs, DriverError>>>;
-    fn cleanup(&self, s: &mut Store<HostState>) -> wasmtime::Result<Result<(), DriverError>>;
 }
 
 /// A driver linked and ready to instantiate, by contract version.
 enum DriverPre {
     V0_1(v0_1::StrataDriverPre<HostState>),
+    V0_2(v0_2::StrataDriverPre<HostState>),
 }
 
 impl DriverPre {
@@ -314,6 +407,7 @@ impl DriverPre {
         link_checked_open(&mut linker).map_err(LinkError::Setup)?;
         match version {
             ContractVersion::V0_1 => v0_1::link(&mut linker, grants),
+            ContractVersion::V0_2 => v0_2::link(&mut linker, grants),
         }
         .map_err(LinkError::Setup)?;
         let instance_pre = linker
@@ -323,12 +417,16 @@ impl DriverPre {
             ContractVersion::V0_1 => {
                 DriverPre::V0_1(v0_1::StrataDriverPre::new(instance_pre).map_err(LinkError::Setup)?)
             }
+            ContractVersion::V0_2 => {
+                DriverPre::V0_2(v0_2::StrataDriverPre::new(instance_pre).map_err(LinkError::Setup)?)
+            }
         })
     }
 
     fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<DriverInstance> {
         Ok(match self {
             DriverPre::V0_1(pre) => DriverInstance::V0_1(pre.instantiate(store)?),
+            DriverPre::V0_2(pre) => DriverInstance::V0_2(pre.instantiate(store)?),
         })
     }
 }
@@ -342,12 +440,14 @@ enum LinkError {
 /// One instance of a driver, by contract version.
 pub(super) enum DriverInstance {
     V0_1(v0_1::StrataDriver),
+    V0_2(v0_2::StrataDriver),
 }
 
 impl DriverInstance {
     fn exports(&self) -> &dyn DriverExports {
         match self {
             DriverInstance::V0_1(d) => d,
+            DriverInstance::V0_2(d) => d,
         }
     }
 }
@@ -395,8 +495,9 @@ impl DriverRuntime {
                 });
             }
         }
-        // The only version this host speaks so far; a driver of another one fails to link.
-        let version = ContractVersion::V0_1;
+        // Read from its export when it was loaded; a version this host does not speak was
+        // refused there, before anything was linked.
+        let version = driver.contract;
         let pre = DriverPre::new(&engine.engine, version, &driver.component, grants).map_err(
             |e| match e {
                 LinkError::Import(e) => SandboxError::UnknownImport {
@@ -696,10 +797,6 @@ impl DriverRuntime {
         }
         Ok(out)
     }
-
-    pub fn cleanup(&self) -> Result<(), CallError> {
-        self.op("cleanup", |s, d| d.cleanup(s))
-    }
 }
 
 /// Key/value pairs a driver returned (status, metadata), escaped.
@@ -713,4 +810,50 @@ fn clean_pairs(pairs: Vec<(String, String)>) -> Vec<(String, String)> {
 /// A driver's error with its message escaped: it reaches terminals, logs and containerd.
 pub fn clean_error(error: DriverError) -> DriverError {
     error.map_text(sanitize)
+}
+
+#[cfg(test)]
+mod contract_version_tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_matched_by_major_and_minor() {
+        for (v, want) in [
+            ("0.1.0", Some(ContractVersion::V0_1)),
+            ("0.1.7", Some(ContractVersion::V0_1)),
+            ("0.2.0", Some(ContractVersion::V0_2)),
+            ("0.9.0", None),
+            ("1.0.0", None),
+            ("0.2", None),
+            ("0.2.x", None),
+            ("0.2.0-rc.1", None),
+            ("", None),
+        ] {
+            assert_eq!(ContractVersion::of_export(v), want, "{v}");
+        }
+        assert_eq!(ContractVersion::spoken(), "0.1, 0.2");
+    }
+
+    #[test]
+    fn a_version_this_host_does_not_speak_is_refused_before_its_imports() {
+        let exports = ["strata:driver/driver@0.9.0".to_string()];
+        let imports = ["strata:driver/log@0.9.0".to_string()];
+        match interfaces("future", &imports, &exports) {
+            Err(SandboxError::UnsupportedContract {
+                version, wanted, ..
+            }) => assert_eq!((version.as_str(), wanted.as_str()), ("0.9.0", "0.9")),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("accepted"),
+        }
+        // Imports of another version than the export: named.
+        let exports = ["strata:driver/driver@0.2.0".to_string()];
+        let imports = ["strata:driver/files@0.1.0".to_string()];
+        match interfaces("mixed", &imports, &exports) {
+            Err(SandboxError::UnknownImport { import, .. }) => {
+                assert_eq!(import, "strata:driver/files@0.1.0")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! Contract version 0.1 (`wit/strata-driver.wit`, `strata:driver@0.1.0`): its generated
+//! Contract version 0.1 (`wit/v0.1/strata-driver.wit`, `strata:driver@0.1.0`): its generated
 //! bindings, and every conversion between them and the host's own types
 //! ([`crate::contract`]).
 //!
@@ -26,7 +26,7 @@ use crate::contract::{
 mod bindings {
     wasmtime::component::bindgen!({
         world: "strata-driver",
-        path: "../../wit",
+        path: "../../wit/v0.1",
         imports: { default: trappable },
         with: {
             "strata:driver/types.layer-diff": crate::host::LayerDiff,
@@ -338,7 +338,7 @@ impl files::Host for HostState {
     }
 
     fn set_times(&mut self, path: String, atime: i64, mtime: i64) -> Answer<()> {
-        edge(self.files_set_times(path, atime, mtime))
+        edge(self.files_set_times(path, (atime, 0), (mtime, 0)))
     }
 
     fn stat(&mut self, path: String) -> Answer<files::FileStat> {
@@ -643,10 +643,6 @@ impl DriverExports for StrataDriver {
             .into_iter()
             .map(|r| r.map_err(DriverError::from))
             .collect())
-    }
-
-    fn cleanup(&self, s: S<'_>) -> Answered<()> {
-        answer(self.strata_driver_driver().call_cleanup(s))
     }
 }
 

@@ -79,7 +79,7 @@ impl Driver for Btrfs {
     fn init(options: Options) -> Result<DriverInfo, Error> {
         let default_size = SIZE.parse(&options)?;
         let backing = files::filesystem_type(".")?;
-        if backing != "btrfs" {
+        if backing != files::FilesystemType::Btrfs {
             return Err(error::unsupported(format!(
                 "the btrfs driver needs its home on a btrfs filesystem, and this home is on \
                  {backing}; put the store root on btrfs (e.g. mount one at it) or use the \
@@ -157,7 +157,7 @@ impl Driver for Btrfs {
 
     fn plan_mount(id: &str, request: MountRequest) -> Result<MountPlan, Error> {
         validate_id(id)?;
-        Options(request.options).reject_unknown(&[])?;
+        request.options.reject_unknown(&[])?;
         if !Self::exists(id) {
             return Err(error::not_found(format!("layer {id}")));
         }
@@ -170,8 +170,8 @@ impl Driver for Btrfs {
     }
 
     fn status() -> Vec<(String, String)> {
-        let backing = files::filesystem_type(".").unwrap_or_else(|_| "unknown".into());
-        let mut status = vec![("Backing Filesystem".to_string(), backing)];
+        let backing = files::filesystem_type(".").map_or("unknown", |t| t.as_str());
+        let mut status = vec![("Backing Filesystem".to_string(), backing.to_string())];
         if let Ok(Some(size)) = SIZE.load_default(OPTIONS_FILE) {
             status.push(("Default Layer Size".into(), size.to_string()));
         }

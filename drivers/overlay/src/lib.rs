@@ -20,9 +20,9 @@
 
 use strata_driver_sdk::host::{archive, files, overlay};
 use strata_driver_sdk::{
-    BindMount, Change, Driver, DriverInfo, Error, LayerDiff, MountKind, MountPlan, MountRequest,
-    Options, OverlayMount, WhiteoutFormat, ensure_dir, error, read_small_file, remove_if_exists,
-    validate_id, write_small_file,
+    BindMount, Change, Driver, DriverInfo, Error, IncomingDiff, LayerDiff, MountKind, MountPlan,
+    MountRequest, Options, OverlayMount, OverlayOption, RedirectDir, WhiteoutFormat, Xino,
+    ensure_dir, error, read_small_file, remove_if_exists, validate_id, write_small_file,
 };
 
 /// Short-name links to each layer's `diff/`.
@@ -46,15 +46,20 @@ pub const MAX_LOWERS: usize = 500;
 pub const MAX_DEPTH: usize = MAX_LOWERS;
 /// Mode of a base layer's root.
 const EMPTY_ROOT_MODE: u32 = 0o555;
-/// Overlay options an operator may set with `mountopt` (the host checks them again).
-const OPERATOR_MOUNT_OPTIONS: &[&str] = &["volatile", "xino=off", "xino=on", "xino=auto"];
+/// Overlay options an operator may set with `mountopt`.
+const OPERATOR_MOUNT_OPTIONS: &[OverlayOption] = &[
+    OverlayOption::Volatile,
+    OverlayOption::Xino(Xino::Off),
+    OverlayOption::Xino(Xino::On),
+    OverlayOption::Xino(Xino::Auto),
+];
 
 pub struct Overlay;
 
 /// The operator's settings, persisted by `init`.
 #[derive(Default)]
 struct Settings {
-    mountopt: Vec<String>,
+    mountopt: Vec<OverlayOption>,
     userxattr: bool,
 }
 
@@ -63,15 +68,20 @@ impl Settings {
         options.reject_unknown(&["mountopt", "userxattr"])?;
         let mut s = Settings::default();
         if let Some(m) = options.get("mountopt") {
-            for o in m.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-                if !OPERATOR_MOUNT_OPTIONS.contains(&o) {
+            for text in m.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                let o = OverlayOption::parse(text)
+                    .ok()
+                    .filter(|o| OPERATOR_MOUNT_OPTIONS.contains(o));
+                let Some(o) = o else {
+                    let allowed: Vec<&str> =
+                        OPERATOR_MOUNT_OPTIONS.iter().map(|o| o.as_str()).collect();
                     return Err(error::invalid_argument(format!(
-                        "mountopt: `{o}` is not an option this driver passes (allowed: {}); \
+                        "mountopt: `{text}` is not an option this driver passes (allowed: {}); \
                          index, redirect_dir and metacopy stay off so native diffs are exact",
-                        OPERATOR_MOUNT_OPTIONS.join(", ")
+                        allowed.join(", ")
                     )));
-                }
-                s.mountopt.push(o.to_string());
+                };
+                s.mountopt.push(o);
             }
         }
         s.userxattr = match options.get("userxattr") {
@@ -88,7 +98,14 @@ impl Settings {
 
     fn save(&self) -> Result<(), Error> {
         Options(vec![
-            ("mountopt".into(), self.mountopt.join(",")),
+            (
+                "mountopt".into(),
+                self.mountopt
+                    .iter()
+                    .map(|o| o.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             ("userxattr".into(), self.userxattr.to_string()),
         ])
         .save(OPTIONS_FILE)
@@ -108,14 +125,16 @@ impl Settings {
 
     /// Options of every overlay mount: off what would make `diff/` disagree with what the
     /// layer changed (index, redirects, metadata-only copy-up), then the operator's.
-    fn mount_options(&self) -> Vec<String> {
-        let mut o: Vec<String> = ["index=off", "redirect_dir=off", "metacopy=off"]
-            .map(String::from)
-            .to_vec();
+    fn mount_options(&self) -> Vec<OverlayOption> {
+        let mut o = vec![
+            OverlayOption::Index(false),
+            OverlayOption::RedirectDir(RedirectDir::Off),
+            OverlayOption::Metacopy(false),
+        ];
         if self.userxattr {
-            o.push("userxattr".into());
+            o.push(OverlayOption::UserXattr);
         }
-        o.extend(self.mountopt.iter().cloned());
+        o.extend(self.mountopt.iter().copied());
         o
     }
 }
@@ -247,7 +266,7 @@ impl Driver for Overlay {
         let settings = Settings::parse(&options)?;
         remove_if_exists(PROBE_DIR)?;
         let f = overlay::probe(PROBE_DIR)?;
-        let backing = files::filesystem_type(".")?;
+        let backing = files::filesystem_type(".")?.to_string();
         if !f.supported {
             return Err(error::unsupported(format!(
                 "overlayfs does not work on this host's {backing} filesystem (a mount of two \
@@ -260,7 +279,7 @@ impl Driver for Overlay {
                  (d_type); overlayfs needs it (xfs: reformat with ftype=1)"
             )));
         }
-        if settings.mountopt.iter().any(|o| o == "volatile") && !f.volatile {
+        if settings.mountopt.contains(&OverlayOption::Volatile) && !f.volatile {
             return Err(error::unsupported(
                 "mountopt volatile: this kernel's overlayfs refuses it",
             ));
@@ -357,7 +376,7 @@ impl Driver for Overlay {
 
     fn plan_mount(id: &str, request: MountRequest) -> Result<MountPlan, Error> {
         validate_id(id)?;
-        Options(request.options).reject_unknown(&[])?;
+        request.options.reject_unknown(&[])?;
         if !Self::exists(id) {
             return Err(error::not_found(format!("layer {id}")));
         }
@@ -388,7 +407,7 @@ impl Driver for Overlay {
             // overlayfs stacks): the plan says read-only, so the host makes the mount
             // read-only and refuses a writable plan; a read-only layer is never mounted
             // read-write, so nothing else uses its `work/` meanwhile.
-            if settings.mountopt.iter().any(|o| o == "volatile") {
+            if settings.mountopt.contains(&OverlayOption::Volatile) {
                 // The kernel refuses a volatile work dir left dirty by an unclean stop.
                 remove_if_exists(&format!("{id}/work/work/incompat"))?;
             }
@@ -406,7 +425,7 @@ impl Driver for Overlay {
         })
     }
 
-    fn apply_diff(id: &str, _parent: Option<&str>, diff: &LayerDiff) -> Result<u64, Error> {
+    fn apply_diff(id: &str, _parent: Option<&str>, diff: IncomingDiff<'_>) -> Result<u64, Error> {
         validate_id(id)?;
         // A base layer is mounted as a bind: deletions there have nothing to hide, so they
         // delete. Above a parent they become overlay whiteouts.

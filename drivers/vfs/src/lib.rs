@@ -27,7 +27,7 @@ impl Driver for Vfs {
         let backing = files::filesystem_type(LAYERS)?;
         Ok(DriverInfo {
             name: "vfs".into(),
-            status: vec![("Backing Filesystem".into(), backing)],
+            status: vec![("Backing Filesystem".into(), backing.to_string())],
         })
     }
 
@@ -71,7 +71,7 @@ impl Driver for Vfs {
 
     fn plan_mount(id: &str, request: MountRequest) -> Result<MountPlan, Error> {
         validate_id(id)?;
-        Options(request.options).reject_unknown(&[])?;
+        request.options.reject_unknown(&[])?;
         if !Self::exists(id) {
             return Err(error::not_found(format!("layer {id}")));
         }
@@ -84,8 +84,8 @@ impl Driver for Vfs {
     }
 
     fn status() -> Vec<(String, String)> {
-        let backing = files::filesystem_type(LAYERS).unwrap_or_else(|_| "unknown".into());
-        vec![("Backing Filesystem".into(), backing)]
+        let backing = files::filesystem_type(LAYERS).map_or("unknown", |t| t.as_str());
+        vec![("Backing Filesystem".into(), backing.to_string())]
     }
 }
 

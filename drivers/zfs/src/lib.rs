@@ -100,19 +100,6 @@ fn describe(ds: &str, props: &[(String, String)]) -> Vec<(String, String)> {
     meta
 }
 
-/// The words of a host error, for status lines.
-fn message(e: &Error) -> String {
-    match e {
-        Error::NotFound(m)
-        | Error::AlreadyExists(m)
-        | Error::InvalidArgument(m)
-        | Error::Unsupported(m)
-        | Error::Busy(m)
-        | Error::Denied(m) => m.clone(),
-        Error::Io(io) => io.message.clone(),
-    }
-}
-
 fn metadata_names() -> Vec<String> {
     METADATA_PROPERTIES.iter().map(|s| s.to_string()).collect()
 }
@@ -273,7 +260,7 @@ impl Driver for Zfs {
     }
 
     fn plan_mount(id: &str, request: MountRequest) -> Result<MountPlan, Error> {
-        Options(request.options).reject_unknown(&[])?;
+        request.options.reject_unknown(&[])?;
         Self::open_layer_dir(id)?;
         bind_plan(&Self::layer_dir(id), id, request.read_only)
     }
@@ -290,13 +277,14 @@ impl Driver for Zfs {
                 let backend = match info.backend {
                     zfs::Backend::Kernel => "kernel ZFS",
                     zfs::Backend::Fuse => "zfs-fuse",
+                    _ => "another ZFS",
                 };
                 status.push(("Backend".to_string(), backend.to_string()));
                 let store = store().unwrap_or_default();
                 status.push(("Parent Dataset".into(), info.parent.clone()));
                 status.push(("Store Dataset".into(), format!("{}/{store}", info.parent)));
             }
-            Err(e) => status.push(("Backend".into(), format!("unavailable: {}", message(&e)))),
+            Err(e) => status.push(("Backend".into(), format!("unavailable: {}", e.message()))),
         }
         if let Ok(Some(size)) = SIZE.load_default(OPTIONS_FILE) {
             status.push(("Default Layer Size".into(), size.to_string()));

@@ -97,14 +97,25 @@ pub enum SandboxError {
         hint: String,
     },
     #[error(
-        "driver {driver} does not export {serves}-compatible interface (it exports: \
+        "driver {driver} does not export a strata:driver/driver interface (it exports: \
          {exports})"
     )]
-    NoDriverExport {
+    NoDriverExport { driver: String, exports: String },
+    /// The driver exports a contract version this host does not speak: refused before
+    /// anything is linked, with the versions it speaks (docs/contract.md).
+    #[error(
+        "driver {driver} was built for contract strata:driver {version}, which this host does \
+         not speak (it speaks {speaks}); rebuild it with a strata-driver-sdk of one of those \
+         versions, or use a Strata release that speaks {wanted}"
+    )]
+    UnsupportedContract {
         driver: String,
-        /// The driver interface this host serves, e.g. `strata:driver/driver@0.1.0`.
-        serves: String,
-        exports: String,
+        /// The version it exports (escaped).
+        version: String,
+        /// The versions this host speaks: `0.1, 0.2`.
+        speaks: String,
+        /// `MAJOR.MINOR` of `version`.
+        wanted: String,
     },
     #[error("driver {driver}: component cache {path}: {cause}")]
     Cache {
@@ -271,7 +282,6 @@ pub trait Driver: Send + Sync {
     fn metadata(&self, id: &str) -> Result<Vec<(String, String)>, CallError>;
     /// `metadata` of many layers; one result per id, in order.
     fn layers_metadata(&self, ids: &[String]) -> Result<Vec<LayerMetadata>, SandboxError>;
-    fn cleanup(&self) -> Result<(), CallError>;
 }
 
 /// Everything needed to start driver `name`, decided by the host's core from its config.

@@ -6,7 +6,7 @@
 
 use strata_driver_sdk::host::{archive, copy, files};
 use strata_driver_sdk::{
-    Driver, DriverInfo, Error, LayerDiff, MountPlan, MountRequest, Options, WhiteoutFormat,
+    Driver, DriverInfo, Error, IncomingDiff, MountPlan, MountRequest, Options, WhiteoutFormat,
     bind_plan, ensure_dir, remove_bind_target, remove_if_exists, validate_id,
 };
 
@@ -56,7 +56,7 @@ impl Driver for Forgetful {
         bind_plan(&Self::layer_dir(id), id, request.read_only)
     }
 
-    fn apply_diff(id: &str, _parent: Option<&str>, diff: &LayerDiff) -> Result<u64, Error> {
+    fn apply_diff(id: &str, _parent: Option<&str>, diff: IncomingDiff<'_>) -> Result<u64, Error> {
         // The bug: overlay's whiteout format on a layout where layers are full trees.
         archive::apply(diff, &Self::layer_dir(id), WhiteoutFormat::OverlayTrusted).map(|s| s.size)
     }

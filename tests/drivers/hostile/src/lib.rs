@@ -43,6 +43,8 @@
 //! |                        | while `fail-remove-always-ID` is in the home                 |
 //! | `fail-after-apply=1`   | makes the layer; each `apply-diff` onto it applies the tar   |
 //! |                        | (the host's apply goes through), then fails                 |
+//! | `set-times=NANOS`      | makes the layer, then `files.set-times` of its directory to  |
+//! |                        | 1 s + NANOS ns (atime and mtime): any `u32`, valid or not    |
 //!
 //! | marker in the home     | what the driver does while it exists                        |
 //! |------------------------|-------------------------------------------------------------|
@@ -58,14 +60,16 @@
 //! | `bind=PATH`            | a bind of PATH (e.g. `/`, `..`, `evil`)                     |
 //! | `target=PATH`          | its own layer bound at PATH                                 |
 //! | `lower=PATH[,PATH]`    | a read-only overlay of these lower directories              |
-//! | `overlay-option=OPT`   | an overlay with option OPT                                  |
+//! | `overlay-option=OPT`   | an overlay with option OPT (one contract 0.2 can name; the  |
+//! |                        | 0.1 build in `tests/drivers/v0.1` sends any string)         |
 //! | `writable=1`           | a read-write plan whatever the host asked                   |
 #![forbid(unsafe_code)]
 
 use strata_driver_sdk::host::{archive, btrfs, copy, files, zfs};
 use strata_driver_sdk::{
-    BindMount, Driver, DriverInfo, Error, LayerDiff, MountKind, MountPlan, MountRequest, Options,
-    OverlayMount, WhiteoutFormat, ensure_dir, error, remove_bind_target, remove_if_exists,
+    BindMount, Driver, DriverInfo, Error, IncomingDiff, MountKind, MountPlan, MountRequest,
+    Options, OverlayMount, OverlayOption, WhiteoutFormat, ensure_dir, error, remove_bind_target,
+    remove_if_exists,
 };
 
 pub struct Hostile;
@@ -224,6 +228,26 @@ fn hostile_links(options: &Options) -> Option<Result<(), Error>> {
     None
 }
 
+/// The `set-times` option: a layer whose directory gets times with the nanoseconds asked
+/// for (contract 0.2 carries nanoseconds; a second or more is not a valid timestamp).
+fn hostile_times(id: &str, parent: Option<&str>, options: &Options) -> Option<Result<(), Error>> {
+    let nanos = options.get("set-times")?;
+    let Ok(nanoseconds) = nanos.parse::<u32>() else {
+        return Some(Err(error::invalid_argument("set-times=NANOS")));
+    };
+    Some((|| {
+        if parent.is_some() {
+            return Err(error::invalid_argument("set-times makes a base layer"));
+        }
+        files::mkdir(&Hostile::layer_dir(id), 0o755, 0, 0)?;
+        let t = strata_driver_sdk::Timestamp {
+            seconds: 1,
+            nanoseconds,
+        };
+        files::set_times(&Hostile::layer_dir(id), t, t)
+    })())
+}
+
 /// Where the `wasi-*` options leave what they read, for the test to compare.
 const WASI_OUT_FILE: &str = "wasi-out";
 
@@ -363,6 +387,9 @@ impl Driver for Hostile {
         if options.get("panic").is_some() {
             panic!("hostile driver panicked on purpose");
         }
+        if let Some(r) = hostile_times(id, parent, &options) {
+            return r;
+        }
         lasting_failures(id, &options)?;
         match parent {
             Some(p) => copy::copy_tree(
@@ -392,7 +419,7 @@ impl Driver for Hostile {
         remove_bind_target(id)
     }
 
-    fn apply_diff(id: &str, _parent: Option<&str>, diff: &LayerDiff) -> Result<u64, Error> {
+    fn apply_diff(id: &str, _parent: Option<&str>, diff: IncomingDiff<'_>) -> Result<u64, Error> {
         let size = archive::apply(diff, &Self::layer_dir(id), WhiteoutFormat::Delete)?.size;
         if files::stat(&apply_fails_marker(id)).is_ok() {
             return Err(error::invalid_argument(
@@ -403,7 +430,7 @@ impl Driver for Hostile {
     }
 
     fn plan_mount(id: &str, request: MountRequest) -> Result<MountPlan, Error> {
-        let options = Options(request.options);
+        let options = request.options;
         let target = match options.get("target") {
             Some(t) => t.to_string(),
             None => {
@@ -425,7 +452,7 @@ impl Driver for Hostile {
                 lower: vec![Self::layer_dir(id)],
                 upper: None,
                 work: None,
-                options: vec![opt.to_string()],
+                options: vec![OverlayOption::parse(opt)?],
             })
         } else {
             MountKind::Bind(BindMount {
