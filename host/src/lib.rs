@@ -17,6 +17,8 @@ pub mod config;
 pub mod conformance;
 pub mod copy;
 pub mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod layers;
 pub mod layout;

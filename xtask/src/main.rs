@@ -9,9 +9,12 @@
 //! - `cargo xtask test`: as root, install what the tests need; then format and lint checks
 //!   and every test, privileged ones included.
 //! - `cargo xtask bench`: figures, each as a ratio to a baseline measured in the same run.
+//! - `cargo xtask fuzz [TARGET] [--time SECS]`: the fuzz targets of `fuzz/` under libFuzzer
+//!   (docs/fuzzing.md); `test` runs each for a short time too.
 
 mod bench;
 mod demo;
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,6 +44,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 ];
 
 fn main() -> Result<()> {
+    if let Some(wrapped) = fuzz::as_rustc_wrapper() {
+        return wrapped;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest = &args[1.min(args.len())..];
     match args.first().map(String::as_str) {
@@ -49,8 +55,11 @@ fn main() -> Result<()> {
         Some("demo") => demo::run(),
         Some("test") => test(rest),
         Some("bench") => bench::run(rest),
+        Some("fuzz") => fuzz::run_cli(rest),
         _ => {
-            eprintln!("usage: cargo xtask <build|install [--prefix DIR]|demo|test|bench>");
+            eprintln!(
+                "usage: cargo xtask <build|install [--prefix DIR]|demo|test|bench|fuzz [TARGET] [--time SECS]>"
+            );
             bail!("unknown or missing task")
         }
     }
@@ -252,5 +261,7 @@ fn test(args: &[String]) -> Result<()> {
         c.args(["--exclude", d]);
     }
     c.env("STRATA_TEST_WASM_DIR", wasm_dir()).args(args);
-    run(&mut c)
+    run(&mut c)?;
+    // The fuzz targets, briefly: the seeds and what a short run finds from them.
+    fuzz::fuzz(fuzz::TARGETS, fuzz::CI_SECONDS)
 }
