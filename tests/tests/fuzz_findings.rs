@@ -63,3 +63,34 @@ fn an_opaque_marker_beneath_a_symlink_is_refused_and_the_apply_undone() {
         assert_eq!(tree(dest), before, "{format:?}");
     }
 }
+
+/// tar_apply: a layer holding a symlink `out` that leads nowhere within the layer
+/// (`../outside`, `/missing`: resolved in the layer's root, neither exists), and a tar with
+/// an entry beneath it. Making the entry's parent directories, the apply noted `out` as
+/// created by it before `mkdir` found the name taken, and undoing the failed apply then
+/// removed the layer's own symlink. Nothing the layer had may be noted as created: refused,
+/// and the layer as it was.
+#[test]
+fn an_entry_beneath_a_dangling_symlink_is_refused_and_the_symlink_kept() {
+    for (format, entry) in [
+        (WhiteoutFormat::Delete, Entry::file("out/new", 0o644, b"x")),
+        (WhiteoutFormat::OverlayTrusted, Entry::whiteout("out/sentinel")),
+        (WhiteoutFormat::OverlayUser, Entry::dir("out/sub", 0o755)),
+    ] {
+        for target in ["../outside", "/missing"] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dest = tmp.path();
+            std::fs::write(dest.join("top"), b"kept").unwrap();
+            std::os::unix::fs::symlink(target, dest.join("out")).unwrap();
+            let before = tree(dest);
+            let tar = tar_of(&[Entry::file("new", 0o644, b"undone"), entry.clone()]);
+            let dir = Dir::open_ambient(dest).unwrap();
+            let result = apply_layer_tar(tar.as_slice(), &dir, format);
+            assert!(
+                matches!(result, Err(ArchiveError::Undone(_))),
+                "{format:?} {target}: expected a refusal, undone: {result:?}"
+            );
+            assert_eq!(tree(dest), before, "{format:?} {target}");
+        }
+    }
+}
