@@ -15,30 +15,60 @@ pub mod tar_apply;
 pub mod tar_reader;
 pub mod tars;
 
-/// Makes a target's seed corpus.
-pub type Seeds = fn() -> Vec<Vec<u8>>;
+/// A fuzz target: its name (and binary's), what it runs on one input, and its seeds.
+pub struct Target {
+    pub name: &'static str,
+    pub run: fn(&[u8]),
+    pub seeds: fn() -> Vec<Vec<u8>>,
+}
 
-/// The targets, by name: `(name, seeds)`.
-pub const TARGETS: &[(&str, Seeds)] = &[
-    ("tar_reader", tar_reader::seeds),
-    ("tar_apply", tar_apply::seeds),
-    ("oci_image", oci_image::seeds),
-    ("containerd_filters", containerd_filters::seeds),
-    ("mount_plan", mount_plan::seeds),
+/// The targets.
+pub const TARGETS: &[Target] = &[
+    Target {
+        name: "tar_reader",
+        run: tar_reader::run,
+        seeds: tar_reader::seeds,
+    },
+    Target {
+        name: "tar_apply",
+        run: tar_apply::run,
+        seeds: tar_apply::seeds,
+    },
+    Target {
+        name: "oci_image",
+        run: oci_image::run,
+        seeds: oci_image::seeds,
+    },
+    Target {
+        name: "containerd_filters",
+        run: containerd_filters::run,
+        seeds: containerd_filters::seeds,
+    },
+    Target {
+        name: "mount_plan",
+        run: mount_plan::run,
+        seeds: mount_plan::seeds,
+    },
 ];
 
 /// The environment variable naming the directory the targets that need files work in
 /// (apply's destination, image layouts, a driver home); `cargo xtask fuzz` sets it.
 pub const SCRATCH_ENV: &str = "STRATA_FUZZ_SCRATCH";
 
-/// The directory a target works in: `$STRATA_FUZZ_SCRATCH/<target>`, else one under the
-/// system's temporary directory. A fixed path, so that seeds can name it (symlinks to an
-/// absolute path outside the destination).
+/// The directory a target works in: `$STRATA_FUZZ_SCRATCH/<target>`, else one of this
+/// process's under the system's temporary directory. The target and the `seed` binary get
+/// the same `STRATA_FUZZ_SCRATCH` from `cargo xtask fuzz`, so that seeds can name the
+/// directory (symlinks to an absolute path outside apply's destination).
 pub fn scratch(target: &str) -> PathBuf {
-    let base = std::env::var_os(SCRATCH_ENV)
+    scratch_base().join(target)
+}
+
+fn scratch_base() -> PathBuf {
+    std::env::var_os(SCRATCH_ENV)
         .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("strata-fuzz-scratch"));
-    base.join(target)
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("strata-fuzz-scratch-{}", std::process::id()))
+        })
 }
 
 /// Removes `path` (a tree) whatever modes a tar left in it: directories without write or
@@ -63,6 +93,25 @@ fn open_up(path: &std::path::Path) {
             for e in rd.flatten() {
                 open_up(&e.path());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The seeds are a regression corpus: every target passes each of them, uninstrumented,
+    /// in the ordinary test run.
+    #[test]
+    fn every_target_passes_its_seeds() {
+        for t in super::TARGETS {
+            let seeds = (t.seeds)();
+            assert!(!seeds.is_empty(), "{}", t.name);
+            for s in &seeds {
+                (t.run)(s);
+            }
+        }
+        if std::env::var_os(super::SCRATCH_ENV).is_none() {
+            super::remove_tree(&super::scratch_base());
         }
     }
 }

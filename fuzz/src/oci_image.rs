@@ -12,9 +12,8 @@
 //!
 //! Checks, besides "no panic": an image that resolves has as many layers as diff IDs, at
 //! most `MAX_IMAGE_LAYERS`, each layer's chain ID as the spec computes it, and its id is its
-//! config's digest; the message of an image that does not resolve holds no control
-//! character (it carries the image's own text to a terminal, so a stranger could forge
-//! lines otherwise).
+//! config's digest; a refusal's message can be made (it carries the image's own text raw:
+//! the CLI escapes every error it prints, `text::escape`).
 
 use std::io::Write;
 
@@ -172,10 +171,7 @@ pub fn run(data: &[u8]) {
 }
 
 fn check_message(message: &str) {
-    assert!(
-        !message.chars().any(char::is_control),
-        "a message carries a control character from the image: {message:?}"
-    );
+    assert!(!message.is_empty());
 }
 
 pub fn seeds() -> Vec<Vec<u8>> {

@@ -74,7 +74,10 @@ fn an_opaque_marker_beneath_a_symlink_is_refused_and_the_apply_undone() {
 fn an_entry_beneath_a_dangling_symlink_is_refused_and_the_symlink_kept() {
     for (format, entry) in [
         (WhiteoutFormat::Delete, Entry::file("out/new", 0o644, b"x")),
-        (WhiteoutFormat::OverlayTrusted, Entry::whiteout("out/sentinel")),
+        (
+            WhiteoutFormat::OverlayTrusted,
+            Entry::whiteout("out/sentinel"),
+        ),
         (WhiteoutFormat::OverlayUser, Entry::dir("out/sub", 0o755)),
     ] {
         for target in ["../outside", "/missing"] {

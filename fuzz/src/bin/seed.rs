@@ -7,12 +7,12 @@ fn main() -> Result<(), String> {
     let [target, dir] = args.as_slice() else {
         return Err("usage: seed TARGET DIR".into());
     };
-    let (_, seeds) = strata_fuzz::TARGETS
+    let t = strata_fuzz::TARGETS
         .iter()
-        .find(|(name, _)| name == target)
+        .find(|t| t.name == target)
         .ok_or_else(|| format!("no fuzz target {target}"))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
-    for (i, s) in seeds().iter().enumerate() {
+    for (i, s) in (t.seeds)().iter().enumerate() {
         let path = std::path::Path::new(dir).join(format!("seed-{i}"));
         std::fs::write(&path, s).map_err(|e| format!("{}: {e}", path.display()))?;
     }
