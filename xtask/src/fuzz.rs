@@ -12,6 +12,10 @@
 //! (wasmtime among them) are the ones the tests built, not built again, and the normal
 //! build's artifacts stay uninstrumented.
 //!
+//! As root (CI), each target runs in a mount namespace of its own whose root filesystem is
+//! read-only except for that directory, so an escape from a scratch directory cannot damage
+//! the machine.
+//!
 //! Everything lands under `<target dir>/fuzz/`: `corpus/T` (grows run after run), `seeds/T`
 //! (written anew each run by the `seed` binary), `findings/T` (libFuzzer's `crash-*`,
 //! `timeout-*`, `oom-*` inputs; replay one with `<target dir>/debug/T FILE`), `logs/T.log`.
@@ -202,7 +206,22 @@ fn run_target(
         "xtask: fuzzing {target} for {seconds} s (log: {})",
         log.display()
     );
-    let status = Command::new(target_dir().join("debug").join(target))
+    let bin = target_dir().join("debug").join(target);
+    let mut c = if crate::is_root() {
+        // As root, in a mount namespace of its own where the root filesystem is read-only
+        // but for the fuzz directory: a target that escapes its scratch directory (the
+        // finding `tar_apply` looks for) cannot damage the machine.
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(r#"mount --bind "$1" "$1" && mount -o remount,bind,ro / && shift && exec "$@""#)
+            .arg("sh")
+            .arg(work)
+            .arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    let status = c
         .arg(&corpus)
         .arg(work.join("seeds").join(target))
         .arg(format!("-max_total_time={seconds}"))
