@@ -110,6 +110,11 @@ mod tests {
                 (t.run)(s);
             }
         }
+        // The image seeds are images import reads: the fuzzer starts from documents that
+        // get all the way through, not from ones refused at the first digest.
+        for (i, seed) in super::oci_image::seeds().iter().enumerate() {
+            assert_eq!(super::oci_image::resolved(seed), Some(true), "seed {i}");
+        }
         if std::env::var_os(super::SCRATCH_ENV).is_none() {
             super::remove_tree(&super::scratch_base());
         }

@@ -5,7 +5,8 @@
 //! Input: a mode byte, then documents separated by a line `@@`. Mode bit 0: an archive (a tar
 //! of the files) instead of a layout directory; bit 1: `docker save` (the first document is
 //! `manifest.json`) instead of OCI (`index.json`); bit 2 (OCI): the last document is
-//! `oci-layout`. Every other document is a blob, stored under its own digest. So that the
+//! `oci-layout`; bit 3: the rest of the input is an archive as it is, not documents. Every
+//! other document is a blob, stored under its own digest. So that the
 //! fuzzer can point a document at another despite digests, a document may name a later one,
 //! `N` its position: `#N` becomes its digest (`sha256:…`), `$N` its size and `%N` its blob
 //! path (`blobs/sha256/…`); documents are finished from the last one up.
@@ -111,14 +112,25 @@ fn files(data: &[u8]) -> (u8, Vec<(String, Vec<u8>)>) {
 }
 
 pub fn run(data: &[u8]) {
+    let _ = resolved(data);
+}
+
+/// Writes the image the input describes and resolves it, checking the result; `None` for an
+/// input that describes nothing, else whether it resolved.
+pub(crate) fn resolved(data: &[u8]) -> Option<bool> {
     let (mode, files) = files(data);
     if files.is_empty() {
-        return;
+        return None;
     }
     let scratch = crate::scratch("oci_image");
     crate::remove_tree(&scratch);
     std::fs::create_dir_all(scratch.join("layout/blobs/sha256")).expect("scratch");
-    let path = if mode & 1 != 0 {
+    let path = if mode & 8 != 0 {
+        // The rest of the input is the archive itself, as a stranger hands it over.
+        let path = scratch.join("raw.tar");
+        std::fs::write(&path, &data[1..]).expect("scratch");
+        path
+    } else if mode & 1 != 0 {
         let path = scratch.join("image.tar");
         let mut b = tar::Builder::new(std::fs::File::create(&path).expect("scratch"));
         for (name, bytes) in &files {
@@ -141,7 +153,10 @@ pub fn run(data: &[u8]) {
     };
     let src = match ImageSource::open(&path) {
         Ok(src) => src,
-        Err(e) => return check_message(&e.to_string()),
+        Err(e) => {
+            check_message(&e.to_string());
+            return Some(false);
+        }
     };
     match resolve(&src) {
         Ok(image) => {
@@ -165,8 +180,12 @@ pub fn run(data: &[u8]) {
                 assert_eq!(l.chain_id, chain[i]);
             }
             assert_eq!(image.id, Digest::of(&image.config));
+            Some(true)
         }
-        Err(e) => check_message(&e.to_string()),
+        Err(e) => {
+            check_message(&e.to_string());
+            Some(false)
+        }
     }
 }
 
@@ -231,5 +250,22 @@ pub fn seeds() -> Vec<Vec<u8>> {
     out.push(join(1, &[multi, &manifest(2), &config]));
     out.push(join(2, &[docker_manifest, &config]));
     out.push(join(3, &[docker_manifest, &config]));
+    // Raw archives: the OCI and docker ones the tests write.
+    let tmp = crate::scratch("oci_image_seeds");
+    std::fs::create_dir_all(&tmp).expect("scratch");
+    for (i, write) in [
+        strata_tests::oci::write_oci_archive as fn(&_, &_),
+        strata_tests::oci::write_docker_archive,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = tmp.join(format!("{i}.tar"));
+        write(&image, &path);
+        let mut v = vec![8u8];
+        v.extend(std::fs::read(&path).expect("scratch"));
+        out.push(v);
+    }
+    crate::remove_tree(&tmp);
     out
 }
