@@ -11,18 +11,20 @@
 //! `MAX_PATH_LEN` bytes, naming a real directory beneath the home reached through no
 //! symlink; the target not the home itself; a read-only request not answered read-write;
 //! an overlay of 1 to `MAX_OVERLAY_LOWERS` lowers, upper and work together, options from
-//! `OVERLAY_OPTIONS` — and a plan it accepts mounts read-only when either side asks.
+//! `OverlayOption::ALL` — and a plan it accepts mounts read-only when either side asks.
 //!
-//! The plan types are the host's driver-facing ones; [`check`] is the one function that
-//! builds them, to re-point when they move.
+//! The plan types are the host's contract types (`strata_host::contract`); [`check`] is the
+//! one function that builds them, to re-point when they move.
 
 use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::arbitrary::{Result as ArbResult, Unstructured};
-use strata_host::mount::{MAX_OVERLAY_LOWERS, OVERLAY_OPTIONS, check_plan};
-use strata_host::sandbox::{BindMount, MountKind, MountPlan, MountRequest, OverlayMount};
+use strata_host::contract::{
+    BindMount, MountKind, MountPlan, MountRequest, OverlayMount, OverlayOption,
+};
+use strata_host::mount::{MAX_OVERLAY_LOWERS, check_plan};
 use strata_host::sys::Dir;
 use strata_host::sys::fs::MAX_PATH_LEN;
 
@@ -47,8 +49,15 @@ pub enum Kind {
     },
 }
 
+/// The overlay options a driver may name, as strings.
+fn allowed_options() -> Vec<&'static str> {
+    OverlayOption::ALL.iter().map(|o| o.as_str()).collect()
+}
+
 /// Checks `plan` with the host, for a request read-only or not: `Ok(read_only)` of the
-/// checked plan, or the refusal's message.
+/// checked plan, or the refusal's message. Option strings become typed options as at the
+/// contract's edge (`OverlayOption::parse`: one outside the list makes the answer invalid),
+/// then the host's own plan check runs.
 pub fn check(home: &Dir, plan: &Plan, request_read_only: bool) -> Result<bool, String> {
     let kind = match &plan.kind {
         Kind::Bind { source } => MountKind::Bind(BindMount {
@@ -63,7 +72,10 @@ pub fn check(home: &Dir, plan: &Plan, request_read_only: bool) -> Result<bool, S
             lower: lower.clone(),
             upper: upper.clone(),
             work: work.clone(),
-            options: options.clone(),
+            options: options
+                .iter()
+                .map(|o| OverlayOption::parse(o))
+                .collect::<Result<_, _>>()?,
         }),
     };
     let plan = MountPlan {
@@ -153,7 +165,7 @@ fn option(u: &mut Unstructured<'_>) -> ArbResult<String> {
             u.arbitrary::<String>()?
         });
     }
-    Ok(u.choose(OVERLAY_OPTIONS)?.to_string())
+    Ok(u.choose(&allowed_options())?.to_string())
 }
 
 fn plan(u: &mut Unstructured<'_>) -> ArbResult<(Plan, bool)> {
@@ -243,7 +255,7 @@ fn model(home: &Path, plan: &Plan, request_read_only: bool) -> Result<bool, Stri
             }
             if options
                 .iter()
-                .any(|o| !OVERLAY_OPTIONS.contains(&o.as_str()))
+                .any(|o| !allowed_options().contains(&o.as_str()))
             {
                 return Err("option".into());
             }

@@ -113,8 +113,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             driver: "overlay".into(),
-            root: PathBuf::from("/var/lib/strata"),
-            run_root: PathBuf::from("/run/strata"),
+            root: PathBuf::from(crate::paths::DEFAULT_ROOT),
+            run_root: PathBuf::from(crate::paths::DEFAULT_RUN_ROOT),
             sandbox: Sandbox::default(),
             drivers: BTreeMap::new(),
         }
@@ -561,3 +561,7 @@ fsname = "tank/strata"
         assert_eq!(parse_duration("3"), None);
     }
 }
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod syntax_tests;

@@ -27,17 +27,18 @@ use sha2::{Digest, Sha256};
 
 use crate::archive;
 use crate::config::Config;
+use crate::contract::{DriverInfo, MountRequest};
 use crate::mount::{self, PlanError};
 use crate::registry::{self, DriverLocation, LocateError};
 use crate::sandbox::inspect::{ComponentSummary, inspect_component};
 use crate::sandbox::{
-    CallError, Capability, ComponentCache, DriverComponent, DriverInfo, DriverRuntime,
-    MountRequest, SandboxEngine, SandboxError, SandboxLimits,
+    CallError, Capability, ComponentCache, DriverComponent, DriverRuntime, SandboxEngine,
+    SandboxError, SandboxLimits,
 };
 use crate::store::{Layer, LayerStore, NewLayer, StoreError};
 use crate::sys::SysError;
 
-pub use crate::sandbox::{Change, ChangeKind};
+pub use crate::contract::{Change, ChangeKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -118,8 +119,9 @@ pub struct StoreOptions {
     pub driver: Option<String>,
     /// Driver options added on top of `[drivers.NAME] options`.
     pub driver_options: Vec<(String, String)>,
-    /// Where compiled components are cached; default `<root>/cache/components`. Never at or
-    /// beneath `<root>/drivers`, where drivers write.
+    /// Where compiled components are cached; default `$STRATA_COMPONENT_CACHE`, else
+    /// `<root>/cache/components` ([`crate::paths::component_cache`]). Never at or beneath
+    /// `<root>/drivers`, where drivers write.
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -233,11 +235,9 @@ impl Strata {
         }
         let engine = SandboxEngine::new().map_err(|e| SandboxError::Setup {
             driver: location.name.clone(),
-            reason: format!("{e:#}"),
+            reason: e.to_string(),
         })?;
-        let cache_dir = options
-            .cache_dir
-            .unwrap_or_else(|| crate::layout::default_cache_dir(&config.root));
+        let cache_dir = crate::paths::component_cache(&config.root, options.cache_dir);
         crate::layout::check_cache_dir(&config.root, &cache_dir)?;
         let cache = ComponentCache::new(cache_dir);
         let component = DriverComponent::load(&engine, &cache, &location.name, &location.path)?;
@@ -362,11 +362,41 @@ impl Strata {
         &self.config
     }
 
-    pub fn store(&self) -> &LayerStore {
+    /// The store's exclusive lock (re-entrant per handle): while it is held no other handle
+    /// changes the store or calls its driver on a layer.
+    pub fn lock_exclusive(&self) -> Result<crate::store::StoreLock<'_>> {
+        Ok(self.store.lock_exclusive()?)
+    }
+
+    /// Layers not (or no longer) complete: being made, removed, applied onto, or set aside.
+    pub fn incomplete_layers(&self) -> Result<Vec<Layer>> {
+        Ok(self.store.incomplete_layers()?)
+    }
+
+    /// The containerd snapshot `key` (`strata serve`'s records).
+    pub fn snapshot(
+        &self,
+        key: &str,
+    ) -> std::result::Result<crate::store::SnapshotInfo, crate::store::SnapshotError> {
+        self.store.snapshot(key)
+    }
+
+    /// The driver's name: the host's identity of it (the config's or the file's name),
+    /// never the name the driver reports.
+    pub fn driver_name(&self) -> &str {
+        self.driver.name()
+    }
+
+    /// The driver's home, `<root>/drivers/<name>`: the one directory it may write.
+    pub fn driver_home(&self) -> &Path {
+        self.driver.home_path()
+    }
+
+    pub(crate) fn store(&self) -> &LayerStore {
         &self.store
     }
 
-    pub fn driver(&self) -> &DriverRuntime {
+    pub(crate) fn driver(&self) -> &DriverRuntime {
         &self.driver
     }
 
@@ -428,21 +458,22 @@ impl Strata {
             }
             None => (parent.clone(), parent),
         };
-        let layer = self.store.begin_create(NewLayer {
-            id: req.id,
-            parent,
-            names: req.names,
-            driver: self.driver.name().to_string(),
-            read_write: req.read_write,
-            template: template.map(|t| t.id),
-            parent_may_be_incomplete: false,
-        })?;
-        let pending = PendingLayer::new(self, &layer.id);
-        self.driver
-            .create(&layer.id, base.as_deref(), req.read_write, &req.options)?;
-        self.store.finish_create(&layer.id)?;
+        let mut pending = PendingLayers::new(self)?;
+        let id = pending.create(
+            NewLayer {
+                id: req.id,
+                parent,
+                names: req.names,
+                read_write: req.read_write,
+                template: template.map(|t| t.id),
+                ..Default::default()
+            },
+            base.as_deref(),
+            &req.options,
+        )?;
+        self.store.finish_create(&id)?;
         pending.keep();
-        Ok(self.store.get(&layer.id)?)
+        Ok(self.store.get(&id)?)
     }
 
     /// Applies a layer tar (plain, gzip or zstd) read from `input` onto layer `id`. All or
@@ -728,7 +759,13 @@ impl Strata {
     fn checked_plan(&self, id: &str, request: &MountRequest) -> Result<mount::CheckedPlan> {
         // Held by the callers already (re-entrant): the plan may write into the layer.
         let _lock = self.store.lock_exclusive()?;
-        let plan = self.driver.plan_mount(id, request)?;
+        let plan = match self.driver.plan_mount(id, request) {
+            // A plan the contract could carry but the host refuses is a refused plan.
+            Err(CallError::Sandbox(SandboxError::InvalidAnswer { driver, reason, .. })) => {
+                return Err(PlanError::Invalid { driver, reason }.into());
+            }
+            other => other?,
+        };
         Ok(mount::check_plan(
             self.driver.name(),
             self.driver.home(),
@@ -853,37 +890,78 @@ impl Strata {
     }
 }
 
-/// A layer being made ("record, then driver data"): discarded ([`Strata::discard`]) when
-/// dropped before [`PendingLayer::keep`], on every error path of the code making it. The one
-/// rollback of layer creation (plain layers, containers, committed containers; image import
-/// discards its chain with [`Strata::discard`]).
+/// Layers being made ("record, then driver data"), the one rollback of layer creation: plain
+/// layers ([`Strata::create_layer`]), containers, committed containers, each new layer of an
+/// image import, containerd's snapshots. [`PendingLayers::create`] writes a layer's record
+/// incomplete, then has the driver make its data; the layers stay incomplete until their
+/// caller marks them complete (or records their owner) and calls [`PendingLayers::keep`].
+/// Dropped before that (every error path, a panic), it undoes them newest first, each as
+/// [`Strata::discard`] does after ending a mount the caller made on it: marked incomplete,
+/// mount ended, data removed, record deleted. It stops at the first layer that cannot be
+/// removed: that one and those below it (its parents) stay incomplete, and the store's
+/// recovery finishes them, leaves first (docs/crash-safety.md). Holds the store's
+/// exclusive lock from the first record to the last drop, so no other handle sees a
+/// half-made layer.
 #[must_use]
-pub(crate) struct PendingLayer<'a> {
+pub(crate) struct PendingLayers<'a> {
     strata: &'a Strata,
-    id: String,
-    kept: bool,
+    ids: Vec<String>,
+    _lock: crate::store::StoreLock<'a>,
 }
 
-impl<'a> PendingLayer<'a> {
-    pub(crate) fn new(strata: &'a Strata, id: &str) -> Self {
-        PendingLayer {
+impl<'a> PendingLayers<'a> {
+    pub(crate) fn new(strata: &'a Strata) -> Result<Self> {
+        Ok(PendingLayers {
             strata,
-            id: id.to_string(),
-            kept: false,
-        }
+            ids: Vec::new(),
+            _lock: strata.store.lock_exclusive()?,
+        })
     }
 
-    /// The layer is made: nothing to undo.
+    /// Records `new` (incomplete; its `driver` is this store's) and has the driver create
+    /// its data on `base` (the template or the parent; `None`: empty), read-write when the
+    /// record says so. Returns the layer's id. A failure of either leaves nothing once this
+    /// guard drops.
+    pub(crate) fn create(
+        &mut self,
+        new: NewLayer,
+        base: Option<&str>,
+        options: &[(String, String)],
+    ) -> Result<String> {
+        let read_write = new.read_write;
+        let layer = self.strata.store.begin_create(NewLayer {
+            driver: self.strata.driver.name().to_string(),
+            ..new
+        })?;
+        // From here on the record exists: the rollback owns it, whatever the driver does.
+        self.ids.push(layer.id.clone());
+        self.strata
+            .driver
+            .create(&layer.id, base, read_write, options)?;
+        Ok(layer.id)
+    }
+
+    /// The layers are made (complete or owned): nothing to undo.
     pub(crate) fn keep(mut self) {
-        self.kept = true;
+        self.ids.clear();
+    }
+
+    /// The layers made so far, oldest first.
+    pub(crate) fn ids(&self) -> &[String] {
+        &self.ids
     }
 }
 
-impl Drop for PendingLayer<'_> {
+impl Drop for PendingLayers<'_> {
     fn drop(&mut self) {
-        if !self.kept {
-            // A failure leaves the record incomplete: recovery finishes the job.
-            let _ = self.strata.discard(&self.id);
+        for id in self.ids.iter().rev() {
+            // A mount the caller made on it (containerd's snapshots) ends first; then the
+            // layer goes record last. A failure leaves the record incomplete: recovery
+            // finishes the job, and the layers below (its parents) wait for it.
+            let _ = self.strata.release_mount(id);
+            if self.strata.discard(id).is_err() {
+                return;
+            }
         }
     }
 }

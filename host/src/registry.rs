@@ -45,8 +45,8 @@ pub fn builtin_grants(name: &str) -> &'static [&'static str] {
 /// Directories searched for first-party drivers, in order.
 pub fn search_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os("STRATA_DRIVER_DIR") {
-        dirs.push(PathBuf::from(d));
+    if let Some(d) = crate::paths::driver_dir() {
+        dirs.push(d);
     }
     if let Some(exe_dir) = std::env::current_exe()
         .ok()

@@ -209,3 +209,7 @@ mod tests {
         assert!(m.contains("`size`"), "{m}");
     }
 }
+
+#[cfg(test)]
+#[path = "options_tests.rs"]
+mod reading_tests;

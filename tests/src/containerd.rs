@@ -26,6 +26,8 @@ pub fn ctr_at(address: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Whether root and the tools a private containerd needs are here; [`crate::skip`]s `test`
+/// when not.
 pub fn tools_or_skip(test: &str) -> bool {
     if !crate::root_or_skip(test, "containerd and mounts") {
         return false;
@@ -41,7 +43,7 @@ pub fn tools_or_skip(test: &str) -> bool {
             .output()
             .is_ok_and(|o| o.status.success());
         if !found {
-            eprintln!("skipped: {test}: needs {tool} (Debian package {package})");
+            crate::skip(test, &format!("needs {tool} (Debian package {package})"));
             return false;
         }
     }

@@ -70,8 +70,8 @@ pub fn strata_bin() -> PathBuf {
 /// component cache.
 pub fn strata_env() -> [(&'static str, PathBuf); 2] {
     [
-        ("STRATA_COMPONENT_CACHE", cache_dir()),
-        ("STRATA_DRIVER_DIR", wasm_dir()),
+        (strata_host::paths::COMPONENT_CACHE_ENV, cache_dir()),
+        (strata_host::paths::DRIVER_DIR_ENV, wasm_dir()),
     ]
 }
 
@@ -82,12 +82,53 @@ pub fn strata_command(bin: impl AsRef<std::ffi::OsStr>) -> std::process::Command
     c
 }
 
-/// Whether this process is root; prints why `test` is skipped when it is not.
+/// The environment variable that turns every skip into a failure: when it is `1`, a test
+/// that cannot run here (not root, a tool missing) panics instead of printing `skipped:`.
+/// `cargo xtask test` sets it whenever it runs as root (as CI does), where every test can
+/// run, so a skip there is a fault in the machine or the test, never a silent pass.
+pub const REQUIRE_ALL_ENV: &str = "STRATA_TEST_REQUIRE_ALL";
+
+/// Whether [`REQUIRE_ALL_ENV`], with the value `value`, asks for every test to run: only
+/// `1` does (unset, empty or `0`: skips are allowed).
+pub fn requires_all(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| v == "1")
+}
+
+/// The one place a test gives up because the environment cannot run it: prints
+/// `skipped: TEST: REASON`, or panics with that reason when [`REQUIRE_ALL_ENV`] is `1`.
+/// Every helper that decides a test cannot run here (`root_or_skip`, `btrfs_or_skip`,
+/// `zfs_or_skip`, `containerd::tools_or_skip`) and every test that checks its environment
+/// itself calls this, so `cargo xtask test` as root cannot pass with a test not run.
+pub fn skip(test: &str, reason: &str) {
+    skip_if_allowed(
+        requires_all(std::env::var_os(REQUIRE_ALL_ENV).as_deref()),
+        test,
+        reason,
+    )
+}
+
+/// [`skip`] with the requirement given (what [`skip`] reads from the environment).
+pub fn skip_if_allowed(require_all: bool, test: &str, reason: &str) {
+    if require_all {
+        panic!(
+            "{test} cannot run here ({reason}), and {REQUIRE_ALL_ENV}=1 requires every test \
+             to run (a skip in CI is a failure)"
+        );
+    }
+    eprintln!("skipped: {test}: {reason}");
+}
+
+/// Why a test that opens a store needs root: every driver's `init` makes its directories
+/// owned 0:0 (through the host's `files.mkdir`), which only root may do.
+pub const DRIVER_INIT_NEEDS_ROOT: &str = "a driver's init makes its directories owned 0:0";
+
+/// Whether this process is root; when it is not, [`skip`]s `test` (`why` says what needs
+/// root).
 pub fn root_or_skip(test: &str, why: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         true
     } else {
-        eprintln!("skipped: {test}: needs root ({why})");
+        skip(test, &format!("needs root ({why})"));
         false
     }
 }
@@ -263,8 +304,8 @@ impl Drop for TempStore {
     }
 }
 
-/// Whether the tools and the kernel can make a loop-mounted btrfs here; prints why `test`
-/// is skipped when not.
+/// Whether the tools and the kernel can make a loop-mounted btrfs here; [`skip`]s `test`
+/// when not.
 pub fn btrfs_or_skip(test: &str) -> bool {
     if !root_or_skip(test, "it loop-mounts a btrfs filesystem") {
         return false;
@@ -274,7 +315,7 @@ pub fn btrfs_or_skip(test: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_tool {
-        eprintln!("skipped: {test}: mkfs.btrfs is not installed (Debian: btrfs-progs)");
+        skip(test, "mkfs.btrfs is not installed (Debian: btrfs-progs)");
         return false;
     }
     true
@@ -404,7 +445,7 @@ pub fn assert_all_pass(report: &Report, deep_chain: usize) {
     );
 }
 
-/// Whether zfs-fuse can serve a test pool here; prints why `test` is skipped when not.
+/// Whether zfs-fuse can serve a test pool here; [`skip`]s `test` when not.
 pub fn zfs_or_skip(test: &str) -> bool {
     if !root_or_skip(test, "it runs zfs-fuse and makes a file-backed pool") {
         return false;
@@ -417,11 +458,11 @@ pub fn zfs_or_skip(test: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_tools {
-        eprintln!("skipped: {test}: zfs-fuse is not installed (Debian: zfs-fuse)");
+        skip(test, "zfs-fuse is not installed (Debian: zfs-fuse)");
         return false;
     }
     if !Path::new("/dev/fuse").exists() {
-        eprintln!("skipped: {test}: /dev/fuse is missing, so zfs-fuse cannot mount");
+        skip(test, "/dev/fuse is missing, so zfs-fuse cannot mount");
         return false;
     }
     true
@@ -592,5 +633,31 @@ impl Drop for ZfsPool {
             std::thread::sleep(std::time::Duration::from_millis(250));
         }
         eprintln!("warning: could not destroy test pool {}", self.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn only_1_requires_every_test() {
+        assert!(requires_all(Some(OsStr::new("1"))));
+        for v in ["", "0", "yes", "true", " 1"] {
+            assert!(!requires_all(Some(OsStr::new(v))), "{v:?}");
+        }
+        assert!(!requires_all(None));
+    }
+
+    #[test]
+    fn a_skip_is_allowed_without_the_requirement() {
+        skip_if_allowed(false, "a_test", "a reason");
+    }
+
+    #[test]
+    #[should_panic(expected = "a_test cannot run here (a reason), and STRATA_TEST_REQUIRE_ALL=1")]
+    fn a_skip_fails_when_every_test_must_run() {
+        skip_if_allowed(true, "a_test", "a reason");
     }
 }

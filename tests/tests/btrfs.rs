@@ -7,8 +7,9 @@ use std::path::Path;
 
 use strata_host::config::Config;
 use strata_host::conformance::{self, SuiteOptions};
+use strata_host::contract::DriverError;
 use strata_host::layers::{CreateLayer, LayerError, StoreOptions, Strata};
-use strata_host::sandbox::{CallError, DriverError, SandboxError};
+use strata_host::sandbox::{CallError, SandboxError};
 use strata_host::sys;
 use strata_tests::{
     LoopBtrfs, TempStore, assert_all_pass, btrfs_or_skip, cache_dir, driver_wasm, run_conformance,
@@ -159,7 +160,10 @@ fn init_refuses_a_home_that_is_not_on_btrfs() {
         .filesystem_type(".")
         .unwrap();
     if fs_type == "btrfs" {
-        eprintln!("skipped: init_refuses_a_home_that_is_not_on_btrfs: the temp dir is on btrfs");
+        strata_tests::skip(
+            "init_refuses_a_home_that_is_not_on_btrfs",
+            "the temp dir is on btrfs",
+        );
         return;
     }
     let err = open_on(t.dir.path(), &btrfs_wasm(), config_on(t.dir.path()))
@@ -410,7 +414,7 @@ fn the_operator_default_size_limits_every_layer_and_children_inherit_limits() {
     create(&s, "own", Some("base"), &[("size", "32M")]).unwrap();
     create(&s, "inherits", Some("own"), &[]).unwrap();
     let limit_of = |id: &str| {
-        let meta = s.driver().metadata(id).unwrap();
+        let meta = s.metadata(id).unwrap();
         meta.iter()
             .find(|(k, _)| k == "size")
             .map(|(_, v)| v.parse::<u64>().unwrap())

@@ -168,6 +168,12 @@ fn driver_inspect_shows_wit_version_and_capabilities() {
 
 #[test]
 fn unsupported_quota_is_reported_not_ignored() {
+    if !root_or_skip(
+        "unsupported_quota_is_reported_not_ignored",
+        strata_tests::DRIVER_INIT_NEEDS_ROOT,
+    ) {
+        return;
+    }
     let t = TempStore::new();
     let (success, _, err) = t.cli(&["layer", "create", "--opt", "size=10M"]);
     assert!(!success);

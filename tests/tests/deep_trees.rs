@@ -94,6 +94,12 @@ fn deep_image_refused_or_removable(d: &[&str]) {
 
 #[test]
 fn an_image_1100_levels_deep_is_refused_cleanly_on_vfs() {
+    if !strata_tests::root_or_skip(
+        "an_image_1100_levels_deep_is_refused_cleanly_on_vfs",
+        strata_tests::DRIVER_INIT_NEEDS_ROOT,
+    ) {
+        return;
+    }
     deep_image_refused_or_removable(&["--driver", "vfs"]);
 }
 
@@ -111,6 +117,12 @@ fn an_image_1100_levels_deep_is_refused_cleanly_on_overlay() {
 /// A 1024-level tree (the limit itself) imports, copies, diffs and is removed.
 #[test]
 fn an_image_at_the_depth_limit_works() {
+    if !strata_tests::root_or_skip(
+        "an_image_at_the_depth_limit_works",
+        strata_tests::DRIVER_INIT_NEEDS_ROOT,
+    ) {
+        return;
+    }
     let t = TempStore::new();
     let d = ["--driver", "vfs"];
     let name = format!("{}f", "d/".repeat(1023));

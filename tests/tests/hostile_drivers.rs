@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use strata_host::contract::DriverError;
 use strata_host::layers::{LayerError, Strata};
-use strata_host::sandbox::{CallError, DriverError, SandboxError};
+use strata_host::sandbox::{CallError, SandboxError};
 use strata_tests::{TempStore, create_with, hostile_config, hostile_wasm, root_or_skip};
 
 const NAME: &str = strata_tests::HOSTILE;

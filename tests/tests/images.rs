@@ -230,6 +230,12 @@ fn import_forms_and_reuse(driver: &[&str]) {
 
 #[test]
 fn import_forms_and_reuse_on_vfs() {
+    if !strata_tests::root_or_skip(
+        "import_forms_and_reuse_on_vfs",
+        strata_tests::DRIVER_INIT_NEEDS_ROOT,
+    ) {
+        return;
+    }
     import_forms_and_reuse(&["--driver", "vfs"]);
 }
 
@@ -248,6 +254,12 @@ fn import_forms_and_reuse_on_overlay() {
 /// the same layers, the same images, nothing left in the driver's home.
 #[test]
 fn damaged_images_leave_the_store_as_it_was() {
+    if !strata_tests::root_or_skip(
+        "damaged_images_leave_the_store_as_it_was",
+        strata_tests::DRIVER_INIT_NEEDS_ROOT,
+    ) {
+        return;
+    }
     let driver: &[&str] = &["--driver", "vfs"];
     let t = TempStore::new();
     let work = t.dir.path().join("images");
@@ -449,6 +461,12 @@ fn containers_write_change_and_commit() {
 /// (the layers made so far were never complete and are removed), and the image imports.
 #[test]
 fn a_killed_import_leaves_nothing_behind() {
+    if !strata_tests::root_or_skip(
+        "a_killed_import_leaves_nothing_behind",
+        strata_tests::DRIVER_INIT_NEEDS_ROOT,
+    ) {
+        return;
+    }
     let driver: &[&str] = &["--driver", "vfs"];
     let t = TempStore::new();
     let layers: Vec<Vec<u8>> = (0..4)
@@ -510,6 +528,12 @@ fn a_killed_import_leaves_nothing_behind() {
 /// when stderr is a file or pipe.
 #[test]
 fn progress_shows_on_a_terminal_only() {
+    if !strata_tests::root_or_skip(
+        "progress_shows_on_a_terminal_only",
+        strata_tests::DRIVER_INIT_NEEDS_ROOT,
+    ) {
+        return;
+    }
     let t = TempStore::new();
     let img = image(Compression::Gzip);
     let layout = t.dir.path().join("layout");

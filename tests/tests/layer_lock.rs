@@ -44,6 +44,12 @@ const CALLS: &[(&str, Call)] = &[
 /// call ends after the holder said it lets go.
 #[test]
 fn driver_calls_on_a_layer_wait_for_the_store_lock() {
+    if !strata_tests::root_or_skip(
+        "driver_calls_on_a_layer_wait_for_the_store_lock",
+        strata_tests::DRIVER_INIT_NEEDS_ROOT,
+    ) {
+        return;
+    }
     let t = TempStore::new();
     let holder = t.open_with(&vfs_wasm(), t.config()).unwrap();
     let mut other = t.open_with(&vfs_wasm(), t.config()).unwrap();
@@ -58,7 +64,7 @@ fn driver_calls_on_a_layer_wait_for_the_store_lock() {
     }
     for (name, call) in CALLS {
         call(&other).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let lock = holder.store().lock_exclusive().unwrap();
+        let lock = holder.lock_exclusive().unwrap();
         let released = Arc::new(AtomicBool::new(false));
         let seen = released.clone();
         let call = *call;

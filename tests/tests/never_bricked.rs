@@ -295,6 +295,12 @@ fn a_crash_mid_apply_on_a_containers_layer_never_bricks_the_store() {
 /// when one such layer cannot be removed: it is set aside, the daemon serves the rest.
 #[test]
 fn serve_starts_beside_a_snapshot_layer_it_cannot_remove() {
+    if !strata_tests::root_or_skip(
+        "serve_starts_beside_a_snapshot_layer_it_cannot_remove",
+        strata_tests::DRIVER_INIT_NEEDS_ROOT,
+    ) {
+        return;
+    }
     let t = TempStore::new();
     let s = t
         .open_with(&hostile_wasm(), strata_tests::hostile_config(&t, ""))

@@ -3,10 +3,9 @@
 //! mapped only when it matches the digest the host recorded.
 
 use strata_host::config::Config;
+use strata_host::contract::DriverError;
 use strata_host::layers::{LayerError, StoreOptions, Strata};
-use strata_host::sandbox::{
-    CallError, ComponentCache, DriverComponent, DriverError, SandboxEngine,
-};
+use strata_host::sandbox::{CallError, ComponentCache, DriverComponent, SandboxEngine};
 use strata_tests::{TempStore, create_with, hostile_wasm, root_or_skip, vfs_wasm};
 
 const ALL_GRANTS: &str = r#"grants = ["files", "copy", "archive", "btrfs", "zfs", "log"]"#;
@@ -51,8 +50,8 @@ fn a_driver_named_cache_cannot_reach_the_component_cache() {
         !cached_before.is_empty(),
         "the store's own cache holds the compiled driver"
     );
-    assert_eq!(s.driver().home_path(), t.home("cache"));
-    assert!(!s.driver().home_path().starts_with(&cache));
+    assert_eq!(s.driver_home(), t.home("cache"));
+    assert!(!s.driver_home().starts_with(&cache));
     // What the driver would write where the old layout put the cache.
     create_with(&s, "a", &[("escape", "components")]).expect("in its own home");
     for escape in [
@@ -94,9 +93,9 @@ fn a_driver_named_cache_cannot_reach_the_component_cache() {
             ),
         )
         .expect("with the grants in [sandbox]");
-    let name = s.driver().name().to_string();
+    let name = s.driver_name().to_string();
     assert!(name.starts_with("path-"), "{name}");
-    assert_eq!(s.driver().home_path(), t2.home(&name));
+    assert_eq!(s.driver_home(), t2.home(&name));
     assert!(!t2.root().join("cache").join("layers.db").exists());
 }
 
@@ -227,8 +226,8 @@ fn a_file_named_like_a_first_party_driver_is_not_that_driver() {
     let s = t2
         .open_unconfigured(&zfs_named, config(&t2, &sections))
         .expect("the section naming the file by path applies");
-    assert_eq!(s.driver().name(), "mine");
-    assert_eq!(s.driver().home_path(), t2.home("mine"));
+    assert_eq!(s.driver_name(), "mine");
+    assert_eq!(s.driver_home(), t2.home("mine"));
 }
 
 /// An unknown name is refused with the config it needs; a bad section name names its key.

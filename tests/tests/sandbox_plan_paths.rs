@@ -25,7 +25,7 @@ fn open(t: &TempStore) -> Strata {
 /// `dest` as a symlink target relative to the driver home (the driver may only make
 /// relative symlinks; `..` is allowed in the text).
 fn relative_from_home(s: &Strata, t: &TempStore, dest: &str) -> String {
-    let home = s.driver().home_path();
+    let home = s.driver_home();
     let depth = home
         .strip_prefix(t.dir.path())
         .expect("the home is beneath the store's directory")
@@ -107,7 +107,7 @@ fn repointing_the_plan_after_mount_changes_nothing_the_host_hands_out_or_unmount
     let t = TempStore::new();
     let s = open(&t);
     create_with(&s, "l", &[]).unwrap();
-    let layer_dir = s.driver().home_path().join("dir/l");
+    let layer_dir = s.driver_home().join("dir/l");
     std::fs::write(layer_dir.join("layer-file"), b"layer").unwrap();
     // The host's own files, where the driver will point its directories: `host/l` is a
     // tmpfs the host mounted.
@@ -122,7 +122,7 @@ fn repointing_the_plan_after_mount_changes_nothing_the_host_hands_out_or_unmount
     create_with(&s, "x", &[("repoint", &format!("mnt={to_host}"))]).unwrap();
     create_with(&s, "y", &[("repoint", &format!("dir={to_host}"))]).unwrap();
     assert!(
-        s.driver().home_path().join("mnt/l/host-secret").exists(),
+        s.driver_home().join("mnt/l/host-secret").exists(),
         "the re-point took effect in the home"
     );
 
@@ -154,7 +154,7 @@ fn repointing_the_plan_after_mount_changes_nothing_the_host_hands_out_or_unmount
         !std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .lines()
-            .any(|l| l.contains(&*s.driver().home_path().to_string_lossy())),
+            .any(|l| l.contains(&*s.driver_home().to_string_lossy())),
         "nothing is left mounted in the driver home"
     );
     strata_host::sys::mount::unmount(&host.join("l"), false).unwrap();
@@ -189,15 +189,14 @@ fn containerd_mounts_cannot_be_repointed_to_host_directories() {
     // A following request (any driver call on the same store) re-points the directories
     // the plan named to a directory of the host's.
     let s = open(&t);
-    let layer = layer_id(s.store().snapshot("active").unwrap().id);
+    let layer = layer_id(s.snapshot("active").unwrap().id);
     let host = t.dir.path().join("host");
     std::fs::create_dir_all(host.join(&layer)).unwrap();
     std::fs::write(host.join(&layer).join("host-secret"), b"host").unwrap();
     let to_host = relative_from_home(&s, &t, "host");
     create_with(&s, "x", &[("repoint", &format!("dir={to_host}"))]).unwrap();
     assert!(
-        s.driver()
-            .home_path()
+        s.driver_home()
             .join("dir")
             .join(&layer)
             .join("host-secret")
@@ -246,7 +245,7 @@ fn containerd_mounts_cannot_be_repointed_to_host_directories() {
     check(1, &again);
     // Undo the driver's damage to its own home so that it can remove the layer; removing the
     // snapshot releases the host's mount.
-    let home = s.driver().home_path();
+    let home = s.driver_home();
     std::fs::remove_file(home.join("dir")).unwrap();
     std::fs::rename(home.join("dir.moved"), home.join("dir")).unwrap();
     rt.block_on(

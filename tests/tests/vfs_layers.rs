@@ -365,9 +365,12 @@ fn a_crash_mid_create_is_recovered_on_open() {
     {
         let s = t.open_vfs();
         create(&s, "done", None);
-        // Simulate a crash between the incomplete record and the end of driver work.
-        let layer = s
-            .store()
+    }
+    // Simulate a crash between the incomplete record and the end of driver work: the record
+    // written incomplete, the driver's data made (vfs: a copy of the parent's directory).
+    {
+        let store = strata_host::store::LayerStore::open(&t.root()).unwrap();
+        let layer = store
             .begin_create(strata_host::store::NewLayer {
                 id: Some("halfway".into()),
                 parent: Some("done".into()),
@@ -377,9 +380,8 @@ fn a_crash_mid_create_is_recovered_on_open() {
                 ..Default::default()
             })
             .unwrap();
-        s.driver()
-            .create(&layer.id, Some("done"), false, &[])
-            .unwrap();
+        std::fs::create_dir(layer_dir(&t, &layer.id)).unwrap();
+        std::fs::write(layer_dir(&t, &layer.id).join("half-made"), b"data").unwrap();
         assert!(layer_dir(&t, "halfway").exists());
     }
     let s = t.open_vfs();

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use strata_host::config::Config;
 use strata_host::conformance::{self, SuiteOptions};
+use strata_host::contract::DriverError;
 use strata_host::layers::{CreateLayer, LayerError, StoreOptions, Strata};
-use strata_host::sandbox::{CallError, DriverError};
+use strata_host::sandbox::CallError;
 use strata_tests::{
     TempStore, ZfsPool, assert_all_pass, cache_dir, driver_wasm, hostile_wasm, run_conformance,
     strata_bin, zfs_or_skip,

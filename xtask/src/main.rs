@@ -7,7 +7,8 @@
 //!   directory), make a container on it, mount it, write a file, show the changes, unmount,
 //!   commit, remove.
 //! - `cargo xtask test`: as root, install what the tests need; then format and lint checks
-//!   and every test, privileged ones included.
+//!   and every test, privileged ones included; as root a test that would skip fails
+//!   (`STRATA_TEST_REQUIRE_ALL=1`).
 //! - `cargo xtask bench`: figures, each as a ratio to a baseline measured in the same run.
 //! - `cargo xtask fuzz [TARGET] [--time SECS]`: the fuzz targets of `fuzz/` under libFuzzer
 //!   (docs/fuzzing.md); `test` runs each for a short time too.
@@ -25,6 +26,9 @@ use anyhow::{Context, Result, bail};
 pub const DRIVERS: &[&str] = &["overlay", "vfs", "btrfs", "zfs"];
 /// Drivers only the tests use.
 pub const TEST_DRIVERS: &[&str] = &["strata-test-driver-hostile", "strata-test-driver-forgetful"];
+/// Set to `1`, every test that cannot run here (not root, a tool missing) fails instead of
+/// printing `skipped:`; `cargo xtask test` sets it when it runs as root (see `test`).
+pub const REQUIRE_ALL_ENV: &str = "STRATA_TEST_REQUIRE_ALL";
 /// The cargo profile drivers are built with (small, optimised components).
 pub const WASM_PROFILE: &str = "wasm";
 pub const WASM_TARGET: &str = "wasm32-wasip2";
@@ -202,7 +206,10 @@ fn ensure_packages() -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        eprintln!("xtask: not root, so not installing {missing:?}; tests needing them skip");
+        eprintln!(
+            "xtask: not root, so not installing {missing:?}; tests needing them skip \
+             (they would fail with {REQUIRE_ALL_ENV}=1)"
+        );
         return Ok(());
     }
     run(Command::new("apt-get").arg("update").arg("-q"))?;
@@ -261,7 +268,31 @@ fn test(args: &[String]) -> Result<()> {
         c.args(["--exclude", d]);
     }
     c.env("STRATA_TEST_WASM_DIR", wasm_dir()).args(args);
+    // As root (as in CI) every test can run, and the packages they need were installed
+    // above: a test that would skip fails instead. An explicit value is left as it is.
+    if let Some(v) = require_all(is_root(), std::env::var_os(REQUIRE_ALL_ENV).is_some()) {
+        c.env(REQUIRE_ALL_ENV, v);
+    }
     run(&mut c)?;
     // The fuzz targets, briefly: the seeds and what a short run finds from them.
     fuzz::fuzz(fuzz::TARGETS, fuzz::CI_SECONDS)
+}
+
+/// The value `cargo xtask test` gives [`REQUIRE_ALL_ENV`]: `1` as root (every test can run
+/// there, so a skip is a failure), unless the caller set it already; otherwise left alone.
+fn require_all(root: bool, already_set: bool) -> Option<&'static str> {
+    (root && !already_set).then_some("1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_test_must_run_as_root_unless_the_caller_says_otherwise() {
+        assert_eq!(require_all(true, false), Some("1"));
+        assert_eq!(require_all(true, true), None);
+        assert_eq!(require_all(false, false), None);
+        assert_eq!(require_all(false, true), None);
+    }
 }

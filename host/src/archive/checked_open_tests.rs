@@ -73,8 +73,7 @@ fn a_fifo_swapped_in_is_refused_without_blocking() {
 
 #[test]
 fn a_device_node_swapped_in_is_refused() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: a_device_node_swapped_in_is_refused: needs root (mknod)");
+    if !crate::test_env::root_or_skip("a_device_node_swapped_in_is_refused", "mknod") {
         return;
     }
     refused(

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use super::ops::{self, Op, chmod, chown, content, dir, file, file_at, remove_all};
 use super::{Check, Ctx, driver_error, same_changes, same_tree};
-use crate::sandbox::ChangeKind::{self, Add, Delete, Modify};
-use crate::sandbox::DriverError;
+use crate::contract::ChangeKind::{self, Add, Delete, Modify};
+use crate::contract::DriverError;
 
 pub(super) type CaseFn = Box<dyn Fn(&mut Ctx) -> Check + Send + Sync>;
 

@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::contract::{Change, ChangeKind, DriverError};
 use crate::layers::{Applied, CreateLayer, LayerError, StoreOptions, Strata};
-use crate::sandbox::{CallError, Change, ChangeKind, DriverError};
+use crate::sandbox::CallError;
 
 /// Layers in the deep-chain case unless asked otherwise (graphtest's overlay figure).
 pub const DEFAULT_DEEP_CHAIN: usize = 128;

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use super::images::{ContainerCommand, ImageCommand, container_command, image_command};
+use super::output::{parse_kv, print_human_json, print_json, quoted};
 use crate::config::Config;
 use crate::conformance;
 use crate::layers::{ChangeKind, CreateLayer, StoreOptions, Strata, driver_grants, inspect_driver};
@@ -182,13 +183,6 @@ struct TestArgs {
     list: bool,
 }
 
-pub(super) fn parse_kv(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("`{s}` is not KEY=VALUE")),
-    }
-}
-
 /// Runs the CLI and maps errors to an exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -210,24 +204,11 @@ pub fn main() -> ExitCode {
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
-    let mut config = match &cli.config {
-        Some(path) => Config::load(path)?,
-        None => {
-            let default = PathBuf::from("/etc/strata/strata.toml");
-            if default.is_file() {
-                Config::load(&default)?
-            } else {
-                Config::default()
-            }
-        }
-    };
-    if let Some(root) = &cli.root {
-        config.root = root.clone();
-    }
-    if let Some(run_root) = &cli.run_root {
-        config.run_root = run_root.clone();
-    }
-    Ok(config)
+    Ok(crate::paths::load_config(
+        cli.config.as_deref(),
+        cli.root.as_deref(),
+        cli.run_root.as_deref(),
+    )?)
 }
 
 fn open(cli: &Cli, config: Config) -> Result<Strata> {
@@ -237,7 +218,7 @@ fn open(cli: &Cli, config: Config) -> Result<Strata> {
         config,
         driver,
         driver_options: cli.driver_opts.clone(),
-        cache_dir: std::env::var_os("STRATA_COMPONENT_CACHE").map(PathBuf::from),
+        cache_dir: None,
     })
     .with_context(|| format!("opening the store with driver {name}"))?;
     warn_uncached(strata.component());
@@ -267,32 +248,6 @@ fn warn_uncached(component: &crate::sandbox::DriverComponent) {
             escape(&w.to_string())
         );
     }
-}
-
-pub(super) fn print_json(value: serde_json::Value) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &value)?;
-    writeln!(out)?;
-    Ok(())
-}
-
-/// A JSON document for people (`inspect` without `--json`): pretty, each line escaped.
-/// JSON escapes C0 controls in strings but not DEL, C1 controls (`\u{9b}` starts a terminal
-/// sequence too) or bidirectional overrides; strings from images and drivers may hold them.
-/// Real newlines are only the layout's, so escaping line by line keeps the layout.
-pub(super) fn print_human_json(value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    let mut out = std::io::stdout().lock();
-    for line in text.lines() {
-        writeln!(out, "{}", escape(line))?;
-    }
-    Ok(())
-}
-
-/// A path given by a user or found in an image, for a line of human output: quoted when it
-/// holds anything unusual, as `ls` quotes.
-pub(super) fn quoted(path: &str) -> String {
-    crate::text::quote_path(path).into_owned()
 }
 
 fn pairs_json(pairs: &[(String, String)]) -> serde_json::Value {
@@ -381,7 +336,7 @@ fn run(cli: Cli) -> Result<()> {
             let c = strata.config();
             if json {
                 print_json(json!({
-                    "driver": strata.driver().name(),
+                    "driver": strata.driver_name(),
                     "root": c.root,
                     "run_root": c.run_root,
                     "layers": layers,
@@ -392,7 +347,7 @@ fn run(cli: Cli) -> Result<()> {
                     "status": pairs_json(&status),
                 }))
             } else {
-                println!("Driver: {}", strata.driver().name());
+                println!("Driver: {}", strata.driver_name());
                 println!("Root: {}", quoted(&c.root.to_string_lossy()));
                 println!("Run root: {}", quoted(&c.run_root.to_string_lossy()));
                 println!("Layers: {layers}");
@@ -416,6 +371,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve { containerd_socket } => {
             crate::frontend::containerd::serve(|| open(&cli, config.clone()), containerd_socket)
+                .map_err(anyhow::Error::from)
         }
         Command::Image(cmd) => {
             let strata = open(&cli, config)?;
@@ -445,9 +401,7 @@ fn driver_test(cli: &Cli, config: Config, args: &TestArgs) -> Result<()> {
         .clone()
         .or_else(|| cli.driver.clone())
         .unwrap_or_else(|| config.driver.clone());
-    let cache_dir = std::env::var_os("STRATA_COMPONENT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| args.scratch.join("strata-conformance-cache"));
+    let cache_dir = crate::paths::conformance_cache(&args.scratch);
     let options = conformance::SuiteOptions {
         driver: driver.clone(),
         config,

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::json;
 
-use super::cli::{print_human_json, print_json, quoted};
+use super::output::{print_human_json, print_json, quoted};
 use crate::image::{ContainerOptions, ImportOptions, ImportProgress};
 use crate::layers::Strata;
 
@@ -44,7 +44,7 @@ pub enum ContainerCommand {
         #[arg(long = "name")]
         names: Vec<String>,
         /// Option for the driver, repeatable (e.g. `size=10G`).
-        #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = super::cli::parse_kv)]
+        #[arg(long = "opt", value_name = "KEY=VALUE", value_parser = super::output::parse_kv)]
         opts: Vec<(String, String)>,
     },
     /// Mount a container's filesystem; prints the mount path.

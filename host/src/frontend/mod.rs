@@ -3,3 +3,4 @@
 pub mod cli;
 pub mod containerd;
 mod images;
+mod output;

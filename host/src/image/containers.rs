@@ -4,7 +4,7 @@
 use std::io::Read;
 
 use super::ImageError;
-use crate::layers::{HashingReader, LayerError, PendingLayer, Strata};
+use crate::layers::{HashingReader, LayerError, PendingLayers, Strata};
 use crate::store::{Container, Image, Layer, NewContainer, NewLayer};
 
 /// What `container create` takes besides the image.
@@ -86,34 +86,24 @@ impl Strata {
         let _lock = store.lock_exclusive()?;
         let image = store.image(image)?;
         store.check_container_names(&options.names)?;
-        let layer = store.begin_create(NewLayer {
-            parent: image.top_layer.clone(),
-            driver: self.driver().name().to_string(),
-            read_write: true,
-            ..Default::default()
+        let mut pending = PendingLayers::new(self)?;
+        let layer = pending.create(
+            NewLayer {
+                parent: image.top_layer.clone(),
+                read_write: true,
+                ..Default::default()
+            },
+            image.top_layer.as_deref(),
+            &options.driver_options,
+        )?;
+        let container = store.commit_container(&NewContainer {
+            id: layer.clone(),
+            names: options.names.clone(),
+            image: image.id.clone(),
+            layer,
         })?;
-        let pending = PendingLayer::new(self, &layer.id);
-        let made = self
-            .driver()
-            .create(
-                &layer.id,
-                image.top_layer.as_deref(),
-                true,
-                &options.driver_options,
-            )
-            .map_err(|e| ImageError::Layer(e.into()))
-            .and_then(|()| {
-                Ok(store.commit_container(&NewContainer {
-                    id: layer.id.clone(),
-                    names: options.names.clone(),
-                    image: image.id.clone(),
-                    layer: layer.id.clone(),
-                })?)
-            });
-        if made.is_ok() {
-            pending.keep();
-        }
-        made
+        pending.keep();
+        Ok(container)
     }
 
     /// Removes a container and its layer; a mounted one only with `force` (unmounted first).
@@ -160,17 +150,17 @@ impl Strata {
             .driver()
             .diff(&c.layer, top.as_deref())
             .map_err(LayerError::from)?;
-        let layer = store.begin_create(NewLayer {
-            parent: top.clone(),
-            names: names.to_vec(),
-            driver: self.driver().name().to_string(),
-            ..Default::default()
-        })?;
-        let pending = PendingLayer::new(self, &layer.id);
+        let mut pending = PendingLayers::new(self)?;
+        let layer = pending.create(
+            NewLayer {
+                parent: top.clone(),
+                names: names.to_vec(),
+                ..Default::default()
+            },
+            top.as_deref(),
+            &[],
+        )?;
         let result = (|| -> Result<u64, ImageError> {
-            self.driver()
-                .create(&layer.id, top.as_deref(), false, &[])
-                .map_err(LayerError::from)?;
             let (pipe_reader, mut pipe_writer) =
                 std::io::pipe().map_err(|cause| ImageError::Io {
                     what: "making a pipe".into(),
@@ -185,7 +175,7 @@ impl Strata {
             let tally = input.tally();
             let applied = self
                 .driver()
-                .apply_diff(&layer.id, top.as_deref(), Box::new(input));
+                .apply_diff(&layer, top.as_deref(), Box::new(input));
             let written = writer.join().unwrap_or_else(|_| {
                 Err(crate::archive::ArchiveError::invalid(
                     "the diff writer panicked",
@@ -198,14 +188,14 @@ impl Strata {
                 cause: Box::new(cause),
             })?;
             let digest = tally.digest();
-            store.set_sizes(&layer.id, None, None, Some(&digest), Some(tally.bytes()))?;
-            store.finish_create(&layer.id)?;
+            store.set_sizes(&layer, None, None, Some(&digest), Some(tally.bytes()))?;
+            store.finish_create(&layer)?;
             Ok(size)
         })();
         let size = result?;
         pending.keep();
         Ok(CommittedLayer {
-            layer: store.get(&layer.id)?,
+            layer: store.get(&layer)?,
             size,
         })
     }

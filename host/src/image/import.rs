@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use super::source::ImageSource;
 use super::stream::{self, BlobStream, Expected};
 use super::{ImageError, LayerBlob, ResolvedImage, resolve};
-use crate::layers::{LayerError, Strata};
+use crate::layers::{LayerError, PendingLayers, Strata};
 use crate::store::{Image, NewImage, NewLayer, StoreError};
 
 /// What the caller asks of an import.
@@ -119,15 +119,10 @@ impl Strata {
             .store(image.layers.len(), Ordering::Relaxed);
         progress.layers_reused.store(reused, Ordering::Relaxed);
         progress.layers_done.store(reused, Ordering::Relaxed);
-        let mut created = Vec::new();
-        let result = self.apply_new_layers(&source, &image, reused, progress, &mut created);
-        let layers = match result {
-            Ok(layers) => layers,
-            Err(e) => {
-                self.discard_chain(&created);
-                return Err(e);
-            }
-        };
+        // The new layers stay incomplete until the image is recorded; on any failure the
+        // guard removes them, top first.
+        let mut created = PendingLayers::new(self)?;
+        let layers = self.apply_new_layers(&source, &image, reused, progress, &mut created)?;
         all.extend(layers);
         let size = all.iter().filter_map(|l| l.uncompressed_size).sum::<u64>();
         let new_image = store.image(image.id.hex()).is_err();
@@ -144,13 +139,8 @@ impl Strata {
             config: image.config.clone(),
             size,
         };
-        let moved_names = match store.commit_image(&record, &created) {
-            Ok(moved) => moved,
-            Err(e) => {
-                self.discard_chain(&created);
-                return Err(e.into());
-            }
-        };
+        let moved_names = store.commit_image(&record, created.ids())?;
+        created.keep();
         Ok(ImportReport {
             image: store.image(image.id.hex())?,
             new_image,
@@ -215,7 +205,7 @@ impl Strata {
         image: &ResolvedImage,
         first: usize,
         progress: &ImportProgress,
-        created: &mut Vec<String>,
+        created: &mut PendingLayers<'_>,
     ) -> Result<Vec<ImportedLayer>, ImageError> {
         let pending: Vec<(usize, &LayerBlob)> =
             image.layers.iter().enumerate().skip(first).collect();
@@ -260,26 +250,22 @@ impl Strata {
         blob: &LayerBlob,
         parent: Option<String>,
         stream: BlobStream,
-        created: &mut Vec<String>,
+        created: &mut PendingLayers<'_>,
     ) -> Result<ImportedLayer, ImageError> {
-        let store = self.store();
-        let driver = self.driver();
-        let id = blob.chain_id.hex().to_string();
-        store.begin_create(NewLayer {
-            id: Some(id.clone()),
-            parent: parent.clone(),
-            names: vec![],
-            driver: driver.name().to_string(),
-            read_write: false,
-            template: None,
-            parent_may_be_incomplete: true,
-        })?;
-        created.push(id.clone());
-        driver
-            .create(&id, parent.as_deref(), false, &[])
-            .map_err(LayerError::from)?;
+        let id = created.create(
+            NewLayer {
+                id: Some(blob.chain_id.hex().to_string()),
+                parent: parent.clone(),
+                parent_may_be_incomplete: true,
+                ..Default::default()
+            },
+            parent.as_deref(),
+            &[],
+        )?;
         let BlobStream { reader, thread } = stream;
-        let applied = driver.apply_diff(&id, parent.as_deref(), Box::new(reader));
+        let applied = self
+            .driver()
+            .apply_diff(&id, parent.as_deref(), Box::new(reader));
         let digests = thread
             .join()
             .unwrap_or_else(|_| Err("the blob's reader panicked".into()));
@@ -294,7 +280,7 @@ impl Strata {
             }
             (Ok(_), Ok(d)) => d,
         };
-        store.set_sizes(
+        self.store().set_sizes(
             &id,
             Some(digests.compressed.as_str()),
             Some(digests.compressed_size),
@@ -309,16 +295,5 @@ impl Strata {
             compressed_size: Some(digests.compressed_size),
             uncompressed_size: Some(digests.uncompressed_size),
         })
-    }
-
-    /// Removes the layers a failed import made, top first. Stops at the first that cannot be
-    /// removed: it and those below stay for the store's recovery (leaves first), which finds
-    /// them because an import's new layers are incomplete until the image is recorded.
-    fn discard_chain(&self, created: &[String]) {
-        for id in created.iter().rev() {
-            if self.discard(id).is_err() {
-                return;
-            }
-        }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! A driver's [`MountPlan`] names directories relative to its home. Before any mount syscall
 //! every one of them is resolved beneath the home without following any symlink (an escape
-//! or a symlink is `denied`), overlay options are checked against [`OVERLAY_OPTIONS`], and a
-//! plan that would give write access where the host asked for a read-only mount is refused.
+//! or a symlink is `denied`), and a plan that would give write access where the host asked for
+//! a read-only mount is refused. Overlay options are typed ([`OverlayOption`]): a contract
+//! version's edge in the sandbox refuses any option the host does not allow before a plan gets
+//! here.
 //! Only then are the resolved descriptors handed to [`crate::sys::mount`].
 //!
 //! The host mounts a layer on a mount point of its own, `<root>/mounts/<layer id>`
@@ -18,7 +20,7 @@
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use crate::sandbox::{MountKind, MountPlan, MountRequest};
+use crate::contract::{MountKind, MountPlan, MountRequest, OverlayOption};
 use crate::sys::{self, SysError};
 
 /// The kernel's limit of overlay lower directories.
@@ -32,24 +34,6 @@ pub const MAX_OVERLAY_LOWERS: usize = 500;
 pub fn max_image_depth(driver: &str) -> Option<usize> {
     (driver == "overlay").then_some(MAX_OVERLAY_LOWERS)
 }
-
-/// Options a driver may put on an overlay mount; anything naming a path (`lowerdir=`,
-/// `upperdir=`, `workdir=`, `datadir+=`) must come through the typed plan instead.
-pub const OVERLAY_OPTIONS: &[&str] = &[
-    "index=off",
-    "index=on",
-    "metacopy=off",
-    "metacopy=on",
-    "redirect_dir=off",
-    "redirect_dir=on",
-    "redirect_dir=follow",
-    "redirect_dir=nofollow",
-    "xino=off",
-    "xino=on",
-    "xino=auto",
-    "userxattr",
-    "volatile",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -264,6 +248,32 @@ impl MountDir {
     }
 }
 
+/// Checks a plan's target (relative to the driver home): it may not be the home itself.
+/// Escapes and symlinks are refused when it is resolved.
+pub fn check_target(target: &str) -> Result<(), String> {
+    if sys::fs::check_relative(target).is_ok_and(|p| p.as_os_str().is_empty()) {
+        return Err("the mount target may not be the driver home itself".into());
+    }
+    Ok(())
+}
+
+/// Checks an overlay's shape: 1 to [`MAX_OVERLAY_LOWERS`] lower directories, and an upper
+/// directory exactly when there is a work directory.
+pub fn check_overlay_shape(lowers: usize, upper: bool, work: bool) -> Result<(), String> {
+    if lowers == 0 {
+        return Err("an overlay needs at least one lower directory".into());
+    }
+    if lowers > MAX_OVERLAY_LOWERS {
+        return Err(format!(
+            "{lowers} lower directories is more than the kernel's {MAX_OVERLAY_LOWERS}"
+        ));
+    }
+    if upper != work {
+        return Err("an overlay needs both an upper and a work directory, or neither".into());
+    }
+    Ok(())
+}
+
 /// Checks `plan` (from driver `driver`, whose home is `home`) against the sandbox and against
 /// `request`.
 pub fn check_plan(
@@ -298,11 +308,7 @@ pub fn check_plan(
             "the host asked for a read-only mount and the plan is read-write".into(),
         ));
     }
-    if crate::sys::fs::check_relative(&plan.target).is_ok_and(|p| p.as_os_str().is_empty()) {
-        return Err(invalid(
-            "the mount target may not be the driver home itself".into(),
-        ));
-    }
+    check_target(&plan.target).map_err(invalid)?;
     // The target is a directory the driver reserves for the layer; the host mounts on its
     // own mount point instead (see the module doc), but a plan naming a bad one is refused.
     resolve("target", &plan.target)?;
@@ -311,32 +317,8 @@ pub fn check_plan(
             source: resolve("bind source", &bind.source)?,
         },
         MountKind::Overlay(ov) => {
-            if ov.lower.is_empty() {
-                return Err(invalid(
-                    "an overlay needs at least one lower directory".into(),
-                ));
-            }
-            if ov.lower.len() > MAX_OVERLAY_LOWERS {
-                return Err(invalid(format!(
-                    "{} lower directories is more than the kernel's {MAX_OVERLAY_LOWERS}",
-                    ov.lower.len()
-                )));
-            }
-            if ov.upper.is_some() != ov.work.is_some() {
-                return Err(invalid(
-                    "an overlay needs both an upper and a work directory, or neither".into(),
-                ));
-            }
-            if let Some(bad) = ov
-                .options
-                .iter()
-                .find(|o| !OVERLAY_OPTIONS.contains(&o.as_str()))
-            {
-                return Err(invalid(format!(
-                    "overlay option `{bad}` is not allowed (allowed: {})",
-                    OVERLAY_OPTIONS.join(", ")
-                )));
-            }
+            check_overlay_shape(ov.lower.len(), ov.upper.is_some(), ov.work.is_some())
+                .map_err(invalid)?;
             let lower = ov
                 .lower
                 .iter()
@@ -354,7 +336,11 @@ pub fn check_plan(
                     .as_deref()
                     .map(|w| resolve("overlay work", w))
                     .transpose()?,
-                options: ov.options.clone(),
+                options: ov
+                    .options
+                    .iter()
+                    .map(|o| OverlayOption::as_str(*o).to_string())
+                    .collect(),
             }
         }
     };
@@ -363,3 +349,6 @@ pub fn check_plan(
         resolved,
     })
 }
+
+#[cfg(test)]
+mod checks_tests;

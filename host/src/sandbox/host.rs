@@ -1,12 +1,16 @@
 //! The host interfaces drivers import (`files`, `copy`, `archive`, `overlay`, `btrfs`, `zfs`,
-//! `log`), and the per-call
-//! store state behind them.
+//! `log`), and the per-call store state behind them.
+//!
+//! The functions here take and return the host's own types ([`crate::contract`]) and are the
+//! same for every contract version: each version's module (`v0_1`, ...) implements its
+//! generated `Host` traits as thin adapters that convert at the edge and call them. They are
+//! named after their interface (`files_mkdir`, `zfs_snapshot`).
 //!
 //! Every path a driver passes is untrusted: it is checked lexically and then resolved beneath
 //! the driver's home with `openat2(RESOLVE_BENEATH)` by [`crate::sys::Dir`], so `..`,
 //! absolute paths and symlinks that point out are answered with `denied`. Error messages
 //! name the path as the driver gave it, never the host's absolute paths. Expected failures
-//! are WIT `error` values; only host bugs trap.
+//! are [`DriverError`] values; only host bugs trap.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -15,10 +19,11 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::strata::driver::{
-    archive as wit_archive, copy as wit_copy, files, log, types,
-};
 use super::limits::CallBudget;
+use crate::contract::{
+    ApplyStats, Change, CopyMode, CopyStats, DriverError, FileStat, IoError, LogLevel,
+    WhiteoutFormat,
+};
 use crate::sys::{self, ErrorKind, SysError};
 use crate::{archive, copy};
 
@@ -207,8 +212,8 @@ impl HostState {
         f(self)
     }
 
-    fn open_dir(&self, path: &str) -> Result<sys::Dir, types::Error> {
-        self.home.open_dir(path).map_err(|e| to_wit(path, e))
+    fn open_dir(&self, path: &str) -> Result<sys::Dir, DriverError> {
+        self.home.open_dir(path).map_err(|e| to_error(path, e))
     }
 }
 
@@ -271,33 +276,35 @@ impl LayerDiff {
     }
 }
 
-/// The WIT error for a failure of `kind`, with `errno` where there was one.
-fn wit_error(kind: ErrorKind, errno: i32, msg: String) -> types::Error {
+/// The driver-facing error for a failure of `kind`, with `errno` where there was one.
+fn driver_error(kind: ErrorKind, errno: i32, msg: String) -> DriverError {
+    let io = IoError {
+        errno,
+        message: msg,
+    };
     match kind {
-        ErrorKind::NotFound => types::Error::NotFound(msg),
-        ErrorKind::AlreadyExists => types::Error::AlreadyExists(msg),
-        ErrorKind::Denied => types::Error::Denied(msg),
-        ErrorKind::Busy => types::Error::Busy(msg),
-        ErrorKind::Unsupported => types::Error::Unsupported(msg),
-        ErrorKind::InvalidArgument => types::Error::InvalidArgument(msg),
-        ErrorKind::NoSpace | ErrorKind::Other => types::Error::Io(types::IoError {
-            errno,
-            message: msg,
-        }),
+        ErrorKind::NotFound => DriverError::NotFound(io.message),
+        ErrorKind::AlreadyExists => DriverError::AlreadyExists(io.message),
+        ErrorKind::Denied => DriverError::Denied(io.message),
+        ErrorKind::Busy => DriverError::Busy(io.message),
+        ErrorKind::Unsupported => DriverError::Unsupported(io.message),
+        ErrorKind::InvalidArgument => DriverError::InvalidArgument(io.message),
+        ErrorKind::NoSpace => DriverError::NoSpace(io),
+        ErrorKind::Other => DriverError::Io(io),
     }
 }
 
 /// The driver-facing meaning of a host failure on `path` (as the driver named it).
-pub(super) fn to_wit(path: &str, e: SysError) -> types::Error {
-    wit_error(e.kind, e.errno, format!("{path}: {}", e.reason()))
+pub(super) fn to_error(path: &str, e: SysError) -> DriverError {
+    driver_error(e.kind, e.errno, format!("{path}: {}", e.reason()))
 }
 
-fn archive_to_wit(what: &str, e: archive::ArchiveError) -> types::Error {
-    wit_error(e.kind(), e.errno(), format!("{what}: {e}"))
+fn archive_error(what: &str, e: archive::ArchiveError) -> DriverError {
+    driver_error(e.kind(), e.errno(), format!("{what}: {e}"))
 }
 
-fn copy_to_wit(what: &str, e: copy::CopyError) -> types::Error {
-    wit_error(e.kind(), e.errno(), format!("{what}: {e}"))
+fn copy_error(what: &str, e: copy::CopyError) -> DriverError {
+    driver_error(e.kind(), e.errno(), format!("{what}: {e}"))
 }
 
 /// Makes guest text safe to print: every control character escaped (a newline included, so
@@ -306,49 +313,54 @@ pub fn sanitize(text: &str) -> String {
     crate::text::escape_capped(text, MAX_LOG_MESSAGE)
 }
 
-type HostResult<T> = wasmtime::Result<Result<T, types::Error>>;
+/// What a host function answers a driver: a trap (`Err`, a host bug or a protocol
+/// violation), or the interface's own result.
+pub(super) type HostResult<T> = wasmtime::Result<Result<T, DriverError>>;
 
-impl types::Host for HostState {}
-
-impl types::HostLayerDiff for HostState {
-    fn drop(&mut self, rep: Resource<LayerDiff>) -> wasmtime::Result<()> {
+impl HostState {
+    /// The driver dropped its handle to a layer diff.
+    pub(super) fn drop_diff(&mut self, rep: Resource<LayerDiff>) -> wasmtime::Result<()> {
         self.table.delete(rep)?;
         Ok(())
     }
 }
 
-fn file_kind(kind: sys::FileKind) -> files::FileKind {
-    match kind {
-        sys::FileKind::Regular => files::FileKind::Regular,
-        sys::FileKind::Directory => files::FileKind::Directory,
-        sys::FileKind::Symlink => files::FileKind::Symlink,
-        sys::FileKind::Fifo => files::FileKind::Fifo,
-        sys::FileKind::CharDevice => files::FileKind::CharDevice,
-        sys::FileKind::BlockDevice => files::FileKind::BlockDevice,
-        sys::FileKind::Socket => files::FileKind::Socket,
-    }
-}
-
-impl files::Host for HostState {
-    fn mkdir(&mut self, path: String, mode: u32, uid: u32, gid: u32) -> HostResult<()> {
+/// The `files` interface.
+impl HostState {
+    pub(super) fn files_mkdir(
+        &mut self,
+        path: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> HostResult<()> {
         Ok(self.paced(|s| {
             s.home
                 .mkdir(&path, mode, uid, gid)
-                .map_err(|e| to_wit(&path, e))
+                .map_err(|e| to_error(&path, e))
         }))
     }
 
-    fn chown(&mut self, path: String, uid: u32, gid: u32) -> HostResult<()> {
-        Ok(self.paced(|s| s.home.lchown(&path, uid, gid).map_err(|e| to_wit(&path, e))))
+    pub(super) fn files_chown(&mut self, path: String, uid: u32, gid: u32) -> HostResult<()> {
+        Ok(self.paced(|s| {
+            s.home
+                .lchown(&path, uid, gid)
+                .map_err(|e| to_error(&path, e))
+        }))
     }
 
-    fn chmod(&mut self, path: String, mode: u32) -> HostResult<()> {
-        Ok(self.paced(|s| s.home.chmod(&path, mode).map_err(|e| to_wit(&path, e))))
+    pub(super) fn files_chmod(&mut self, path: String, mode: u32) -> HostResult<()> {
+        Ok(self.paced(|s| s.home.chmod(&path, mode).map_err(|e| to_error(&path, e))))
     }
 
-    fn set_xattr(&mut self, path: String, name: String, value: Vec<u8>) -> HostResult<()> {
+    pub(super) fn files_set_xattr(
+        &mut self,
+        path: String,
+        name: String,
+        value: Vec<u8>,
+    ) -> HostResult<()> {
         if value.len() > MAX_XATTR_VALUE {
-            return Ok(Err(types::Error::InvalidArgument(format!(
+            return Ok(Err(DriverError::InvalidArgument(format!(
                 "{path}: xattr {name}: {} bytes is more than {MAX_XATTR_VALUE}",
                 value.len()
             ))));
@@ -356,48 +368,65 @@ impl files::Host for HostState {
         Ok(self.paced(|s| {
             s.home
                 .set_xattr(&path, &name, &value)
-                .map_err(|e| to_wit(&path, e))
+                .map_err(|e| to_error(&path, e))
         }))
     }
 
-    fn get_xattr(&mut self, path: String, name: String) -> HostResult<Option<Vec<u8>>> {
-        Ok(self.paced(|s| s.home.get_xattr(&path, &name).map_err(|e| to_wit(&path, e))))
+    pub(super) fn files_get_xattr(
+        &mut self,
+        path: String,
+        name: String,
+    ) -> HostResult<Option<Vec<u8>>> {
+        Ok(self.paced(|s| {
+            s.home
+                .get_xattr(&path, &name)
+                .map_err(|e| to_error(&path, e))
+        }))
     }
 
-    fn list_xattrs(&mut self, path: String) -> HostResult<Vec<String>> {
-        Ok(self.paced(|s| s.home.list_xattrs(&path).map_err(|e| to_wit(&path, e))))
+    pub(super) fn files_list_xattrs(&mut self, path: String) -> HostResult<Vec<String>> {
+        Ok(self.paced(|s| s.home.list_xattrs(&path).map_err(|e| to_error(&path, e))))
     }
 
-    fn remove_xattr(&mut self, path: String, name: String) -> HostResult<()> {
+    pub(super) fn files_remove_xattr(&mut self, path: String, name: String) -> HostResult<()> {
         Ok(self.paced(|s| {
             s.home
                 .remove_xattr(&path, &name)
-                .map_err(|e| to_wit(&path, e))
+                .map_err(|e| to_error(&path, e))
         }))
     }
 
-    fn make_whiteout(&mut self, path: String) -> HostResult<()> {
-        Ok(self.paced(|s| s.home.make_whiteout(&path).map_err(|e| to_wit(&path, e))))
+    pub(super) fn files_make_whiteout(&mut self, path: String) -> HostResult<()> {
+        Ok(self.paced(|s| s.home.make_whiteout(&path).map_err(|e| to_error(&path, e))))
     }
 
-    fn symlink(&mut self, target: String, path: String) -> HostResult<()> {
-        Ok(self.paced(|s| s.home.symlink(&target, &path).map_err(|e| to_wit(&path, e))))
+    pub(super) fn files_symlink(&mut self, target: String, path: String) -> HostResult<()> {
+        Ok(self.paced(|s| {
+            s.home
+                .symlink(&target, &path)
+                .map_err(|e| to_error(&path, e))
+        }))
     }
 
-    fn set_times(&mut self, path: String, atime: i64, mtime: i64) -> HostResult<()> {
+    pub(super) fn files_set_times(
+        &mut self,
+        path: String,
+        atime: i64,
+        mtime: i64,
+    ) -> HostResult<()> {
         Ok(self.paced(|s| {
             s.home
                 .set_times(&path, (atime, 0), (mtime, 0))
-                .map_err(|e| to_wit(&path, e))
+                .map_err(|e| to_error(&path, e))
         }))
     }
 
-    fn stat(&mut self, path: String) -> HostResult<files::FileStat> {
+    pub(super) fn files_stat(&mut self, path: String) -> HostResult<FileStat> {
         Ok(self.paced(|s| {
             s.home
                 .lstat(&path)
-                .map(|st| files::FileStat {
-                    kind: file_kind(st.kind),
+                .map(|st| FileStat {
+                    kind: st.kind,
                     mode: st.mode,
                     uid: st.uid,
                     gid: st.gid,
@@ -407,99 +436,61 @@ impl files::Host for HostState {
                     mtime_seconds: st.mtime_sec,
                     mtime_nanoseconds: st.mtime_nsec,
                 })
-                .map_err(|e| to_wit(&path, e))
+                .map_err(|e| to_error(&path, e))
         }))
     }
 
-    fn remove_tree(&mut self, path: String) -> HostResult<()> {
-        Ok(self.timed(|s| s.home.remove_tree(&path).map_err(|e| to_wit(&path, e))))
+    pub(super) fn files_remove_tree(&mut self, path: String) -> HostResult<()> {
+        Ok(self.timed(|s| s.home.remove_tree(&path).map_err(|e| to_error(&path, e))))
     }
 
-    fn filesystem_type(&mut self, path: String) -> HostResult<String> {
+    pub(super) fn files_filesystem_type(&mut self, path: String) -> HostResult<String> {
         Ok(self.paced(|s| {
             s.home
                 .filesystem_type(&path)
                 .map(str::to_string)
-                .map_err(|e| to_wit(&path, e))
+                .map_err(|e| to_error(&path, e))
         }))
     }
 }
 
-impl wit_copy::Host for HostState {
-    fn copy_file(
+/// The `copy` interface.
+impl HostState {
+    pub(super) fn copy_copy_file(
         &mut self,
         src: String,
         dst: String,
-        mode: wit_copy::CopyMode,
-    ) -> HostResult<wit_copy::CopyStats> {
+        mode: CopyMode,
+    ) -> HostResult<CopyStats> {
         Ok(self.timed(|s| {
-            copy::copy_file(&s.home, &src, &s.home, &dst, copy_mode(mode))
-                .map(copy_stats)
-                .map_err(|e| copy_to_wit(&format!("{src} -> {dst}"), e))
+            copy::copy_file(&s.home, &src, &s.home, &dst, mode)
+                .map_err(|e| copy_error(&format!("{src} -> {dst}"), e))
         }))
     }
 
-    fn copy_tree(
+    pub(super) fn copy_copy_tree(
         &mut self,
         src: String,
         dst: String,
-        mode: wit_copy::CopyMode,
-    ) -> HostResult<wit_copy::CopyStats> {
+        mode: CopyMode,
+    ) -> HostResult<CopyStats> {
         Ok(self.timed(|s| {
             let until = s.call_deadline();
-            copy::copy_tree_until(&s.home, &src, &s.home, &dst, copy_mode(mode), until)
-                .map(copy_stats)
-                .map_err(|e| copy_to_wit(&format!("{src} -> {dst}"), e))
+            copy::copy_tree_until(&s.home, &src, &s.home, &dst, mode, until)
+                .map_err(|e| copy_error(&format!("{src} -> {dst}"), e))
         }))
-    }
-}
-
-fn copy_mode(mode: wit_copy::CopyMode) -> copy::CopyMode {
-    match mode {
-        wit_copy::CopyMode::ReflinkOrCopy => copy::CopyMode::ReflinkOrCopy,
-        wit_copy::CopyMode::ReflinkOnly => copy::CopyMode::ReflinkOnly,
-        wit_copy::CopyMode::Copy => copy::CopyMode::Copy,
-    }
-}
-
-fn copy_stats(s: copy::CopyStats) -> wit_copy::CopyStats {
-    wit_copy::CopyStats {
-        entries: s.entries,
-        bytes: s.bytes,
-        reflinked: s.reflinked,
     }
 }
 
 /// Changes as the guest receives them, at most [`MAX_CHANGES_TO_GUEST`].
-fn changes_to_wit(
-    what: &str,
-    changes: Vec<archive::Change>,
-) -> Result<Vec<types::Change>, types::Error> {
+fn changes_out(what: &str, changes: Vec<Change>) -> Result<Vec<Change>, DriverError> {
     if changes.len() > MAX_CHANGES_TO_GUEST {
-        return Err(types::Error::Unsupported(format!(
+        return Err(DriverError::Unsupported(format!(
             "{what}: {} changes is more than the {MAX_CHANGES_TO_GUEST} a driver call may return",
             changes.len()
         )));
     }
-    Ok(changes
-        .into_iter()
-        .map(|c| types::Change {
-            path: c.path,
-            kind: match c.kind {
-                archive::ChangeKind::Add => types::ChangeKind::Add,
-                archive::ChangeKind::Modify => types::ChangeKind::Modify,
-                archive::ChangeKind::Delete => types::ChangeKind::Delete,
-            },
-        })
-        .collect())
-}
-
-fn whiteout_format(w: types::WhiteoutFormat) -> archive::WhiteoutFormat {
-    match w {
-        types::WhiteoutFormat::Delete => archive::WhiteoutFormat::Delete,
-        types::WhiteoutFormat::OverlayTrusted => archive::WhiteoutFormat::OverlayTrusted,
-        types::WhiteoutFormat::OverlayUser => archive::WhiteoutFormat::OverlayUser,
-    }
+    Ok(changes)
 }
 
 impl HostState {
@@ -507,26 +498,27 @@ impl HostState {
         &self,
         layer: &str,
         parent: Option<&str>,
-    ) -> Result<(sys::Dir, Option<sys::Dir>), types::Error> {
+    ) -> Result<(sys::Dir, Option<sys::Dir>), DriverError> {
         let layer_dir = self.open_dir(layer)?;
         let parent_dir = parent.map(|p| self.open_dir(p)).transpose()?;
         Ok((layer_dir, parent_dir))
     }
 }
 
-impl wit_archive::Host for HostState {
-    fn apply(
+/// The `archive` interface.
+impl HostState {
+    pub(super) fn archive_apply(
         &mut self,
         diff: Resource<LayerDiff>,
         dest: String,
-        whiteouts: types::WhiteoutFormat,
-    ) -> HostResult<wit_archive::ApplyStats> {
+        whiteouts: WhiteoutFormat,
+    ) -> HostResult<ApplyStats> {
         let reader = match &mut self.table.get_mut(&diff)?.source {
             DiffSource::Input(reader) => reader.take(),
             DiffSource::Trees { .. } | DiffSource::Upper { .. } => None,
         };
         let Some(reader) = reader else {
-            return Ok(Err(types::Error::InvalidArgument(
+            return Ok(Err(DriverError::InvalidArgument(
                 "this diff was already applied, or is not an incoming diff".into(),
             )));
         };
@@ -540,7 +532,7 @@ impl wit_archive::Host for HostState {
                 reader,
                 &dest_dir,
                 &dest,
-                whiteout_format(whiteouts),
+                whiteouts,
                 s.journal.as_mut(),
             );
             match &applied {
@@ -548,16 +540,11 @@ impl wit_archive::Host for HostState {
                 Err(archive::ArchiveError::Undone(_)) => {}
                 Err(_) => s.applies.not_undone += 1,
             }
-            applied
-                .map(|st| wit_archive::ApplyStats {
-                    size: st.size,
-                    entries: st.entries,
-                })
-                .map_err(|e| archive_to_wit(&format!("applying a layer onto {dest}"), e))
+            applied.map_err(|e| archive_error(&format!("applying a layer onto {dest}"), e))
         }))
     }
 
-    fn diff_trees(
+    pub(super) fn archive_diff_trees(
         &mut self,
         layer: String,
         parent: Option<String>,
@@ -571,20 +558,28 @@ impl wit_archive::Host for HostState {
         }
     }
 
-    fn changes(&mut self, layer: String, parent: Option<String>) -> HostResult<Vec<types::Change>> {
+    pub(super) fn archive_changes(
+        &mut self,
+        layer: String,
+        parent: Option<String>,
+    ) -> HostResult<Vec<Change>> {
         Ok(self.timed(|s| {
             let (l, p) = s.open_pair(&layer, parent.as_deref())?;
             let changes = archive::changes(&l, p.as_ref())
-                .map_err(|e| archive_to_wit(&format!("comparing {layer}"), e))?;
-            changes_to_wit(&layer, changes)
+                .map_err(|e| archive_error(&format!("comparing {layer}"), e))?;
+            changes_out(&layer, changes)
         }))
     }
 
-    fn diff_size(&mut self, layer: String, parent: Option<String>) -> HostResult<u64> {
+    pub(super) fn archive_diff_size(
+        &mut self,
+        layer: String,
+        parent: Option<String>,
+    ) -> HostResult<u64> {
         Ok(self.timed(|s| {
             let (l, p) = s.open_pair(&layer, parent.as_deref())?;
             archive::diff_size(&l, p.as_ref())
-                .map_err(|e| archive_to_wit(&format!("sizing {layer}"), e))
+                .map_err(|e| archive_error(&format!("sizing {layer}"), e))
         }))
     }
 }
@@ -627,14 +622,15 @@ fn log_threshold() -> u8 {
     }
 }
 
-impl log::Host for HostState {
-    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+/// The `log` interface.
+impl HostState {
+    pub(super) fn log_log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
         let (rank, word) = match level {
-            log::Level::Error => (0, "error"),
-            log::Level::Warn => (1, "warn"),
-            log::Level::Info => (2, "info"),
-            log::Level::Debug => (3, "debug"),
-            log::Level::Trace => (4, "trace"),
+            LogLevel::Error => (0, "error"),
+            LogLevel::Warn => (1, "warn"),
+            LogLevel::Info => (2, "info"),
+            LogLevel::Debug => (3, "debug"),
+            LogLevel::Trace => (4, "trace"),
         };
         if rank <= log_threshold() {
             eprintln!(

@@ -13,6 +13,10 @@
 //!   no call holds the store lock for longer. An epoch ticker wakes the store every
 //!   [`EPOCH_TICK`] and the callback checks both; WASI waits and bulk host work check them
 //!   themselves ([`limits`]). Memory is one budget for all memories and tables of the call.
+//! - Each contract version has its own module (`v0_1`): its bindings, the conversions between
+//!   them and the host's own types ([`crate::contract`]) and thin adapters; nothing outside
+//!   that module names a generated type, so serving a new version is adding a module and the
+//!   arms that name it ([`ContractVersion`]).
 //! - Compiling a component costs tens of milliseconds; the result is cached on disk keyed by
 //!   the component's SHA-256 and the engine's compatibility hash, so a warm start only maps
 //!   the cached code. Only `.wasm` from authors is accepted, never precompiled native code.
@@ -22,33 +26,20 @@ pub mod host;
 pub mod inspect;
 pub mod limits;
 mod runtime;
+mod v0_1;
 mod wasi_files;
 
 pub use cache::ComponentCache;
 pub use host::ZfsAccess;
 pub use host::{ApplyTrace, HostState, LayerDiff};
 pub use runtime::{
-    DriverComponent, DriverRuntime, MAX_LAYERS_PER_METADATA_CALL, SandboxEngine, SandboxLimits,
+    ContractVersion, DriverComponent, DriverRuntime, EngineError, MAX_LAYERS_PER_METADATA_CALL,
+    SandboxEngine, SandboxLimits,
 };
 
 use std::time::Duration;
 
-/// Generated host-side bindings of `wit/strata-driver.wit`.
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        world: "strata-driver",
-        path: "../wit",
-        imports: { default: trappable },
-        with: {
-            "strata:driver/types.layer-diff": crate::sandbox::host::LayerDiff,
-        },
-    });
-}
-
-pub use bindings::exports::strata::driver::driver::{
-    BindMount, DriverInfo, MountKind, MountPlan, MountRequest, OverlayMount,
-};
-pub use bindings::strata::driver::types::{Change, ChangeKind, Error as DriverError};
+use crate::contract::{DriverError, describe};
 
 /// The WIT package this host serves.
 pub const WIT_PACKAGE: &str = "strata:driver";
@@ -199,6 +190,14 @@ pub enum SandboxError {
     },
     #[error("driver {driver}: {reason}")]
     Setup { driver: String, reason: String },
+    /// The driver answered something its contract version can say but the host refuses
+    /// (an overlay mount option the host does not allow, ...).
+    #[error("driver {driver}: {op}: {reason}")]
+    InvalidAnswer {
+        driver: String,
+        op: String,
+        reason: String,
+    },
 }
 
 /// The outcome of a driver call that may fail either way.
@@ -214,17 +213,4 @@ pub enum CallError {
     /// The call could not complete (trap, timeout, memory limit, ...).
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
-}
-
-/// A driver error as people read it.
-pub fn describe(error: &DriverError) -> String {
-    match error {
-        DriverError::NotFound(m) => format!("not found: {m}"),
-        DriverError::AlreadyExists(m) => format!("already exists: {m}"),
-        DriverError::InvalidArgument(m) => format!("invalid argument: {m}"),
-        DriverError::Unsupported(m) => format!("unsupported: {m}"),
-        DriverError::Busy(m) => format!("busy: {m}"),
-        DriverError::Denied(m) => format!("denied: {m}"),
-        DriverError::Io(e) => format!("I/O error (errno {}): {}", e.errno, e.message),
-    }
 }

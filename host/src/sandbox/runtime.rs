@@ -9,15 +9,16 @@ use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
-use super::bindings::{StrataDriver, StrataDriverPre, strata::driver as wit};
 use super::cache::ComponentCache;
 use super::host::{ApplyTrace, DeadlineExceeded, HostState, LayerDiff, ZfsAccess, sanitize};
 use super::limits::{BudgetExceeded, CallBudget, link_bounded_poll};
+use super::v0_1;
 use super::wasi_files::{WASI_BLOCKING_CURRENT_THREAD, link_checked_open};
 use super::{
-    CallError, Capability, DriverInfo, EPOCH_TICK, MAX_DRIVER_STDERR, MAX_HOST_RESOURCES,
-    MAX_HOSTCALL_BYTES, MountPlan, MountRequest, SandboxError, WIT_PACKAGE, WIT_VERSION,
+    CallError, Capability, EPOCH_TICK, MAX_DRIVER_STDERR, MAX_HOST_RESOURCES, MAX_HOSTCALL_BYTES,
+    SandboxError, WIT_PACKAGE, WIT_VERSION,
 };
+use crate::contract::{Change, DriverError, DriverInfo, MountPlan, MountRequest};
 use crate::sys;
 
 /// Layers whose metadata one `layers-metadata` call asks for (the answers cross into and
@@ -53,6 +54,11 @@ impl Default for SandboxLimits {
 /// that run driver calls have at least 2 MiB of stack).
 pub const MAX_WASM_STACK: usize = 512 << 10;
 
+/// wasmtime could not make its engine (the reason, with its causes).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EngineError(String);
+
 /// The process-wide wasmtime engine and its epoch ticker.
 #[derive(Clone)]
 pub struct SandboxEngine {
@@ -62,7 +68,7 @@ pub struct SandboxEngine {
 impl SandboxEngine {
     /// The process-wide engine (created on first use, with its epoch ticker). One engine
     /// serves every driver: compiled code and the ticker are shared.
-    pub fn new() -> anyhow::Result<Self> {
+    pub fn new() -> Result<Self, EngineError> {
         static SHARED: OnceLock<SandboxEngine> = OnceLock::new();
         if let Some(e) = SHARED.get() {
             return Ok(e.clone());
@@ -71,7 +77,7 @@ impl SandboxEngine {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(MAX_WASM_STACK);
-        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let engine = Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))?;
         let created = SandboxEngine { engine };
         let shared = SHARED.get_or_init(|| {
             created.start_ticker();
@@ -197,11 +203,161 @@ fn strata_interface(import: &str) -> Option<&str> {
     Some(rest.split('@').next().unwrap_or(rest))
 }
 
+/// A version of the driver contract this host speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContractVersion {
+    /// `strata:driver@0.1.x`, module [`v0_1`].
+    V0_1,
+}
+
+/// A driver's answer that its contract version can carry but the host refuses (a mount
+/// option outside the host's list, ...): the call fails with
+/// [`SandboxError::InvalidAnswer`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidAnswer(pub String);
+
+/// Key/value pairs of a driver's answer (status, metadata).
+pub(super) type Pairs = Vec<(String, String)>;
+
+/// A driver's exports as the host calls them, in the host's own types: each contract
+/// version's instance implements it in its module, converting at the edge.
+pub(super) trait DriverExports {
+    fn init(
+        &self,
+        s: &mut Store<HostState>,
+        options: &[(String, String)],
+    ) -> wasmtime::Result<Result<DriverInfo, DriverError>>;
+    /// `create` of a read-only (image) layer, or of a read-write one.
+    fn create(
+        &self,
+        s: &mut Store<HostState>,
+        id: &str,
+        parent: Option<&str>,
+        read_write: bool,
+        options: &[(String, String)],
+    ) -> wasmtime::Result<Result<(), DriverError>>;
+    fn remove(
+        &self,
+        s: &mut Store<HostState>,
+        id: &str,
+    ) -> wasmtime::Result<Result<(), DriverError>>;
+    fn exists(&self, s: &mut Store<HostState>, id: &str) -> wasmtime::Result<bool>;
+    /// A plan the version cannot express in the host's types ends the call with
+    /// [`InvalidAnswer`].
+    fn plan_mount(
+        &self,
+        s: &mut Store<HostState>,
+        id: &str,
+        request: &MountRequest,
+    ) -> wasmtime::Result<Result<MountPlan, DriverError>>;
+    fn unmounted(
+        &self,
+        s: &mut Store<HostState>,
+        id: &str,
+    ) -> wasmtime::Result<Result<(), DriverError>>;
+    fn apply_diff(
+        &self,
+        s: &mut Store<HostState>,
+        id: &str,
+        parent: Option<&str>,
+        diff: Resource<LayerDiff>,
+    ) -> wasmtime::Result<Result<u64, DriverError>>;
+    fn diff(
+        &self,
+        s: &mut Store<HostState>,
+        id: &str,
+        parent: Option<&str>,
+    ) -> wasmtime::Result<Result<Resource<LayerDiff>, DriverError>>;
+    fn changes(
+        &self,
+        s: &mut Store<HostState>,
+        id: &str,
+        parent: Option<&str>,
+    ) -> wasmtime::Result<Result<Vec<Change>, DriverError>>;
+    fn diff_size(
+        &self,
+        s: &mut Store<HostState>,
+        id: &str,
+        parent: Option<&str>,
+    ) -> wasmtime::Result<Result<u64, DriverError>>;
+    fn status(&self, s: &mut Store<HostState>) -> wasmtime::Result<Vec<(String, String)>>;
+    fn metadata(
+        &self,
+        s: &mut Store<HostState>,
+        id: &str,
+    ) -> wasmtime::Result<Result<Vec<(String, String)>, DriverError>>;
+    fn layers_metadata(
+        &self,
+        s: &mut Store<HostState>,
+        ids: &[String],
+    ) -> wasmtime::Result<Vec<Result<Pairs, DriverError>>>;
+    fn cleanup(&self, s: &mut Store<HostState>) -> wasmtime::Result<Result<(), DriverError>>;
+}
+
+/// A driver linked and ready to instantiate, by contract version.
+enum DriverPre {
+    V0_1(v0_1::StrataDriverPre<HostState>),
+}
+
+impl DriverPre {
+    /// Links WASI and the granted interfaces of `version`, and pre-instantiates `component`.
+    fn new(
+        engine: &Engine,
+        version: ContractVersion,
+        component: &Component,
+        grants: &[Capability],
+    ) -> Result<DriverPre, LinkError> {
+        let mut linker: Linker<HostState> = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(LinkError::Setup)?;
+        link_bounded_poll(&mut linker).map_err(LinkError::Setup)?;
+        link_checked_open(&mut linker).map_err(LinkError::Setup)?;
+        match version {
+            ContractVersion::V0_1 => v0_1::link(&mut linker, grants),
+        }
+        .map_err(LinkError::Setup)?;
+        let instance_pre = linker
+            .instantiate_pre(component)
+            .map_err(LinkError::Import)?;
+        Ok(match version {
+            ContractVersion::V0_1 => {
+                DriverPre::V0_1(v0_1::StrataDriverPre::new(instance_pre).map_err(LinkError::Setup)?)
+            }
+        })
+    }
+
+    fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<DriverInstance> {
+        Ok(match self {
+            DriverPre::V0_1(pre) => DriverInstance::V0_1(pre.instantiate(store)?),
+        })
+    }
+}
+
+/// Why [`DriverPre::new`] failed: a component's import the linker lacks, or anything else.
+enum LinkError {
+    Import(wasmtime::Error),
+    Setup(wasmtime::Error),
+}
+
+/// One instance of a driver, by contract version.
+pub(super) enum DriverInstance {
+    V0_1(v0_1::StrataDriver),
+}
+
+impl DriverInstance {
+    fn exports(&self) -> &dyn DriverExports {
+        match self {
+            DriverInstance::V0_1(d) => d,
+        }
+    }
+}
+
 /// A loaded driver, ready to run operations: each in a fresh, limited instance.
 pub struct DriverRuntime {
     name: String,
     engine: SandboxEngine,
-    pre: StrataDriverPre<HostState>,
+    version: ContractVersion,
+    pre: DriverPre,
     home_path: PathBuf,
     home: Arc<sys::Dir>,
     limits: SandboxLimits,
@@ -239,45 +395,21 @@ impl DriverRuntime {
                 });
             }
         }
-        let setup = |e: wasmtime::Error| SandboxError::Setup {
-            driver: name.clone(),
-            reason: format!("{e:#}"),
-        };
-        let mut linker: Linker<HostState> = Linker::new(&engine.engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
-        link_bounded_poll(&mut linker).map_err(setup)?;
-        link_checked_open(&mut linker).map_err(setup)?;
-        type Data = wasmtime::component::HasSelf<HostState>;
-        wit::types::add_to_linker::<HostState, Data>(&mut linker, |s| s).map_err(setup)?;
-        for cap in grants {
-            match cap {
-                Capability::Files => {
-                    wit::files::add_to_linker::<HostState, Data>(&mut linker, |s| s)
-                }
-                Capability::Copy => wit::copy::add_to_linker::<HostState, Data>(&mut linker, |s| s),
-                Capability::Archive => {
-                    wit::archive::add_to_linker::<HostState, Data>(&mut linker, |s| s)
-                }
-                Capability::Overlay => {
-                    wit::overlay::add_to_linker::<HostState, Data>(&mut linker, |s| s)
-                }
-                Capability::Btrfs => {
-                    wit::btrfs::add_to_linker::<HostState, Data>(&mut linker, |s| s)
-                }
-                Capability::Zfs => wit::zfs::add_to_linker::<HostState, Data>(&mut linker, |s| s),
-                Capability::Log => wit::log::add_to_linker::<HostState, Data>(&mut linker, |s| s),
-            }
-            .map_err(setup)?;
-        }
-        let instance_pre =
-            linker
-                .instantiate_pre(&driver.component)
-                .map_err(|e| SandboxError::UnknownImport {
+        // The only version this host speaks so far; a driver of another one fails to link.
+        let version = ContractVersion::V0_1;
+        let pre = DriverPre::new(&engine.engine, version, &driver.component, grants).map_err(
+            |e| match e {
+                LinkError::Import(e) => SandboxError::UnknownImport {
                     driver: name.clone(),
                     import: format!("{e:#}"),
                     hint: String::new(),
-                })?;
-        let pre = StrataDriverPre::new(instance_pre).map_err(setup)?;
+                },
+                LinkError::Setup(e) => SandboxError::Setup {
+                    driver: name.clone(),
+                    reason: format!("{e:#}"),
+                },
+            },
+        )?;
         let home_dir = sys::Dir::open_ambient(home).map_err(|e| SandboxError::Home {
             driver: name.clone(),
             path: home.into(),
@@ -286,6 +418,7 @@ impl DriverRuntime {
         Ok(DriverRuntime {
             name,
             engine: engine.clone(),
+            version,
             pre,
             home_path: home.into(),
             home: Arc::new(home_dir),
@@ -312,6 +445,11 @@ impl DriverRuntime {
         &self.name
     }
 
+    /// The contract version the driver is called with.
+    pub fn contract_version(&self) -> ContractVersion {
+        self.version
+    }
+
     /// The driver's home on the host.
     pub fn home_path(&self) -> &Path {
         &self.home_path
@@ -324,10 +462,10 @@ impl DriverRuntime {
 
     /// Runs one operation in a fresh instance. `f` gets the store and the instance; a trap,
     /// timeout or memory exhaustion becomes a [`SandboxError`] and the instance is dropped.
-    pub fn call<R>(
+    fn call<R>(
         &self,
         op: &str,
-        f: impl FnOnce(&mut Store<HostState>, &StrataDriver) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<HostState>, &dyn DriverExports) -> wasmtime::Result<R>,
     ) -> Result<R, SandboxError> {
         let stderr = MemoryOutputPipe::new(MAX_DRIVER_STDERR);
         let mut wasi = WasiCtx::builder();
@@ -362,7 +500,7 @@ impl DriverRuntime {
         let result = self
             .pre
             .instantiate(&mut store)
-            .and_then(|instance| f(&mut store, &instance));
+            .and_then(|instance| f(&mut store, instance.exports()));
         result.map_err(|e| self.classify(op, e, &stderr))
     }
 
@@ -392,6 +530,13 @@ impl DriverRuntime {
             }
             None => {}
         }
+        if let Some(InvalidAnswer(reason)) = e.downcast_ref::<InvalidAnswer>() {
+            return SandboxError::InvalidAnswer {
+                driver: self.name.clone(),
+                op: op.into(),
+                reason: sanitize(reason),
+            };
+        }
         if e.downcast_ref::<BudgetExceeded>().is_some() {
             return SandboxError::OutOfMemory {
                 driver: self.name.clone(),
@@ -419,8 +564,8 @@ impl DriverRuntime {
         op: &str,
         f: impl FnOnce(
             &mut Store<HostState>,
-            &StrataDriver,
-        ) -> wasmtime::Result<Result<T, super::DriverError>>,
+            &dyn DriverExports,
+        ) -> wasmtime::Result<Result<T, DriverError>>,
     ) -> Result<T, CallError> {
         self.call(op, f)?.map_err(|error| CallError::Driver {
             driver: self.name.clone(),
@@ -430,10 +575,7 @@ impl DriverRuntime {
     }
 
     pub fn init(&self, options: &[(String, String)]) -> Result<DriverInfo, CallError> {
-        let options = options.to_vec();
-        let mut info = self.op("init", |s, d| {
-            d.strata_driver_driver().call_init(s, &options)
-        })?;
+        let mut info = self.op("init", |s, d| d.init(s, options))?;
         info.name = sanitize(&info.name);
         info.status = clean_pairs(info.status);
         Ok(info)
@@ -446,39 +588,24 @@ impl DriverRuntime {
         read_write: bool,
         options: &[(String, String)],
     ) -> Result<(), CallError> {
-        let parent = parent.map(str::to_string);
-        let options = &options.to_vec();
-        if read_write {
-            self.op("create-rw", |s, d| {
-                d.strata_driver_driver()
-                    .call_create_rw(s, id, parent.as_deref(), options)
-            })
-        } else {
-            self.op("create", |s, d| {
-                d.strata_driver_driver()
-                    .call_create(s, id, parent.as_deref(), options)
-            })
-        }
+        let op = if read_write { "create-rw" } else { "create" };
+        self.op(op, |s, d| d.create(s, id, parent, read_write, options))
     }
 
     pub fn remove(&self, id: &str) -> Result<(), CallError> {
-        self.op("remove", |s, d| d.strata_driver_driver().call_remove(s, id))
+        self.op("remove", |s, d| d.remove(s, id))
     }
 
     pub fn exists(&self, id: &str) -> Result<bool, CallError> {
-        Ok(self.call("exists", |s, d| d.strata_driver_driver().call_exists(s, id))?)
+        Ok(self.call("exists", |s, d| d.exists(s, id))?)
     }
 
     pub fn plan_mount(&self, id: &str, request: &MountRequest) -> Result<MountPlan, CallError> {
-        self.op("plan-mount", |s, d| {
-            d.strata_driver_driver().call_plan_mount(s, id, request)
-        })
+        self.op("plan-mount", |s, d| d.plan_mount(s, id, request))
     }
 
     pub fn unmounted(&self, id: &str) -> Result<(), CallError> {
-        self.op("unmounted", |s, d| {
-            d.strata_driver_driver().call_unmounted(s, id)
-        })
+        self.op("unmounted", |s, d| d.unmounted(s, id))
     }
 
     /// Hands `tar` (an uncompressed layer tar stream) to the driver's `apply-diff`.
@@ -507,9 +634,7 @@ impl DriverRuntime {
             s.data_mut().journal = journal;
             let diff: Resource<LayerDiff> = s.data_mut().push_diff(LayerDiff::input(tar))?;
             let borrowed = Resource::new_borrow(diff.rep());
-            let r = d
-                .strata_driver_driver()
-                .call_apply_diff(&mut *s, id, parent, borrowed);
+            let r = d.apply_diff(&mut *s, id, parent, borrowed);
             trace = s.data().applies;
             s.data_mut().take_diff(diff)?;
             r
@@ -520,37 +645,27 @@ impl DriverRuntime {
     /// The driver's diff of `id` against `parent`, as the host-side description the driver
     /// returned; stream it with [`LayerDiff::write_tar`].
     pub fn diff(&self, id: &str, parent: Option<&str>) -> Result<LayerDiff, CallError> {
-        self.op("diff", |s, d| {
-            match d.strata_driver_driver().call_diff(&mut *s, id, parent)? {
-                Ok(res) => Ok(Ok(s.data_mut().take_diff(res)?)),
-                Err(e) => Ok(Err(e)),
-            }
+        self.op("diff", |s, d| match d.diff(&mut *s, id, parent)? {
+            Ok(res) => Ok(Ok(s.data_mut().take_diff(res)?)),
+            Err(e) => Ok(Err(e)),
         })
     }
 
-    pub fn changes(&self, id: &str, parent: Option<&str>) -> Result<Vec<super::Change>, CallError> {
-        self.op("changes", |s, d| {
-            d.strata_driver_driver().call_changes(s, id, parent)
-        })
+    pub fn changes(&self, id: &str, parent: Option<&str>) -> Result<Vec<Change>, CallError> {
+        self.op("changes", |s, d| d.changes(s, id, parent))
     }
 
     pub fn diff_size(&self, id: &str, parent: Option<&str>) -> Result<u64, CallError> {
-        self.op("diff-size", |s, d| {
-            d.strata_driver_driver().call_diff_size(s, id, parent)
-        })
+        self.op("diff-size", |s, d| d.diff_size(s, id, parent))
     }
 
     pub fn status(&self) -> Result<Vec<(String, String)>, CallError> {
-        Ok(clean_pairs(self.call("status", |s, d| {
-            d.strata_driver_driver().call_status(s)
-        })?))
+        Ok(clean_pairs(self.call("status", |s, d| d.status(s))?))
     }
 
     pub fn metadata(&self, id: &str) -> Result<Vec<(String, String)>, CallError> {
-        self.op("metadata", |s, d| {
-            d.strata_driver_driver().call_metadata(s, id)
-        })
-        .map(clean_pairs)
+        self.op("metadata", |s, d| d.metadata(s, id))
+            .map(clean_pairs)
     }
 
     /// `metadata` of many layers, [`MAX_LAYERS_PER_METADATA_CALL`] per driver call; one
@@ -558,9 +673,7 @@ impl DriverRuntime {
     pub fn layers_metadata(&self, ids: &[String]) -> Result<Vec<LayerMetadata>, SandboxError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_LAYERS_PER_METADATA_CALL) {
-            let answers = self.call("layers-metadata", |s, d| {
-                d.strata_driver_driver().call_layers_metadata(s, chunk)
-            })?;
+            let answers = self.call("layers-metadata", |s, d| d.layers_metadata(s, chunk))?;
             if answers.len() != chunk.len() {
                 return Err(SandboxError::Crashed {
                     driver: self.name.clone(),
@@ -585,7 +698,7 @@ impl DriverRuntime {
     }
 
     pub fn cleanup(&self) -> Result<(), CallError> {
-        self.op("cleanup", |s, d| d.strata_driver_driver().call_cleanup(s))
+        self.op("cleanup", |s, d| d.cleanup(s))
     }
 }
 
@@ -598,18 +711,6 @@ fn clean_pairs(pairs: Vec<(String, String)>) -> Vec<(String, String)> {
 }
 
 /// A driver's error with its message escaped: it reaches terminals, logs and containerd.
-pub fn clean_error(error: super::DriverError) -> super::DriverError {
-    use super::DriverError as E;
-    match error {
-        E::NotFound(m) => E::NotFound(sanitize(&m)),
-        E::AlreadyExists(m) => E::AlreadyExists(sanitize(&m)),
-        E::InvalidArgument(m) => E::InvalidArgument(sanitize(&m)),
-        E::Unsupported(m) => E::Unsupported(sanitize(&m)),
-        E::Busy(m) => E::Busy(sanitize(&m)),
-        E::Denied(m) => E::Denied(sanitize(&m)),
-        E::Io(mut e) => {
-            e.message = sanitize(&e.message);
-            E::Io(e)
-        }
-    }
+pub fn clean_error(error: DriverError) -> DriverError {
+    error.map_text(sanitize)
 }

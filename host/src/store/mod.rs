@@ -1215,3 +1215,6 @@ mod tests {
         assert_eq!(chain[199].id, "l0");
     }
 }
+
+#[cfg(test)]
+mod id_tests;

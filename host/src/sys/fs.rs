@@ -1095,3 +1095,7 @@ pub fn remove_xattr_at(dir: BorrowedFd<'_>, name: &OsStr, key: &str) -> SysResul
 pub fn reflink(src: &File, dst: &File) -> SysResult<()> {
     rustix::fs::ioctl_ficlone(dst, src).map_err(|e| SysError::from_errno("ficlone", "", e))
 }
+
+#[cfg(test)]
+#[path = "fs_tests.rs"]
+mod tests;

@@ -455,3 +455,7 @@ mod tests {
         .unwrap();
     }
 }
+
+#[cfg(test)]
+#[path = "filters_tests.rs"]
+mod grammar_tests;

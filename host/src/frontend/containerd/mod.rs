@@ -43,52 +43,66 @@ async fn stop_signal(term: &mut tokio::signal::unix::Signal) {
     }
 }
 
+/// Why the daemon could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Opening a store handle failed (the caller's error, kept whole).
+    #[error(transparent)]
+    Open(Box<dyn std::error::Error + Send + Sync>),
+    #[error("reconciling snapshots: {0}")]
+    Reconcile(String),
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
+    #[error("{} exists and is not a socket", .0.display())]
+    NotASocket(std::path::PathBuf),
+    #[error("serving the snapshots API")]
+    Transport(#[source] tonic::transport::Error),
+}
+
 /// Serves the snapshots API on the unix socket `path` until SIGINT or SIGTERM, with
 /// [`service::STORE_HANDLES`] store handles made by `open`; returns at most
 /// [`SHUTDOWN_GRACE`] after the signal.
-pub fn serve(
-    open: impl Fn() -> anyhow::Result<crate::layers::Strata>,
+pub fn serve<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    open: impl Fn() -> Result<crate::layers::Strata, E>,
     path: &std::path::Path,
-) -> anyhow::Result<()> {
-    use anyhow::Context;
+) -> Result<(), ServeError> {
+    let io = |what: String| move |cause| ServeError::Io { what, cause };
     let handles = (0..service::STORE_HANDLES)
-        .map(|_| open())
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|_| open().map_err(|e| ServeError::Open(e.into())))
+        .collect::<Result<Vec<_>, _>>()?;
     let service = service::SnapshotService::new(handles)
-        .map_err(|s| anyhow::anyhow!("reconciling snapshots: {}", s.message()))?;
+        .map_err(|s| ServeError::Reconcile(s.message().to_string()))?;
     let workers = service.workers();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
+        .map_err(io("starting the async runtime".into()))?;
     let served = runtime.block_on(async move {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if meta.file_type().is_socket() {
                 std::fs::remove_file(path)
-                    .with_context(|| format!("removing the stale socket {}", path.display()))?;
+                    .map_err(io(format!("removing the stale socket {}", path.display())))?;
             } else {
-                anyhow::bail!("{} exists and is not a socket", path.display());
+                return Err(ServeError::NotASocket(path.to_path_buf()));
             }
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing a SIGTERM handler")?;
+            .map_err(io("installing a SIGTERM handler".into()))?;
         // Bound under a temporary name and renamed into place once listening: a client that
         // sees the socket can connect (between bind and listen, connects are refused).
         let pending = path.with_file_name(format!(".strata-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&pending);
         let listener = tokio::net::UnixListener::bind(&pending)
-            .with_context(|| format!("listening on {}", pending.display()))?;
-        std::fs::rename(&pending, path).with_context(|| {
-            format!(
-                "moving the socket {} to {}",
-                pending.display(),
-                path.display()
-            )
-        })?;
+            .map_err(io(format!("listening on {}", pending.display())))?;
+        std::fs::rename(&pending, path).map_err(io(format!(
+            "moving the socket {} to {}",
+            pending.display(),
+            path.display()
+        )))?;
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
@@ -102,7 +116,7 @@ pub fn serve(
         tokio::select! {
             r = &mut server => {
                 let _ = std::fs::remove_file(path);
-                return r.context("serving the snapshots API");
+                return r.map_err(ServeError::Transport);
             }
             _ = stop_signal(&mut term) => {}
         }

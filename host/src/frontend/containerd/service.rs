@@ -40,8 +40,8 @@ use tonic::{Request, Response, Status};
 use super::api::snapshots as pb;
 use super::api::types::Mount;
 use super::filters;
-use crate::layers::{CreateLayer, LayerError, Strata};
-use crate::store::{SnapshotError, SnapshotInfo, SnapshotKind, StoreError};
+use crate::layers::{LayerError, PendingLayers, Strata};
+use crate::store::{NewLayer, SnapshotError, SnapshotInfo, SnapshotKind, StoreError};
 
 /// Infos per `List` response message (containerd's own batch size).
 pub const LIST_BATCH: usize = 100;
@@ -176,24 +176,30 @@ impl SnapshotService {
                 Some(p) => Some(layer_id(s.store().snapshot(p).map_err(status_of)?.id)),
                 None => None,
             };
-            let layer = layer_id(info.id);
-            let made = s
-                .create_layer(CreateLayer {
-                    id: Some(layer.clone()),
-                    parent: parent_layer,
-                    read_write: kind == SnapshotKind::Active,
-                    ..Default::default()
-                })
-                .and_then(|_| {
-                    // containerd's snapshots start as an empty 0755 directory.
-                    let root_mode = info.parent.is_none().then_some(0o755);
-                    s.hold_mount(&layer, root_mode)
-                });
+            // The layer and its mount: on a failure the guard ends the mount and removes
+            // the layer, then the record goes.
+            let made = (|| -> Result<std::path::PathBuf, LayerError> {
+                let mut pending = PendingLayers::new(s)?;
+                let id = pending.create(
+                    NewLayer {
+                        id: Some(layer_id(info.id)),
+                        parent: parent_layer.clone(),
+                        read_write: kind == SnapshotKind::Active,
+                        ..Default::default()
+                    },
+                    parent_layer.as_deref(),
+                    &[],
+                )?;
+                s.store().finish_create(&id)?;
+                // containerd's snapshots start as an empty 0755 directory.
+                let root_mode = info.parent.is_none().then_some(0o755);
+                let path = s.hold_mount(&id, root_mode)?;
+                pending.keep();
+                Ok(path)
+            })();
             match made {
                 Ok(path) => Ok(mounts_of(path, kind == SnapshotKind::View)),
                 Err(e) => {
-                    let _ = s.release_mount(&layer);
-                    let _ = s.remove(&layer);
                     let _ = s.store().remove_snapshot(&key);
                     Err(layer_status(e))
                 }

@@ -6,46 +6,30 @@
 
 use std::path::PathBuf;
 
-use super::{
-    DiffSource, HostResult, HostState, LayerDiff, archive_to_wit, changes_to_wit, to_wit,
-    whiteout_format,
-};
+use super::{DiffSource, HostResult, HostState, LayerDiff, archive_error, changes_out, to_error};
 use crate::archive;
+use crate::contract::{Change, DriverError, OverlayFeatures, WhiteoutFormat};
 use crate::mount::MAX_OVERLAY_LOWERS;
-use crate::sandbox::bindings::strata::driver::{overlay as wit_overlay, types};
 use crate::sys;
-
-fn features_to_wit(f: &sys::mount::OverlayFeatures) -> wit_overlay::Features {
-    wit_overlay::Features {
-        supported: f.supported,
-        d_type: f.d_type,
-        lowerdir_append: f.lowerdir_append,
-        metacopy: f.metacopy,
-        redirect_dir: f.redirect_dir,
-        volatile: f.volatile,
-    }
-}
 
 /// Probe results are cached by the host (never by the driver) in its run directory, keyed by
 /// the boot and the home's device and inode: a reboot (a new kernel) or a new filesystem
 /// probes again, as containers/storage caches its probes in its run root.
-fn read_probe_cache(path: &std::path::Path, key: &str) -> Option<wit_overlay::Features> {
+fn read_probe_cache(path: &std::path::Path, key: &str) -> Option<OverlayFeatures> {
     let text = std::fs::read_to_string(path).ok()?;
     let (k, flags) = text.split_once('\n')?;
     let b: Vec<bool> = flags.trim().split(' ').map(|f| f == "1").collect();
-    (k == key && b.len() == 6).then(|| {
-        features_to_wit(&sys::mount::OverlayFeatures {
-            supported: b[0],
-            d_type: b[1],
-            lowerdir_append: b[2],
-            metacopy: b[3],
-            redirect_dir: b[4],
-            volatile: b[5],
-        })
+    (k == key && b.len() == 6).then(|| OverlayFeatures {
+        supported: b[0],
+        d_type: b[1],
+        lowerdir_append: b[2],
+        metacopy: b[3],
+        redirect_dir: b[4],
+        volatile: b[5],
     })
 }
 
-fn write_probe_cache(path: &std::path::Path, key: &str, f: &sys::mount::OverlayFeatures) {
+fn write_probe_cache(path: &std::path::Path, key: &str, f: &OverlayFeatures) {
     let bit = |b: bool| if b { "1" } else { "0" };
     let text = format!(
         "{key}\n{} {} {} {} {} {}\n",
@@ -80,9 +64,9 @@ impl HostState {
     }
 
     /// Opens the directories of a stack (topmost first).
-    fn open_stack(&self, dirs: &[String]) -> Result<Vec<sys::Dir>, types::Error> {
+    fn open_stack(&self, dirs: &[String]) -> Result<Vec<sys::Dir>, DriverError> {
         if dirs.len() > archive::MAX_VIEW_DIRS {
-            return Err(types::Error::InvalidArgument(format!(
+            return Err(DriverError::InvalidArgument(format!(
                 "a stack of {} directories is more than the {} a view merges (overlayfs's \
                  {MAX_OVERLAY_LOWERS}, and one over them)",
                 dirs.len(),
@@ -97,14 +81,14 @@ impl HostState {
         &self,
         dirs: &[String],
         format: archive::WhiteoutFormat,
-    ) -> Result<Option<sys::Dir>, types::Error> {
+    ) -> Result<Option<sys::Dir>, DriverError> {
         let opened = self.open_stack(dirs)?;
         let name = PathBuf::from(format!(
             "overlay view of {}",
             dirs.first().map(String::as_str).unwrap_or("nothing")
         ));
         archive::merged_view(opened, format, &name)
-            .map_err(|e| archive_to_wit(&format!("merging {}", dirs.join(":")), e))
+            .map_err(|e| archive_error(&format!("merging {}", dirs.join(":")), e))
     }
 
     fn upper_and_lower(
@@ -112,7 +96,7 @@ impl HostState {
         upper: &str,
         lower: &[String],
         format: archive::WhiteoutFormat,
-    ) -> Result<(sys::Dir, Option<sys::Dir>), types::Error> {
+    ) -> Result<(sys::Dir, Option<sys::Dir>), DriverError> {
         Ok((self.open_dir(upper)?, self.view(lower, format)?))
     }
 
@@ -121,9 +105,9 @@ impl HostState {
         layer: &[String],
         parent: &[String],
         format: archive::WhiteoutFormat,
-    ) -> Result<(sys::Dir, Option<sys::Dir>), types::Error> {
+    ) -> Result<(sys::Dir, Option<sys::Dir>), DriverError> {
         let Some(l) = self.view(layer, format)? else {
-            return Err(types::Error::InvalidArgument(
+            return Err(DriverError::InvalidArgument(
                 "the layer's stack names no directory".into(),
             ));
         };
@@ -131,8 +115,12 @@ impl HostState {
     }
 }
 
-impl wit_overlay::Host for HostState {
-    fn probe(&mut self, scratch: String) -> HostResult<wit_overlay::Features> {
+/// The `overlay` interface.
+impl HostState {
+    pub(in crate::sandbox) fn overlay_probe(
+        &mut self,
+        scratch: String,
+    ) -> HostResult<OverlayFeatures> {
         Ok(self.timed(|s| {
             let key = s.probe_cache_key();
             if let Some(cached) = key
@@ -143,29 +131,28 @@ impl wit_overlay::Host for HostState {
             }
             s.home
                 .mkdir(&scratch, 0o700, 0, 0)
-                .map_err(|e| to_wit(&scratch, e))?;
+                .map_err(|e| to_error(&scratch, e))?;
             let dir = s.open_dir(&scratch)?;
-            let probed = sys::mount::probe_overlay(&dir).map_err(|e| to_wit(&scratch, e));
+            let probed = sys::mount::probe_overlay(&dir).map_err(|e| to_error(&scratch, e));
             let removed = s
                 .home
                 .remove_tree(&scratch)
-                .map_err(|e| to_wit(&scratch, e));
+                .map_err(|e| to_error(&scratch, e));
             let f = probed?;
             removed?;
             if let Some((path, key)) = key {
                 write_probe_cache(&path, &key, &f);
             }
-            Ok(features_to_wit(&f))
+            Ok(f)
         }))
     }
 
-    fn diff_upper(
+    pub(in crate::sandbox) fn overlay_diff_upper(
         &mut self,
         upper: String,
         lower: Vec<String>,
-        whiteouts: types::WhiteoutFormat,
+        format: WhiteoutFormat,
     ) -> HostResult<wasmtime::component::Resource<LayerDiff>> {
-        let format = whiteout_format(whiteouts);
         match self.timed(|s| s.upper_and_lower(&upper, &lower, format)) {
             Ok((upper, lower)) => Ok(Ok(self.push_diff(LayerDiff {
                 source: DiffSource::Upper {
@@ -178,28 +165,26 @@ impl wit_overlay::Host for HostState {
         }
     }
 
-    fn changes_upper(
+    pub(in crate::sandbox) fn overlay_changes_upper(
         &mut self,
         upper: String,
         lower: Vec<String>,
-        whiteouts: types::WhiteoutFormat,
-    ) -> HostResult<Vec<types::Change>> {
-        let format = whiteout_format(whiteouts);
+        format: WhiteoutFormat,
+    ) -> HostResult<Vec<Change>> {
         Ok(self.timed(|s| {
             let (u, l) = s.upper_and_lower(&upper, &lower, format)?;
             let changes = archive::upper_changes(&u, l.as_ref(), format)
-                .map_err(|e| archive_to_wit(&format!("comparing {upper}"), e))?;
-            changes_to_wit(&upper, changes)
+                .map_err(|e| archive_error(&format!("comparing {upper}"), e))?;
+            changes_out(&upper, changes)
         }))
     }
 
-    fn diff_stacks(
+    pub(in crate::sandbox) fn overlay_diff_stacks(
         &mut self,
         layer: Vec<String>,
         parent: Vec<String>,
-        whiteouts: types::WhiteoutFormat,
+        format: WhiteoutFormat,
     ) -> HostResult<wasmtime::component::Resource<LayerDiff>> {
-        let format = whiteout_format(whiteouts);
         match self.timed(|s| s.views(&layer, &parent, format)) {
             Ok((layer, parent)) => Ok(Ok(self.push_diff(LayerDiff {
                 source: DiffSource::Trees { layer, parent },
@@ -208,33 +193,31 @@ impl wit_overlay::Host for HostState {
         }
     }
 
-    fn changes_stacks(
+    pub(in crate::sandbox) fn overlay_changes_stacks(
         &mut self,
         layer: Vec<String>,
         parent: Vec<String>,
-        whiteouts: types::WhiteoutFormat,
-    ) -> HostResult<Vec<types::Change>> {
-        let format = whiteout_format(whiteouts);
+        format: WhiteoutFormat,
+    ) -> HostResult<Vec<Change>> {
         Ok(self.timed(|s| {
             let (l, p) = s.views(&layer, &parent, format)?;
             let what = layer.first().cloned().unwrap_or_default();
             let changes = archive::changes(&l, p.as_ref())
-                .map_err(|e| archive_to_wit(&format!("comparing {what}"), e))?;
-            changes_to_wit(&what, changes)
+                .map_err(|e| archive_error(&format!("comparing {what}"), e))?;
+            changes_out(&what, changes)
         }))
     }
 
-    fn diff_size_stacks(
+    pub(in crate::sandbox) fn overlay_diff_size_stacks(
         &mut self,
         layer: Vec<String>,
         parent: Vec<String>,
-        whiteouts: types::WhiteoutFormat,
+        format: WhiteoutFormat,
     ) -> HostResult<u64> {
-        let format = whiteout_format(whiteouts);
         Ok(self.timed(|s| {
             let (l, p) = s.views(&layer, &parent, format)?;
             archive::diff_size(&l, p.as_ref()).map_err(|e| {
-                archive_to_wit(
+                archive_error(
                     &format!("sizing {}", layer.first().cloned().unwrap_or_default()),
                     e,
                 )

@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use super::{HostResult, HostState, to_wit, wit_error};
-use crate::sandbox::bindings::strata::driver::{types, zfs as wit_zfs};
-use crate::sys::zfs::{ListedDataset, Zfs, ZfsBackend};
+use super::{HostResult, HostState, driver_error, to_error};
+use crate::contract::{DriverError, ZfsDataset, ZfsPoolInfo};
+use crate::sys::zfs::Zfs;
 use crate::sys::{ErrorKind, SysError};
 
 /// What the `zfs` capability works with: the confined `zfs` command, or why a driver granted
@@ -20,39 +20,33 @@ impl HostState {
     /// Runs `f` with the confined `zfs` command, off the driver's deadline.
     fn zfs_call<T>(
         &mut self,
-        f: impl FnOnce(&Zfs, &HostState) -> Result<T, types::Error>,
-    ) -> Result<T, types::Error> {
+        f: impl FnOnce(&Zfs, &HostState) -> Result<T, DriverError>,
+    ) -> Result<T, DriverError> {
         let access = self.zfs.clone();
         self.timed(|s| match access.as_deref() {
             Some(Ok(zfs)) => f(zfs, s),
-            Some(Err((kind, why))) => Err(super::wit_error(*kind, 0, why.clone())),
-            None => Err(types::Error::Unsupported(
+            Some(Err((kind, why))) => Err(driver_error(*kind, 0, why.clone())),
+            None => Err(DriverError::Unsupported(
                 "this driver has no zfs parent dataset".into(),
             )),
         })
     }
 }
 
-fn named(e: SysError) -> types::Error {
+fn named(e: SysError) -> DriverError {
     let name = e.path.to_string_lossy().into_owned();
-    to_wit(&name, e)
+    to_error(&name, e)
 }
 
-fn listed(d: ListedDataset) -> wit_zfs::Dataset {
-    wit_zfs::Dataset {
-        name: d.name,
-        properties: d.properties,
-    }
-}
-
-impl wit_zfs::Host for HostState {
-    fn info(&mut self) -> HostResult<wit_zfs::PoolInfo> {
+/// The `zfs` interface.
+impl HostState {
+    pub(in crate::sandbox) fn zfs_info(&mut self) -> HostResult<ZfsPoolInfo> {
         Ok(self.zfs_call(|zfs, _| {
             // The parent must exist and be a filesystem; `type` is a statistic every
             // dataset has, so this one query proves both.
             let out = zfs.parent_type().map_err(named)?;
             if out != "filesystem" {
-                return Err(wit_error(
+                return Err(driver_error(
                     ErrorKind::InvalidArgument,
                     0,
                     format!(
@@ -61,25 +55,26 @@ impl wit_zfs::Host for HostState {
                     ),
                 ));
             }
-            Ok(wit_zfs::PoolInfo {
-                backend: match zfs.backend() {
-                    ZfsBackend::Kernel => wit_zfs::Backend::Kernel,
-                    ZfsBackend::Fuse => wit_zfs::Backend::Fuse,
-                },
+            Ok(ZfsPoolInfo {
+                backend: zfs.backend(),
                 parent: zfs.parent().to_string(),
             })
         }))
     }
 
-    fn create(&mut self, dataset: String, properties: Vec<(String, String)>) -> HostResult<()> {
+    pub(in crate::sandbox) fn zfs_create(
+        &mut self,
+        dataset: String,
+        properties: Vec<(String, String)>,
+    ) -> HostResult<()> {
         Ok(self.zfs_call(|zfs, _| zfs.create(&dataset, &properties).map_err(named)))
     }
 
-    fn snapshot(&mut self, snapshot: String) -> HostResult<()> {
+    pub(in crate::sandbox) fn zfs_snapshot(&mut self, snapshot: String) -> HostResult<()> {
         Ok(self.zfs_call(|zfs, _| zfs.snapshot(&snapshot).map_err(named)))
     }
 
-    fn clone_snapshot(
+    pub(in crate::sandbox) fn zfs_clone_snapshot(
         &mut self,
         snapshot: String,
         dataset: String,
@@ -91,11 +86,15 @@ impl wit_zfs::Host for HostState {
         }))
     }
 
-    fn destroy(&mut self, name: String, recursive: bool) -> HostResult<()> {
+    pub(in crate::sandbox) fn zfs_destroy(
+        &mut self,
+        name: String,
+        recursive: bool,
+    ) -> HostResult<()> {
         Ok(self.zfs_call(|zfs, _| zfs.destroy(&name, recursive).map_err(named)))
     }
 
-    fn set_properties(
+    pub(in crate::sandbox) fn zfs_set_properties(
         &mut self,
         name: String,
         properties: Vec<(String, String)>,
@@ -103,7 +102,7 @@ impl wit_zfs::Host for HostState {
         Ok(self.zfs_call(|zfs, _| zfs.set_properties(&name, &properties).map_err(named)))
     }
 
-    fn get_properties(
+    pub(in crate::sandbox) fn zfs_get_properties(
         &mut self,
         name: String,
         names: Vec<String>,
@@ -111,27 +110,27 @@ impl wit_zfs::Host for HostState {
         Ok(self.zfs_call(|zfs, _| zfs.get_properties(&name, &names).map_err(named)))
     }
 
-    fn list_datasets(
+    pub(in crate::sandbox) fn zfs_list_datasets(
         &mut self,
         dataset: Option<String>,
         names: Vec<String>,
         depth: Option<u32>,
-    ) -> HostResult<Vec<wit_zfs::Dataset>> {
-        Ok(self.zfs_call(|zfs, _| {
-            zfs.list(dataset.as_deref(), &names, depth)
-                .map(|l| l.into_iter().map(listed).collect())
-                .map_err(named)
-        }))
+    ) -> HostResult<Vec<ZfsDataset>> {
+        Ok(self.zfs_call(|zfs, _| zfs.list(dataset.as_deref(), &names, depth).map_err(named)))
     }
 
-    fn mount(&mut self, dataset: String, path: String) -> HostResult<()> {
+    pub(in crate::sandbox) fn zfs_mount(
+        &mut self,
+        dataset: String,
+        path: String,
+    ) -> HostResult<()> {
         Ok(self.zfs_call(|zfs, s| {
             let target = s.open_dir(&path)?;
             zfs.mount(&dataset, &target, &path).map_err(named)
         }))
     }
 
-    fn unmount(&mut self, path: String) -> HostResult<()> {
+    pub(in crate::sandbox) fn zfs_unmount(&mut self, path: String) -> HostResult<()> {
         Ok(self.zfs_call(|zfs, s| zfs.unmount(&s.home, &path).map_err(named)))
     }
 }

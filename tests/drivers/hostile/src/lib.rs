@@ -44,6 +44,11 @@
 //! | `fail-after-apply=1`   | makes the layer; each `apply-diff` onto it applies the tar   |
 //! |                        | (the host's apply goes through), then fails                 |
 //!
+//! | marker in the home     | what the driver does while it exists                        |
+//! |------------------------|-------------------------------------------------------------|
+//! | `fail-create`          | every `create` makes the layer's data, then fails: a        |
+//! |                        | failure after the record, through any front end             |
+//!
 //! | option (on `init`)     | what the driver does                                        |
 //! |------------------------|-------------------------------------------------------------|
 //! | `status-text=TEXT`     | reports a status line `Note: TEXT`                          |
@@ -110,6 +115,22 @@ fn fail_remove_once(id: &str, options: &Options) -> Option<Result<(), Error>> {
         files::mkdir(&remove_fails_marker(id), 0o755, 0, 0)?;
         Err(error::invalid_argument(
             "create fails on request (fail-remove-once)",
+        ))
+    })())
+}
+
+/// The home marker `fail-create` (put there by a test): while it exists, every `create`
+/// makes the layer's data, then fails. Front ends that pass no driver options (image
+/// import, container commit, containerd's snapshots) meet a create failing after the host
+/// wrote the layer's record, and must leave neither the record nor the data.
+const FAIL_CREATE_MARKER: &str = "fail-create";
+
+fn fail_create_marked(id: &str) -> Option<Result<(), Error>> {
+    files::stat(FAIL_CREATE_MARKER).ok()?;
+    Some((|| {
+        files::mkdir(&Hostile::layer_dir(id), 0o755, 0, 0)?;
+        Err(error::invalid_argument(
+            "create fails on request (the fail-create marker)",
         ))
     })())
 }
@@ -288,6 +309,9 @@ impl Driver for Hostile {
             }
         }
         if let Some(r) = hostile_text(&options) {
+            return r;
+        }
+        if let Some(r) = fail_create_marked(id) {
             return r;
         }
         if let Some(r) = fail_remove_once(id, &options) {

@@ -454,7 +454,10 @@ impl StrataServe {
             .arg("serve")
             .arg("--containerd-socket")
             .arg(&socket)
-            .env("STRATA_COMPONENT_CACHE", &bench.component_cache)
+            .env(
+                strata_host::paths::COMPONENT_CACHE_ENV,
+                &bench.component_cache,
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

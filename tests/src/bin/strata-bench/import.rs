@@ -1663,7 +1663,10 @@ impl Bench {
             .arg(fs.at("root"))
             .arg("--run-root")
             .arg(fs.at("run"))
-            .env("STRATA_COMPONENT_CACHE", &self.component_cache);
+            .env(
+                strata_host::paths::COMPONENT_CACHE_ENV,
+                &self.component_cache,
+            );
         if let Some(driver) = driver {
             c.args(["--driver", driver]);
         }
