@@ -10,9 +10,12 @@
 //!   and every test, privileged ones included; as root a test that would skip fails
 //!   (`STRATA_TEST_REQUIRE_ALL=1`).
 //! - `cargo xtask bench`: figures, each as a ratio to a baseline measured in the same run.
+//! - `cargo xtask fuzz [TARGET] [--time SECS]`: the fuzz targets of `fuzz/` under libFuzzer
+//!   (docs/fuzzing.md); `test` runs each for a short time too.
 
 mod bench;
 mod demo;
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,6 +53,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 ];
 
 fn main() -> Result<()> {
+    if let Some(wrapped) = fuzz::as_rustc_wrapper() {
+        return wrapped;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest = &args[1.min(args.len())..];
     match args.first().map(String::as_str) {
@@ -58,8 +64,11 @@ fn main() -> Result<()> {
         Some("demo") => demo::run(),
         Some("test") => test(rest),
         Some("bench") => bench::run(rest),
+        Some("fuzz") => fuzz::run_cli(rest),
         _ => {
-            eprintln!("usage: cargo xtask <build|install [--prefix DIR]|demo|test|bench>");
+            eprintln!(
+                "usage: cargo xtask <build|install [--prefix DIR]|demo|test|bench|fuzz [TARGET] [--time SECS]>"
+            );
             bail!("unknown or missing task")
         }
     }
@@ -269,7 +278,9 @@ fn test(args: &[String]) -> Result<()> {
     if let Some(v) = require_all(is_root(), std::env::var_os(REQUIRE_ALL_ENV).is_some()) {
         c.env(REQUIRE_ALL_ENV, v);
     }
-    run(&mut c)
+    run(&mut c)?;
+    // The fuzz targets, briefly: the seeds and what a short run finds from them.
+    fuzz::fuzz(fuzz::TARGETS, fuzz::CI_SECONDS)
 }
 
 /// The value `cargo xtask test` gives [`REQUIRE_ALL_ENV`]: `1` as root (every test can run

@@ -22,6 +22,8 @@ pub mod archive;
 pub mod config;
 pub mod contract;
 pub mod copy;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod layers;
 pub mod layout;

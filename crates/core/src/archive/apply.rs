@@ -603,6 +603,19 @@ impl Applier<'_, '_> {
     }
 
     fn opaque(&mut self, dir: &Path) -> Result<(), ArchiveError> {
+        // The marker's directory must be a directory of the layer, not a symlink to one:
+        // what is noted for undo and marked opaque is the name itself, and a symlink has
+        // neither a mode to set back nor an opaque xattr that means anything.
+        if !dir.as_os_str().is_empty() {
+            let st = self.root.lstat_rel(dir).map_err(sys)?;
+            if st.kind != FileKind::Directory {
+                return Err(ArchiveError::invalid(format!(
+                    "opaque marker in {}, which is not a directory of the layer ({:?})",
+                    crate::text::quote_path(&dir.to_string_lossy()),
+                    st.kind
+                )));
+            }
+        }
         match self.whiteouts {
             WhiteoutFormat::Delete => {
                 let d = self.root.open_dir_rel(dir).map_err(sys)?;

@@ -15,7 +15,7 @@ mod compare;
 mod export;
 mod journal;
 mod overlay;
-mod reader;
+pub(crate) mod reader;
 mod undo;
 
 pub use apply::{

@@ -338,6 +338,21 @@ impl<'j> Undo<'j> {
             // Goes with its new parent.
             return self.mark_new(rel);
         }
+        // Undoing removes what is noted as created: it must not be something the layer
+        // had (a symlink that leads nowhere in the layer, which a directory lookup of the
+        // name does not find, is still there).
+        let (pfd, name) = root.parent(rel).map_err(|e| ArchiveError::Sys(e.at(rel)))?;
+        match stat_at(pfd.as_fd(), &name) {
+            Err(e) if e.kind == ErrorKind::NotFound => {}
+            Err(e) => return Err(ArchiveError::Sys(e.at(rel))),
+            Ok(st) => {
+                return Err(ArchiveError::invalid(format!(
+                    "{} is in the way ({:?}; a symlink leading nowhere in the layer?)",
+                    crate::text::quote_path(&rel.to_string_lossy()),
+                    st.kind
+                )));
+            }
+        }
         self.before_meta(root, parent)?;
         let note = Note::Created(rel.to_path_buf());
         self.charge(self.cost_of(rel, Some(&note)))?;
