@@ -1099,23 +1099,3 @@ pub fn reflink(src: &File, dst: &File) -> SysResult<()> {
 #[cfg(test)]
 #[path = "fs_tests.rs"]
 mod tests;
-
-/// Takes the exclusive `flock` of `file`: waits for other holders when `wait`, else answers
-/// `false` at once when another open file description holds it.
-pub fn lock_exclusive(file: &File, wait: bool) -> std::io::Result<bool> {
-    let op = if wait {
-        rustix::fs::FlockOperation::LockExclusive
-    } else {
-        rustix::fs::FlockOperation::NonBlockingLockExclusive
-    };
-    match rustix::fs::flock(file, op) {
-        Ok(()) => Ok(true),
-        Err(rustix::io::Errno::WOULDBLOCK) if !wait => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Releases the `flock` of `file` (closing it releases it too).
-pub fn unlock(file: &File) {
-    let _ = rustix::fs::flock(file, rustix::fs::FlockOperation::Unlock);
-}

@@ -160,7 +160,7 @@ impl Drop for StoreLock<'_> {
         let depth = self.store.lock_depth.get().saturating_sub(1);
         self.store.lock_depth.set(depth);
         if depth == 0 {
-            crate::sys::fs::unlock(&self.store.lock_file);
+            let _ = rustix::fs::flock(&self.store.lock_file, rustix::fs::FlockOperation::Unlock);
         }
     }
 }
@@ -452,11 +452,13 @@ impl LayerStore {
         if let Some(guard) = self.relock() {
             return Ok(guard);
         }
-        crate::sys::fs::lock_exclusive(&self.lock_file, true).map_err(|cause| StoreError::Io {
-            path: self.root.join("store.lock"),
-            context: "locking",
-            cause,
-        })?;
+        rustix::fs::flock(&self.lock_file, rustix::fs::FlockOperation::LockExclusive).map_err(
+            |e| StoreError::Io {
+                path: self.root.join("store.lock"),
+                context: "locking",
+                cause: e.into(),
+            },
+        )?;
         Ok(self.locked())
     }
 
@@ -465,13 +467,16 @@ impl LayerStore {
         if let Some(guard) = self.relock() {
             return Ok(Some(guard));
         }
-        match crate::sys::fs::lock_exclusive(&self.lock_file, false) {
-            Ok(true) => Ok(Some(self.locked())),
-            Ok(false) => Ok(None),
-            Err(cause) => Err(StoreError::Io {
+        match rustix::fs::flock(
+            &self.lock_file,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        ) {
+            Ok(()) => Ok(Some(self.locked())),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(StoreError::Io {
                 path: self.root.join("store.lock"),
                 context: "locking",
-                cause,
+                cause: e.into(),
             }),
         }
     }
