@@ -50,6 +50,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("containerd", "containerd"),
     ("runc", "runc"),
     ("busybox-static", "busybox"),
+    // `cargo xtask fuzz` (run by `test`): libfuzzer-sys compiles libFuzzer's C++, and each
+    // target runs in its own mount namespace.
+    ("g++", "g++"),
+    ("util-linux", "unshare"),
 ];
 
 fn main() -> Result<()> {
