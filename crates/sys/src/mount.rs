@@ -97,8 +97,27 @@ pub fn unmount_at(dir: BorrowedFd<'_>, name: &OsStr, expected: u64, detach: bool
     if detach {
         flags |= UnmountFlags::DETACH;
     }
-    sys_unmount(&path, flags).map_err(|e| SysError::from_errno("umount2", name, e))
+    let mut attempts = 1;
+    loop {
+        match sys_unmount(&path, flags) {
+            Err(rustix::io::Errno::BUSY) if !detach && attempts < UNMOUNT_BUSY_ATTEMPTS => {
+                attempts += 1;
+                std::thread::sleep(UNMOUNT_BUSY_PAUSE);
+            }
+            r => return r.map_err(|e| SysError::from_errno("umount2", name, e)),
+        }
+    }
 }
+
+/// Tries a non-lazy unmount makes while the kernel answers EBUSY. A process that forks (the
+/// host runs `zfs`, `mkfs`, containerd's shims…) briefly holds copies of every descriptor of
+/// the parent, those inside a mount included, until its `exec` closes them: an unmount in that
+/// window fails although nothing uses the mount. Retrying for up to
+/// `UNMOUNT_BUSY_ATTEMPTS × UNMOUNT_BUSY_PAUSE` (1 s) rides that out; a mount really in use
+/// is still answered `busy`, that much later.
+pub const UNMOUNT_BUSY_ATTEMPTS: u32 = 40;
+/// The pause between two of those tries.
+pub const UNMOUNT_BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// Attaches the detached `mount` onto the directory `target`; returns the mount's id.
 fn attach(mount: &OwnedFd, target: &Dir, target_path: &Path) -> SysResult<u64> {
